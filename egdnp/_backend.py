@@ -1,0 +1,349 @@
+"""The only module of egdnp that knows concrete array libraries.
+
+Everything above this layer receives an array-API namespace ``xp`` and does its
+array math through it.  This module turns user choices (``"numpy"``,
+``"cupy"``, or any array-API namespace such as ``array_api_strict``) into such
+namespaces, moves arrays between host and device, and owns pinned host memory.
+
+Host arrays are always NumPy arrays.  "Device" means whatever the namespace
+``xp`` computes on: for NumPy and array-api-strict's default device this is
+the host as well, for CuPy it is the current GPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+__all__ = [
+    "BufferPool",
+    "get_namespace",
+    "array_namespace",
+    "backend_name",
+    "is_numpy",
+    "is_cupy",
+    "device_of",
+    "to_device",
+    "to_host",
+    "new_stream",
+    "synchronize",
+    "pinned_empty",
+    "numpy_dtype",
+]
+
+_CUPY_HELP = (
+    'install the CUDA extra that matches your driver, e.g. pip install "egdnp[cuda12]" '
+    '(CUDA 12.x) or pip install "egdnp[cuda13]" (CUDA 13.x), on a machine with an NVIDIA GPU; '
+    'or use backend="numpy"'
+)
+
+
+def _import_cupy():
+    """Import CuPy and check that a GPU is usable; one clear error otherwise."""
+    try:
+        cupy = importlib.import_module("cupy")
+    except Exception as exc:  # ImportError, or a broken CUDA install raising at import
+        raise RuntimeError(
+            f"backend='cupy' was requested but CuPy cannot be imported ({type(exc).__name__}: "
+            f"{exc}); {_CUPY_HELP}"
+        ) from None
+    try:
+        usable = bool(cupy.cuda.is_available())
+    except Exception:  # noqa: BLE001 - any driver error means "not usable"
+        usable = False
+    if not usable:
+        raise RuntimeError(
+            "backend='cupy' was requested but CuPy reports no usable GPU "
+            f"(cupy.cuda.is_available() is False); {_CUPY_HELP}"
+        )
+    return cupy
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and a GPU is usable (never raises)."""
+    try:
+        _import_cupy()
+    except RuntimeError:
+        return False
+    return True
+
+
+def get_namespace(backend: Any = "numpy") -> types.ModuleType:
+    """Return the array-API namespace for a backend choice.
+
+    Parameters
+    ----------
+    backend : {"numpy", "cupy"} or array-API namespace
+        A name, or any namespace that implements the array API standard
+        (``array_api_strict``, ``array_api_compat.numpy``, ...), which is
+        returned through :func:`array_api_compat.array_namespace` semantics.
+
+    Returns
+    -------
+    xp : module
+        An array-API compatible namespace.
+    """
+    if isinstance(backend, str):
+        name = backend.lower()
+        if name == "numpy":
+            return array_api_compat.array_namespace(np.empty(0))
+        if name == "cupy":
+            cupy = _import_cupy()
+            return array_api_compat.array_namespace(cupy.empty(0))
+        if name in ("array_api_strict", "array-api-strict", "strict"):
+            return importlib.import_module("array_api_strict")
+        raise ValueError(
+            f"backend={backend!r} is not known; use 'numpy', 'cupy' or pass an array-API "
+            "namespace (e.g. array_api_strict)"
+        )
+    if isinstance(backend, types.ModuleType):
+        if backend is np or getattr(backend, "__name__", "") == "numpy":
+            return array_api_compat.array_namespace(np.empty(0))
+        if getattr(backend, "__name__", "") == "cupy":
+            return get_namespace("cupy")
+        if hasattr(backend, "asarray") and hasattr(backend, "matmul"):
+            return backend
+    raise TypeError(
+        f"backend={backend!r} is neither a backend name nor an array-API namespace; "
+        "use 'numpy', 'cupy' or a namespace such as array_api_strict"
+    )
+
+
+def array_namespace(*arrays: Any) -> types.ModuleType:
+    """The array-API namespace of the given arrays (array-api-compat dispatch)."""
+    return array_api_compat.array_namespace(*arrays)
+
+
+def backend_name(xp: types.ModuleType) -> str:
+    """A short name for a namespace: ``"numpy"``, ``"cupy"``, ``"array_api_strict"`` or its module name."""
+    if array_api_compat.is_numpy_namespace(xp):
+        return "numpy"
+    if array_api_compat.is_cupy_namespace(xp):
+        return "cupy"
+    return getattr(xp, "__name__", type(xp).__name__)
+
+
+def is_numpy(xp: types.ModuleType) -> bool:
+    """True if ``xp`` computes with NumPy arrays (so Numba kernels can run on them)."""
+    return bool(array_api_compat.is_numpy_namespace(xp))
+
+
+def is_cupy(xp: types.ModuleType) -> bool:
+    """True if ``xp`` computes with CuPy arrays."""
+    return bool(array_api_compat.is_cupy_namespace(xp))
+
+
+def device_of(x: Any) -> Any:
+    """The device an array lives on (array-api-compat ``device``)."""
+    return array_api_compat.device(x)
+
+
+def numpy_dtype(xp: types.ModuleType, dtype: Any) -> np.dtype:
+    """The NumPy dtype equal to a namespace dtype (``xp.float32`` -> ``np.float32``)."""
+    for name in ("float32", "float64", "uint32", "int32", "int64", "uint64", "bool", "uint8", "int8"):
+        if getattr(xp, name, None) == dtype:
+            return np.dtype(name)
+    return np.dtype(dtype)
+
+
+def to_device(
+    x: Any,
+    xp: types.ModuleType,
+    *,
+    device: Any = None,
+    stream: Any = None,
+    non_blocking: bool = False,
+    out: Any = None,
+) -> Any:
+    """Move a host (NumPy) array, or any array, into namespace ``xp``.
+
+    Parameters
+    ----------
+    x : array
+        Source array (usually a NumPy host array).
+    xp : module
+        Target namespace.
+    device : optional
+        Target device of ``xp`` (default: its default device).
+    stream : optional
+        CuPy stream for the copy; ignored on CPU backends.
+    non_blocking : bool
+        With CuPy, copy asynchronously on ``stream`` (the source must be pinned
+        and must not be modified until the stream is synchronised).
+    out : array, optional
+        CuPy only: an existing device array to copy into (no allocation).
+
+    Returns
+    -------
+    array in ``xp``
+    """
+    if is_cupy(xp):
+        cupy = _import_cupy()
+        src = np.asarray(x) if not isinstance(x, cupy.ndarray) else x
+        if isinstance(src, cupy.ndarray):
+            if out is not None:
+                out[...] = src
+                return out
+            return src
+        if out is None:
+            with (stream if stream is not None else _null_ctx()):
+                out = cupy.empty(src.shape, dtype=src.dtype)
+        out.set(src, stream=stream) if non_blocking else out.set(src)
+        return out
+    if is_numpy(xp):
+        arr = np.asarray(x)
+        if out is not None:
+            np.copyto(out, arr)
+            return out
+        return arr.copy() if arr is x else arr
+    # Generic array-API namespace (array-api-strict among them).
+    kwargs = {} if device is None else {"device": device}
+    if not isinstance(x, np.ndarray) and hasattr(x, "__array_namespace__"):
+        ns = array_api_compat.array_namespace(x)
+        if ns is xp:
+            return xp.asarray(x, copy=True, **kwargs) if device is None else xp.asarray(x, **kwargs)
+        x = np.asarray(x)
+    return xp.asarray(np.asarray(x), copy=True, **kwargs)
+
+
+def to_host(x: Any, *, out: np.ndarray | None = None, stream: Any = None, non_blocking: bool = False) -> np.ndarray:
+    """Copy an array of any backend to a NumPy host array.
+
+    Parameters
+    ----------
+    x : array
+        Source array.
+    out : numpy.ndarray, optional
+        Host buffer to write into (e.g. a pinned buffer); must match shape and dtype.
+    stream, non_blocking :
+        CuPy asynchronous device-to-host copy on ``stream`` into a pinned ``out``;
+        call :func:`synchronize` before reading ``out``.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    if isinstance(x, np.ndarray):
+        if out is None:
+            return x.copy()
+        np.copyto(out, x)
+        return out
+    mod = type(x).__module__
+    if mod.startswith("cupy"):
+        if out is None:
+            return x.get(stream=stream)
+        if out.shape != tuple(x.shape) or out.dtype != x.dtype:
+            raise ValueError(
+                f"out has shape {out.shape} and dtype {out.dtype} but the source has shape "
+                f"{tuple(x.shape)} and dtype {x.dtype}; pass a matching host buffer"
+            )
+        x.get(out=out, stream=stream, blocking=not non_blocking)
+        return out
+    # array-api-strict and friends: go through DLPack-free, explicit conversion.
+    if hasattr(x, "device") and str(getattr(x, "device", "")) not in ("", "CPU_DEVICE", "cpu"):
+        ns = array_api_compat.array_namespace(x)
+        if hasattr(ns, "Device"):
+            x = ns.asarray(x, device=ns.Device("CPU_DEVICE"))  # strict's simulated devices
+    host = np.asarray(x)
+    if out is None:
+        return np.array(host, copy=True)
+    np.copyto(out, host)
+    return out
+
+
+class _null_ctx:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def new_stream(xp: types.ModuleType, non_blocking: bool = True) -> Any:
+    """A new CuPy stream for ``xp`` = CuPy, else ``None`` (CPU work is synchronous)."""
+    if is_cupy(xp):
+        cupy = _import_cupy()
+        return cupy.cuda.Stream(non_blocking=non_blocking)
+    return None
+
+
+def synchronize(xp: types.ModuleType, stream: Any = None) -> None:
+    """Wait until all queued work of ``xp`` (or only ``stream``) is done; no-op on CPU."""
+    if is_cupy(xp):
+        cupy = _import_cupy()
+        if stream is not None:
+            stream.synchronize()
+        else:
+            cupy.cuda.get_current_stream().synchronize()
+            cupy.cuda.Device().synchronize()
+
+
+def pinned_empty(shape: tuple[int, ...], dtype: Any, xp: types.ModuleType) -> np.ndarray:
+    """An uninitialised host array, page-locked when ``xp`` is CuPy.
+
+    With CuPy the memory comes from ``cupy.cuda.alloc_pinned_memory`` so that
+    host<->device copies can run asynchronously at full bandwidth; on every
+    other backend it is ordinary NumPy memory.
+
+    Parameters
+    ----------
+    shape : tuple of int
+    dtype : numpy dtype or namespace dtype
+    xp : module
+        The compute namespace that decides whether pinning is useful.
+    """
+    dt = numpy_dtype(xp, dtype)
+    shape = tuple(int(s) for s in shape)
+    if is_cupy(xp):
+        cupy = _import_cupy()
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        mem = cupy.cuda.alloc_pinned_memory(max(nbytes, 1))
+        return np.frombuffer(mem, dtype=dt, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
+    return np.empty(shape, dtype=dt)
+
+
+class BufferPool:
+    """Reusable host buffers, pinned when the backend is CuPy.
+
+    ``pool.get(key, shape, dtype)`` returns the same array for the same key
+    while shape and dtype stay the same, so an evolution cycle allocates host
+    memory only the first time it runs.  ``allocations`` counts real
+    allocations (tests use it to prove reuse); ``nbytes`` is the memory held.
+
+    Parameters
+    ----------
+    xp : module
+        Compute namespace; decides pinned (CuPy) versus ordinary host memory.
+    """
+
+    def __init__(self, xp: types.ModuleType):
+        self.xp = xp
+        self._buffers: dict[Any, np.ndarray] = {}
+        self.allocations = 0
+
+    def get(self, key: Any, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """The host buffer for ``key``, allocated on first use or when shape/dtype change."""
+        dt = numpy_dtype(self.xp, dtype)
+        shape = tuple(int(s) for s in shape)
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != dt:
+            buf = pinned_empty(shape, dt, self.xp)
+            self._buffers[key] = buf
+            self.allocations += 1
+        return buf
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the pool."""
+        return sum(b.nbytes for b in self._buffers.values())
+
+    def clear(self) -> None:
+        """Release every buffer."""
+        self._buffers.clear()
+
+    def __len__(self) -> int:
+        return len(self._buffers)
