@@ -144,6 +144,8 @@ def device_of(x: Any) -> Any:
 
 def numpy_dtype(xp: types.ModuleType, dtype: Any) -> np.dtype:
     """The NumPy dtype equal to a namespace dtype (``xp.float32`` -> ``np.float32``)."""
+    if isinstance(dtype, (str, np.dtype)) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
+        return np.dtype(dtype)
     for name in ("float32", "float64", "uint32", "int32", "int64", "uint64", "bool", "uint8", "int8"):
         if getattr(xp, name, None) == dtype:
             return np.dtype(name)
