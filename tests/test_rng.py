@@ -308,3 +308,18 @@ int main() {
     assert [int(v) for v in lines[0].split()] == list(KAT[2][2])
     words = rng.random_bits(12, seed=DOC_SEED, stream=DOC_NAME, member=DOC_MEMBER, generation=DOC_GEN)
     assert [int(v) for line in lines[1:4] for v in line.split()] == words.tolist()
+
+
+def test_oracle_stays_on_a_non_default_device(strict_devices):
+    """array-api-strict refuses device mixing: the oracle must create nothing on the default device."""
+    import array_api_strict as xs
+
+    _, other = strict_devices
+    for fn in (rng.normal, rng.random_bits, rng.uniform):
+        out = fn((5, 7), seed=3, stream="w", member=1, generation=2, xp=xs, device=other)
+        assert out.device == other
+    np.testing.assert_array_equal(
+        to_numpy(rng.random_bits(35, seed=3, xp=xs, device=other)), rng.random_bits(35, seed=3)
+    )
+    g = rng.weighted_noise_sum([1.0, -1.0], (4, 3), seed=3, xp=xs, device=other)
+    assert g.device == other

@@ -16,8 +16,7 @@ from ._spec import MASK32, PHILOX_M0, PHILOX_M1, TWO_NEG24, round_keys
 
 def _mulhilo(xp, const: int, x):
     """(hi, lo) words of ``const * x`` for a Python int ``const`` and uint32 array ``x``."""
-    u32 = xp.uint32
-    m16 = xp.asarray(0xFFFF, dtype=u32)
+    m16 = 0xFFFF  # Python ints, so that no array is created on another device
     a0, a1 = const & 0xFFFF, const >> 16
     x0 = x & m16
     x1 = x >> 16
@@ -60,9 +59,9 @@ def philox_blocks(xp, block, c1: int, c2: int, c3: int, seed: int, device=None):
         hi0, lo0 = _mulhilo(xp, PHILOX_M0, x0)
         hi1, lo1 = _mulhilo(xp, PHILOX_M1, x2)
         x0, x1, x2, x3 = (
-            hi1 ^ x1 ^ xp.asarray(k0, dtype=u32),
+            hi1 ^ x1 ^ k0,
             lo1,
-            hi0 ^ x3 ^ xp.asarray(k1, dtype=u32),
+            hi0 ^ x3 ^ k1,
             lo0,
         )
     return x0, x1, x2, x3

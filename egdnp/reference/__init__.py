@@ -1,0 +1,96 @@
+"""Reference outputs for ports: scenarios, bundles and a comparator.
+
+egdnp is the oracle PyTorch and JAX ports of EGD and EGGROLL are checked
+against.  The workflow (docs/validating-a-port.md):
+
+1. ``python -m egdnp.reference generate SCENARIO --out DIR`` writes a bundle:
+   ``arrays.npz`` + ``manifest.json`` (scenario, versions, hyper-parameters,
+   shapes, dtypes and a SHA-256 per array).
+2. The port reads ``inputs/*`` and ``params/*`` (and the noise, if it does not
+   reimplement docs/noise.md), computes, and writes its outputs with
+   :func:`dump_arrays` (``.npz`` or a directory of ``.npy``).
+3. ``python -m egdnp.reference compare DIR PORT_OUT`` reports per array the max
+   absolute/relative error and the first mismatch, and exits non-zero on failure.
+
+Functions
+---------
+generate(name, backend, dtype, seed)    run a scenario -> (arrays, hyperparameters)
+save_bundle / load_bundle               write / read (and verify) a bundle directory
+dump_arrays / load_arrays               a port's outputs in the comparator's layout
+compare(expected, actual, rtol, atol)   -> CompareReport (.ok, .format())
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import _backend
+from .bundle import Bundle, checksum, dump_arrays, load_arrays, load_bundle, save_bundle, to_numpy_arrays
+from .compare import ArrayReport, CompareReport, compare
+from .scenarios import SCENARIOS, Scenario
+
+__all__ = [
+    "SCENARIOS",
+    "Scenario",
+    "Bundle",
+    "generate",
+    "save_bundle",
+    "load_bundle",
+    "dump_arrays",
+    "load_arrays",
+    "to_numpy_arrays",
+    "checksum",
+    "compare",
+    "CompareReport",
+    "ArrayReport",
+    "TEST_BUNDLES",
+    "regenerate_test_bundles",
+]
+
+# The bundles checked into tests/reference_bundles: (scenario, dtype, seed).
+TEST_BUNDLES = [
+    ("noise", "float32", 42),
+    ("noise", "float64", 42),
+]
+
+
+def generate(name: str, *, backend="numpy", dtype: str = "float32", seed: int = 0):
+    """Run a scenario.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`SCENARIOS`.
+    backend : str or namespace
+        ``"numpy"``, ``"cupy"``, ``"array_api_strict"`` or a namespace.
+    dtype : {"float32", "float64"}
+    seed : int
+
+    Returns
+    -------
+    arrays : dict of str to numpy.ndarray
+    hyperparameters : dict
+    """
+    if name not in SCENARIOS:
+        raise ValueError(f"scenario={name!r} is not known; choose one of {sorted(SCENARIOS)}")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype={dtype!r} must be 'float32' or 'float64'")
+    xp = _backend.get_namespace(backend)
+    arrays, hyper = SCENARIOS[name].fn(xp, dtype, seed)
+    return to_numpy_arrays(arrays), hyper
+
+
+def bundle_dir_name(name: str, dtype: str, seed: int) -> str:
+    """Directory name of a checked-in test bundle."""
+    return f"{name}-{dtype}-seed{seed}"
+
+
+def regenerate_test_bundles(directory="tests/reference_bundles") -> list[Path]:
+    """Rewrite every bundle of :data:`TEST_BUNDLES` under ``directory`` (NumPy backend)."""
+    paths = []
+    for name, dtype, seed in TEST_BUNDLES:
+        arrays, hyper = generate(name, dtype=dtype, seed=seed)
+        paths.append(save_bundle(Path(directory) / bundle_dir_name(name, dtype, seed), name, arrays,
+                                 hyperparameters=hyper, backend="numpy", dtype=dtype, seed=seed,
+                                 notes=SCENARIOS[name].description))
+    return paths

@@ -1,0 +1,265 @@
+"""Reference bundles: one ``arrays.npz`` of named arrays plus a ``manifest.json``.
+
+A bundle directory holds::
+
+    manifest.json   scenario, egdnp version, backend, dtype, seed, hyper-parameters,
+                    and for every array: shape, dtype and a SHA-256 checksum
+    arrays.npz      the arrays, stored uncompressed with numpy.savez
+
+Array names are paths such as ``"inputs/x"``, ``"params/fc1.weight"``,
+``"outputs/logits"`` or ``"grads/fc1.weight"``: ``inputs/`` and ``params/``
+are what a port reads, everything else is what it must reproduce.
+
+The checksum of an array is the SHA-256 of its dtype string, its shape and its
+C-order bytes, so a changed value, shape or dtype is detected on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+ARRAYS = "arrays.npz"
+FORMAT_VERSION = 1
+
+
+def checksum(array: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and C-order bytes (hex)."""
+    a = np.ascontiguousarray(array)
+    h = hashlib.sha256()
+    h.update(a.dtype.str.encode())
+    h.update(repr(tuple(a.shape)).encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def to_numpy_arrays(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Convert arrays of any framework to NumPy by plain conversion.
+
+    Works for NumPy, CuPy (``.get()``), array-API arrays, and CPU tensors of
+    PyTorch or JAX through ``__array__`` / ``__dlpack__`` -- egdnp imports neither.
+
+    Parameters
+    ----------
+    arrays : mapping of str to array-like
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+    """
+    out = {}
+    for name, value in arrays.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"array name {name!r} must be a non-empty str such as 'outputs/logits'")
+        if hasattr(value, "get") and type(value).__module__.startswith("cupy"):
+            value = value.get()
+        elif hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without importing torch
+            value = value.detach().cpu().numpy()
+        try:
+            arr = np.asarray(value)
+        except Exception:  # noqa: BLE001 - array-api-strict arrays convert through DLPack
+            arr = np.from_dlpack(value)
+        if arr.dtype == object:
+            raise TypeError(f"array {name!r} has no numeric dtype (got {type(value).__name__}); pass arrays or tensors")
+        out[name] = np.array(arr, copy=True)
+    return out
+
+
+@dataclass
+class Bundle:
+    """A loaded reference bundle.
+
+    Attributes
+    ----------
+    manifest : dict
+        The manifest (scenario, versions, hyper-parameters, array table).
+    arrays : dict of str to numpy.ndarray
+    """
+
+    manifest: dict
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def scenario(self) -> str:
+        return self.manifest["scenario"]
+
+    @property
+    def params(self) -> dict:
+        return self.manifest.get("hyperparameters", {})
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """Arrays a port reads: names under ``inputs/`` and ``params/``."""
+        return {k: v for k, v in self.arrays.items() if k.startswith(("inputs/", "params/"))}
+
+    def expected(self) -> dict[str, np.ndarray]:
+        """Arrays a port must reproduce: every name not under ``inputs/`` or ``params/``."""
+        return {k: v for k, v in self.arrays.items() if not k.startswith(("inputs/", "params/"))}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self.arrays[name]
+        except KeyError:
+            raise KeyError(f"bundle of scenario {self.scenario!r} has no array {name!r}; it has {sorted(self.arrays)}") from None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def save_bundle(
+    directory: str | os.PathLike,
+    scenario: str,
+    arrays: Mapping[str, Any],
+    *,
+    hyperparameters: Mapping[str, Any] | None = None,
+    backend: str = "numpy",
+    dtype: str = "float32",
+    seed: int | None = None,
+    notes: str = "",
+) -> Path:
+    """Write a bundle directory (``manifest.json`` + ``arrays.npz``).
+
+    Parameters
+    ----------
+    directory : path
+        Created if missing; an existing bundle there is replaced.
+    scenario : str
+        Scenario name (``egdnp.reference.scenarios.SCENARIOS``) or a port's own label.
+    arrays : mapping of str to array
+        Converted to NumPy with :func:`to_numpy_arrays`.
+    hyperparameters, backend, dtype, seed, notes :
+        Recorded in the manifest.
+
+    Returns
+    -------
+    pathlib.Path of the directory.
+    """
+    from .. import __version__
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    host = to_numpy_arrays(arrays)
+    manifest = {
+        "format": FORMAT_VERSION,
+        "scenario": scenario,
+        "egdnp_version": __version__,
+        "numpy_version": np.__version__,
+        "backend": backend,
+        "dtype": dtype,
+        "seed": seed,
+        "hyperparameters": _jsonable(dict(hyperparameters or {})),
+        "notes": notes,
+        "arrays": {
+            name: {"shape": list(a.shape), "dtype": a.dtype.str, "sha256": checksum(a)} for name, a in sorted(host.items())
+        },
+    }
+    # Write to temporary names, then rename: a failed write never leaves a half bundle.
+    tmp_npz = directory / (ARRAYS + ".tmp")
+    with open(tmp_npz, "wb") as fh:
+        np.savez(fh, **host)
+    tmp_manifest = directory / (MANIFEST + ".tmp")
+    tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp_npz, directory / ARRAYS)
+    os.replace(tmp_manifest, directory / MANIFEST)
+    return directory
+
+
+def load_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
+    """Load a bundle directory and verify every checksum.
+
+    Raises
+    ------
+    FileNotFoundError
+        The directory, its manifest or its arrays file is missing.
+    ValueError
+        A checksum, shape or dtype differs from the manifest, or arrays are
+        missing from / extra to the manifest.
+    """
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(
+            f"{directory} is not a reference bundle: {MANIFEST} is missing; "
+            "create bundles with `python -m egdnp.reference generate SCENARIO --out DIR` or egdnp.reference.save_bundle"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    arrays_path = directory / ARRAYS
+    if not arrays_path.is_file():
+        raise FileNotFoundError(f"bundle {directory} has a manifest but no {ARRAYS}")
+    with np.load(arrays_path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    if verify:
+        table = manifest.get("arrays", {})
+        missing = sorted(set(table) - set(arrays))
+        extra = sorted(set(arrays) - set(table))
+        if missing or extra:
+            raise ValueError(f"bundle {directory}: arrays missing from {ARRAYS}: {missing}; not in the manifest: {extra}")
+        for name, entry in table.items():
+            a = arrays[name]
+            if list(a.shape) != entry["shape"] or a.dtype.str != entry["dtype"]:
+                raise ValueError(
+                    f"bundle {directory}: array {name!r} has shape {list(a.shape)} dtype {a.dtype.str}, "
+                    f"the manifest says shape {entry['shape']} dtype {entry['dtype']}"
+                )
+            if checksum(a) != entry["sha256"]:
+                raise ValueError(
+                    f"bundle {directory}: checksum of array {name!r} does not match the manifest "
+                    "(the file was modified or corrupted); regenerate the bundle"
+                )
+    return Bundle(manifest=manifest, arrays=arrays)
+
+
+def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Arrays from a bundle directory, a ``.npz`` file, or a directory of ``.npy`` files.
+
+    In a directory of ``.npy`` files, nested folders give ``/``-separated names
+    (``outputs/logits.npy`` -> ``"outputs/logits"``).
+    """
+    path = Path(path)
+    if path.is_dir() and (path / MANIFEST).is_file():
+        return load_bundle(path).arrays
+    if path.is_file() and path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    if path.is_dir():
+        found = sorted(path.rglob("*.npy"))
+        if not found:
+            raise FileNotFoundError(f"{path} holds no manifest.json and no .npy files; nothing to compare")
+        return {p.relative_to(path).with_suffix("").as_posix(): np.load(p, allow_pickle=False) for p in found}
+    raise FileNotFoundError(f"{path} is neither a bundle directory, a .npz file nor a directory of .npy files")
+
+
+def dump_arrays(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:
+    """Write a port's arrays in the layout the comparator reads.
+
+    ``path`` ending in ``.npz`` gives one ``.npz`` file; otherwise a directory
+    of ``.npy`` files (``"outputs/logits"`` -> ``outputs/logits.npy``).  Values
+    are converted by plain NumPy conversion (torch/JAX CPU tensors included).
+    """
+    path = Path(path)
+    host = to_numpy_arrays(arrays)
+    if path.suffix == ".npz":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            np.savez(fh, **host)
+        return path
+    for name, a in host.items():
+        target = path / (name + ".npy")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, a, allow_pickle=False)
+    return path
