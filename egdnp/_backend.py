@@ -192,9 +192,10 @@ def to_device(
                 return out
             return src
         if out is None:
-            with (stream if stream is not None else _null_ctx()):
-                out = cupy.empty(src.shape, dtype=src.dtype)
-        out.set(src, stream=stream) if non_blocking else out.set(src)
+            out = cupy.empty(src.shape, dtype=src.dtype)
+        # ndarray.set copies asynchronously on ``stream`` when one is given (and the
+        # source is pinned); without a stream it is a synchronous copy.
+        out.set(src, stream=stream if non_blocking else None)
         return out
     if is_numpy(xp):
         arr = np.asarray(x)
@@ -204,12 +205,9 @@ def to_device(
         return arr.copy() if arr is x else arr
     # Generic array-API namespace (array-api-strict among them).
     kwargs = {} if device is None else {"device": device}
-    if not isinstance(x, np.ndarray) and hasattr(x, "__array_namespace__"):
-        ns = array_api_compat.array_namespace(x)
-        if ns is xp:
-            return xp.asarray(x, copy=True, **kwargs) if device is None else xp.asarray(x, **kwargs)
-        x = np.asarray(x)
-    return xp.asarray(np.asarray(x), copy=True, **kwargs)
+    if not isinstance(x, np.ndarray) and array_api_compat.is_array_api_obj(x) and array_api_compat.array_namespace(x) is xp:
+        return xp.asarray(x, copy=True, **kwargs)
+    return xp.asarray(to_host(x), **kwargs)  # to_host made a fresh copy: no aliasing of the caller's array
 
 
 def to_host(x: Any, *, out: np.ndarray | None = None, stream: Any = None, non_blocking: bool = False) -> np.ndarray:
@@ -245,24 +243,17 @@ def to_host(x: Any, *, out: np.ndarray | None = None, stream: Any = None, non_bl
             )
         x.get(out=out, stream=stream, blocking=not non_blocking)
         return out
-    # array-api-strict and friends: go through DLPack-free, explicit conversion.
-    if hasattr(x, "device") and str(getattr(x, "device", "")) not in ("", "CPU_DEVICE", "cpu"):
+    try:
+        host = np.asarray(x)
+    except RuntimeError:
+        # An array on a non-CPU device of a generic namespace (array-api-strict's simulated
+        # devices refuse conversion): move it to the namespace's default device first.
         ns = array_api_compat.array_namespace(x)
-        if hasattr(ns, "Device"):
-            x = ns.asarray(x, device=ns.Device("CPU_DEVICE"))  # strict's simulated devices
-    host = np.asarray(x)
+        host = np.asarray(x.to_device(ns.__array_namespace_info__().default_device()))
     if out is None:
         return np.array(host, copy=True)
     np.copyto(out, host)
     return out
-
-
-class _null_ctx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def new_stream(xp: types.ModuleType, non_blocking: bool = True) -> Any:
