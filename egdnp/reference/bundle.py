@@ -30,6 +30,30 @@ ARRAYS = "arrays.npz"
 FORMAT_VERSION = 1
 
 
+def platform_fingerprint() -> dict:
+    """What decides the last bits of floating-point results on this machine.
+
+    BLAS kernels and NumPy's SIMD loops are chosen at run time from the CPU's
+    features, so a bundle reproduces bit for bit only where this fingerprint
+    is the same; elsewhere floats agree to rounding (see docs/validating-a-port.md).
+    """
+    import platform
+
+    import numba
+
+    config = np.show_config(mode="dicts")
+    blas = config.get("Build Dependencies", {}).get("blas", {})
+    simd = config.get("SIMD Extensions", {})
+    return {
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "blas": f"{blas.get('name', '?')} {blas.get('version', '?')}",
+        "simd_found": sorted(simd.get("found", [])),
+    }
+
+
 def checksum(array: np.ndarray) -> str:
     """SHA-256 of an array's dtype, shape and C-order bytes (hex)."""
     a = np.ascontiguousarray(array)
@@ -164,6 +188,7 @@ def save_bundle(
         "seed": seed,
         "hyperparameters": _jsonable(dict(hyperparameters or {})),
         "notes": notes,
+        "platform": platform_fingerprint(),
         "arrays": {
             name: {"shape": list(a.shape), "dtype": a.dtype.str, "sha256": checksum(a)} for name, a in sorted(host.items())
         },

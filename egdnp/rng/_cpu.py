@@ -25,6 +25,21 @@ _LO = np.uint64(MASK32)
 _S32 = np.uint64(32)
 
 
+def _pick(kernels, n):
+    """The member of a (parallel, serial) kernel pair to use for ``n`` values.
+
+    Both run the same chunks, so results are bitwise identical; an array of one
+    chunk or less skips waking the thread pool, which costs more than the work
+    (milliseconds when the machine is busy).
+    """
+    return kernels[1] if n <= 4 * CHUNK_BLOCKS else kernels[0]
+
+
+@njit(inline="always")
+def _n_chunks(n):
+    return ((n + 3) // 4 + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS
+
+
 @njit(inline="always")
 def _philox_chunk(b0, nb, k0, k1, c1, c2, c3, o0, o1, o2, o3):
     """Philox4x32-10 of blocks b0 .. b0+nb-1 into o0..o3[:nb] (uint32)."""
@@ -52,20 +67,33 @@ def _philox_chunk(b0, nb, k0, k1, c1, c2, c3, o0, o1, o2, o3):
         o3[i] = x3
 
 
-@njit(parallel=True, cache=True)
-def _bits_kernel(out, k0, k1, c1, c2, c3):
+@njit(inline="always")
+def _bits_one_chunk(ch, out, k0, k1, c1, c2, c3):
     n = out.shape[0]
     nblocks = (n + 3) // 4
-    nchunks = (nblocks + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS
-    for ch in prange(nchunks):
-        b0 = ch * CHUNK_BLOCKS
-        nb = min(CHUNK_BLOCKS, nblocks - b0)
-        o0 = np.empty(CHUNK_BLOCKS, np.uint32)
-        o1 = np.empty(CHUNK_BLOCKS, np.uint32)
-        o2 = np.empty(CHUNK_BLOCKS, np.uint32)
-        o3 = np.empty(CHUNK_BLOCKS, np.uint32)
-        _philox_chunk(b0, nb, k0, k1, c1, c2, c3, o0, o1, o2, o3)
-        _store4(out, b0, nb, o0, o1, o2, o3)
+    b0 = ch * CHUNK_BLOCKS
+    nb = min(CHUNK_BLOCKS, nblocks - b0)
+    o0 = np.empty(CHUNK_BLOCKS, np.uint32)
+    o1 = np.empty(CHUNK_BLOCKS, np.uint32)
+    o2 = np.empty(CHUNK_BLOCKS, np.uint32)
+    o3 = np.empty(CHUNK_BLOCKS, np.uint32)
+    _philox_chunk(b0, nb, k0, k1, c1, c2, c3, o0, o1, o2, o3)
+    _store4(out, b0, nb, o0, o1, o2, o3)
+
+
+@njit(parallel=True, cache=True)
+def _bits_parallel(out, k0, k1, c1, c2, c3):
+    for ch in prange(_n_chunks(out.shape[0])):
+        _bits_one_chunk(ch, out, k0, k1, c1, c2, c3)
+
+
+@njit(cache=True)
+def _bits_serial(out, k0, k1, c1, c2, c3):
+    for ch in range(_n_chunks(out.shape[0])):
+        _bits_one_chunk(ch, out, k0, k1, c1, c2, c3)
+
+
+_BITS_KERNELS = (_bits_parallel, _bits_serial)
 
 
 def _key(seed: int):
@@ -77,7 +105,7 @@ def random_bits(n, seed, stream, member, generation):
     out = np.empty(n, dtype=np.uint32)
     if n:
         k0, k1 = _key(seed)
-        _bits_kernel(out, k0, k1, np.uint32(stream), np.uint32(member), np.uint32(generation))
+        _pick(_BITS_KERNELS, n)(out, k0, k1, np.uint32(stream), np.uint32(member), np.uint32(generation))
     return out
 
 
@@ -197,26 +225,39 @@ def _store4(out, b0, nb, z0, z1, z2, z3):
                 out[j + 3] = z3[i]
 
 
-@njit(parallel=True, cache=True)
-def _normal_kernel(out, k0, k1, c1, c2, c3):
+@njit(inline="always")
+def _normal_one_chunk(ch, out, k0, k1, c1, c2, c3):
     n = out.shape[0]
     nblocks = (n + 3) // 4
-    nchunks = (nblocks + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS
-    for ch in prange(nchunks):
-        b0 = ch * CHUNK_BLOCKS
-        nb = min(CHUNK_BLOCKS, nblocks - b0)
-        o0 = np.empty(CHUNK_BLOCKS, np.uint32)
-        o1 = np.empty(CHUNK_BLOCKS, np.uint32)
-        o2 = np.empty(CHUNK_BLOCKS, np.uint32)
-        o3 = np.empty(CHUNK_BLOCKS, np.uint32)
-        fbuf = np.empty(CHUNK_BLOCKS, np.float32)
-        ebuf = np.empty(CHUNK_BLOCKS, np.int32)
-        z0 = np.empty(CHUNK_BLOCKS, out.dtype)
-        z1 = np.empty(CHUNK_BLOCKS, out.dtype)
-        z2 = np.empty(CHUNK_BLOCKS, out.dtype)
-        z3 = np.empty(CHUNK_BLOCKS, out.dtype)
-        _normal_chunk(b0, nb, k0, k1, c1, c2, c3, o0, o1, o2, o3, fbuf, ebuf, z0, z1, z2, z3)
-        _store4(out, b0, nb, z0, z1, z2, z3)
+    b0 = ch * CHUNK_BLOCKS
+    nb = min(CHUNK_BLOCKS, nblocks - b0)
+    o0 = np.empty(CHUNK_BLOCKS, np.uint32)
+    o1 = np.empty(CHUNK_BLOCKS, np.uint32)
+    o2 = np.empty(CHUNK_BLOCKS, np.uint32)
+    o3 = np.empty(CHUNK_BLOCKS, np.uint32)
+    fbuf = np.empty(CHUNK_BLOCKS, np.float32)
+    ebuf = np.empty(CHUNK_BLOCKS, np.int32)
+    z0 = np.empty(CHUNK_BLOCKS, out.dtype)
+    z1 = np.empty(CHUNK_BLOCKS, out.dtype)
+    z2 = np.empty(CHUNK_BLOCKS, out.dtype)
+    z3 = np.empty(CHUNK_BLOCKS, out.dtype)
+    _normal_chunk(b0, nb, k0, k1, c1, c2, c3, o0, o1, o2, o3, fbuf, ebuf, z0, z1, z2, z3)
+    _store4(out, b0, nb, z0, z1, z2, z3)
+
+
+@njit(parallel=True, cache=True)
+def _normal_parallel(out, k0, k1, c1, c2, c3):
+    for ch in prange(_n_chunks(out.shape[0])):
+        _normal_one_chunk(ch, out, k0, k1, c1, c2, c3)
+
+
+@njit(cache=True)
+def _normal_serial(out, k0, k1, c1, c2, c3):
+    for ch in range(_n_chunks(out.shape[0])):
+        _normal_one_chunk(ch, out, k0, k1, c1, c2, c3)
+
+
+_NORMAL_KERNELS = (_normal_parallel, _normal_serial)
 
 
 def normal(n, seed, stream, member, generation, dtype):
@@ -224,44 +265,57 @@ def normal(n, seed, stream, member, generation, dtype):
     out = np.empty(n, dtype=np.dtype(dtype))
     if n:
         k0, k1 = _key(seed)
-        _normal_kernel(out, k0, k1, np.uint32(stream), np.uint32(member), np.uint32(generation))
+        _pick(_NORMAL_KERNELS, n)(out, k0, k1, np.uint32(stream), np.uint32(member), np.uint32(generation))
     return out
 
 
 # ----------------------------------------------------------------------------
 # fused weighted noise sum
 # ----------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
-def _weighted_sum_kernel(out, weights, members, k0, k1, c1, c3):
+@njit(inline="always")
+def _weighted_sum_one_chunk(ch, out, weights, members, k0, k1, c1, c3):
     n = out.shape[0]
     nblocks = (n + 3) // 4
-    nchunks = (nblocks + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS
-    for ch in prange(nchunks):
-        b0 = ch * CHUNK_BLOCKS
-        nb = min(CHUNK_BLOCKS, nblocks - b0)
-        o0 = np.empty(CHUNK_BLOCKS, np.uint32)
-        o1 = np.empty(CHUNK_BLOCKS, np.uint32)
-        o2 = np.empty(CHUNK_BLOCKS, np.uint32)
-        o3 = np.empty(CHUNK_BLOCKS, np.uint32)
-        fbuf = np.empty(CHUNK_BLOCKS, np.float32)
-        ebuf = np.empty(CHUNK_BLOCKS, np.int32)
-        z0 = np.empty(CHUNK_BLOCKS, out.dtype)
-        z1 = np.empty(CHUNK_BLOCKS, out.dtype)
-        z2 = np.empty(CHUNK_BLOCKS, out.dtype)
-        z3 = np.empty(CHUNK_BLOCKS, out.dtype)
-        a0 = np.zeros(CHUNK_BLOCKS, np.float64)
-        a1 = np.zeros(CHUNK_BLOCKS, np.float64)
-        a2 = np.zeros(CHUNK_BLOCKS, np.float64)
-        a3 = np.zeros(CHUNK_BLOCKS, np.float64)
-        for m in range(members.shape[0]):
-            w = weights[m]
-            _normal_chunk(b0, nb, k0, k1, c1, members[m], c3, o0, o1, o2, o3, fbuf, ebuf, z0, z1, z2, z3)
-            for i in range(nb):
-                a0[i] += w * z0[i]
-                a1[i] += w * z1[i]
-                a2[i] += w * z2[i]
-                a3[i] += w * z3[i]
-        _store4(out, b0, nb, a0, a1, a2, a3)
+    b0 = ch * CHUNK_BLOCKS
+    nb = min(CHUNK_BLOCKS, nblocks - b0)
+    o0 = np.empty(CHUNK_BLOCKS, np.uint32)
+    o1 = np.empty(CHUNK_BLOCKS, np.uint32)
+    o2 = np.empty(CHUNK_BLOCKS, np.uint32)
+    o3 = np.empty(CHUNK_BLOCKS, np.uint32)
+    fbuf = np.empty(CHUNK_BLOCKS, np.float32)
+    ebuf = np.empty(CHUNK_BLOCKS, np.int32)
+    z0 = np.empty(CHUNK_BLOCKS, out.dtype)
+    z1 = np.empty(CHUNK_BLOCKS, out.dtype)
+    z2 = np.empty(CHUNK_BLOCKS, out.dtype)
+    z3 = np.empty(CHUNK_BLOCKS, out.dtype)
+    a0 = np.zeros(CHUNK_BLOCKS, np.float64)
+    a1 = np.zeros(CHUNK_BLOCKS, np.float64)
+    a2 = np.zeros(CHUNK_BLOCKS, np.float64)
+    a3 = np.zeros(CHUNK_BLOCKS, np.float64)
+    for m in range(members.shape[0]):
+        w = weights[m]
+        _normal_chunk(b0, nb, k0, k1, c1, members[m], c3, o0, o1, o2, o3, fbuf, ebuf, z0, z1, z2, z3)
+        for i in range(nb):
+            a0[i] += w * z0[i]
+            a1[i] += w * z1[i]
+            a2[i] += w * z2[i]
+            a3[i] += w * z3[i]
+    _store4(out, b0, nb, a0, a1, a2, a3)
+
+
+@njit(parallel=True, cache=True)
+def _weighted_sum_parallel(out, weights, members, k0, k1, c1, c3):
+    for ch in prange(_n_chunks(out.shape[0])):
+        _weighted_sum_one_chunk(ch, out, weights, members, k0, k1, c1, c3)
+
+
+@njit(cache=True)
+def _weighted_sum_serial(out, weights, members, k0, k1, c1, c3):
+    for ch in range(_n_chunks(out.shape[0])):
+        _weighted_sum_one_chunk(ch, out, weights, members, k0, k1, c1, c3)
+
+
+_WEIGHTED_SUM_KERNELS = (_weighted_sum_parallel, _weighted_sum_serial)
 
 
 def weighted_noise_sum(weights, members, n, seed, stream, generation, dtype):
@@ -269,7 +323,7 @@ def weighted_noise_sum(weights, members, n, seed, stream, generation, dtype):
     out = np.empty(n, dtype=np.dtype(dtype))
     if n and weights.shape[0]:
         k0, k1 = _key(seed)
-        _weighted_sum_kernel(out, weights.astype(np.float64), members.astype(np.uint32), k0, k1, np.uint32(stream), np.uint32(generation))
+        _pick(_WEIGHTED_SUM_KERNELS, n)(out, weights.astype(np.float64), members.astype(np.uint32), k0, k1, np.uint32(stream), np.uint32(generation))
     elif n:
         out[:] = 0
     return out
