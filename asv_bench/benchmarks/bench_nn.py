@@ -1,0 +1,197 @@
+"""Manual-gradient training steps against PyTorch eager, and the conv/pool kernels.
+
+Targets (issue 3), as ratios egdnp / torch measured in the same run, float32,
+one training step = forward + loss + backward (all parameter gradients, no
+optimiser update), same shapes, same machine:
+
+* MLP 784-256-10 (tanh), batch 128: ratio <= 1.0;
+* CNN (conv 1->16 3x3 p1, ReLU, maxpool 2, conv 16->32 3x3 p1, ReLU,
+  maxpool 2, linear 1568->10), batch 64: ratio <= 2.0.
+
+``track_ratio_to_torch`` reports the ratio directly: the median over 15
+rounds of adjacent egdnp/torch timings, to damp the noise of a shared machine.  The torch side
+exists only where torch is installed (NotImplementedError -> skipped
+otherwise); for the CuPy backend torch runs on CUDA when it can.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from egdnp import _backend, nn
+from egdnp.nn import functional as F
+
+from ._common import BACKENDS, best_time, namespace_or_skip
+
+SHAPES = {
+    "mlp": {"batch": 128, "input": (784,)},
+    "cnn": {"batch": 64, "input": (1, 28, 28)},
+}
+
+
+def _egdnp_model(name):
+    return nn.mlp((784, 256, 10), activation="tanh") if name == "mlp" else nn.cnn()
+
+
+def _torch_or_skip():
+    try:
+        import torch
+    except ImportError:
+        raise NotImplementedError("torch is not installed") from None
+    return torch
+
+
+def _torch_model(torch, name):
+    tnn = torch.nn
+    if name == "mlp":
+        return tnn.Sequential(tnn.Linear(784, 256), tnn.Tanh(), tnn.Linear(256, 10))
+    return tnn.Sequential(
+        tnn.Conv2d(1, 16, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+        tnn.Conv2d(16, 32, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+        tnn.Flatten(), tnn.Linear(32 * 7 * 7, 10),
+    )
+
+
+class TrainingStep:
+    """One float32 forward + backward of the MLP (batch 128) or the CNN (batch 64)."""
+
+    params = (["mlp", "cnn"], BACKENDS)
+    param_names = ["model", "backend"]
+    timeout = 300
+
+    def setup(self, model, backend):
+        self.xp = namespace_or_skip(backend)
+        shape = SHAPES[model]
+        host = np.random.default_rng(0)
+        x = host.standard_normal((shape["batch"],) + shape["input"]).astype(np.float32)
+        y = host.integers(0, 10, shape["batch"])
+        self.model = _egdnp_model(model)
+        self.params = self.model.init(0, xp=self.xp)
+        self.x = _backend.to_device(x, self.xp)
+        self.y = _backend.to_device(y, self.xp)
+        self.sync = lambda: _backend.synchronize(self.xp)
+        self.egdnp_step = lambda: self.model.loss_and_grad(self.params, self.x, self.y)
+        self.egdnp_step()  # compile / cache the Numba kernels outside the timing
+        self.sync()
+        self.torch_step = None
+        try:
+            torch = _torch_or_skip()
+        except NotImplementedError:
+            return
+        device = "cpu"
+        if _backend.is_cupy(self.xp):
+            if not torch.cuda.is_available():
+                return
+            device = "cuda"
+        tmodel = _torch_model(torch, model).to(device)
+        tx, ty = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def torch_step():
+            tmodel.zero_grad(set_to_none=True)
+            loss_fn(tmodel(tx), ty).backward()
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        self.torch_step = torch_step
+        torch_step()
+
+    def _need_torch(self):
+        if self.torch_step is None:
+            raise NotImplementedError("torch (or torch with CUDA for the cupy backend) is not available")
+
+    def time_egdnp_step(self, model, backend):
+        self.egdnp_step()
+        self.sync()
+
+    def time_torch_step(self, model, backend):
+        self._need_torch()
+        self.torch_step()
+
+    def track_ratio_to_torch(self, model, backend):
+        """egdnp time / torch time (target: <= 1.0 for the MLP, <= 2.0 for the CNN).
+
+        Median over rounds of the ratio of two adjacent timings (egdnp, then
+        torch, 5 steps each): on a shared machine both sides of one round see
+        the same load, which a ratio of two separate minima does not ensure.
+        """
+        self._need_torch()
+        ratios = []
+        for _ in range(15):
+            ours = best_time(self.egdnp_step, repeat=1, number=5, sync=self.sync)
+            theirs = best_time(self.torch_step, repeat=1, number=5)
+            ratios.append(ours / theirs)
+        return float(np.median(ratios))
+
+    track_ratio_to_torch.unit = "x"
+
+
+class TrainingStepKeepFreedMemory(TrainingStep):
+    """:class:`TrainingStep` after ``egdnp.nn.keep_freed_memory()`` (glibc keeps freed blocks).
+
+    A separate benchmark so that asv runs it in its own process: the malloc
+    setting is process-wide.
+    """
+
+    def setup(self, model, backend):
+        if not nn.keep_freed_memory():
+            raise NotImplementedError("not glibc: mallopt is unavailable")
+        super().setup(model, backend)
+
+
+class PopulationForward:
+    """Forward-only scoring of a population of inputs, (pop, batch, ...) in one call (EGGROLL/EGD style)."""
+
+    params = (["mlp", "cnn"], BACKENDS, [16])
+    param_names = ["model", "backend", "pop"]
+    timeout = 300
+
+    def setup(self, model, backend, pop):
+        self.xp = namespace_or_skip(backend)
+        shape = SHAPES[model]
+        x = np.random.default_rng(0).standard_normal((pop, shape["batch"]) + shape["input"]).astype(np.float32)
+        self.model = _egdnp_model(model)
+        self.params = self.model.init(0, xp=self.xp)
+        self.x = _backend.to_device(x, self.xp)
+        self.model.apply(self.params, self.x)
+        _backend.synchronize(self.xp)
+
+    def time_apply(self, model, backend, pop):
+        self.model.apply(self.params, self.x)
+        _backend.synchronize(self.xp)
+
+
+class ConvKernels:
+    """im2col / col2im / max-pool: Numba fast path against the array-API oracle path (NumPy)."""
+
+    params = (["numba", "array_api"],)
+    param_names = ["impl"]
+
+    def setup(self, impl):
+        host = np.random.default_rng(0)
+        self.x = host.standard_normal((64, 16, 14, 14)).astype(np.float32)
+        self.x_pool = host.standard_normal((64, 16, 28, 28)).astype(np.float32)
+        self.cols, _ = F.im2col(self.x, 3, 3, padding=1, transposed=True, impl=impl)
+        self.w = host.standard_normal((32, 16, 3, 3)).astype(np.float32)
+        out, self.conv_cache = F.conv2d_forward(self.x, self.w, None, 1, 1, impl=impl)
+        self.dout = np.ones_like(out)
+        pooled, self.pool_cache = F.max_pool2d_forward(self.x_pool, 2, impl=impl)
+        self.dpool = np.ones_like(pooled)
+
+    def time_im2col(self, impl):
+        F.im2col(self.x, 3, 3, padding=1, transposed=True, impl=impl)
+
+    def time_col2im(self, impl):
+        F.col2im(self.cols, self.x.shape, 3, 3, padding=1, transposed=True, impl=impl)
+
+    def time_conv2d_forward(self, impl):
+        F.conv2d_forward(self.x, self.w, None, 1, 1, impl=impl)
+
+    def time_conv2d_backward(self, impl):
+        F.conv2d_backward(self.dout, self.conv_cache)
+
+    def time_max_pool_forward(self, impl):
+        F.max_pool2d_forward(self.x_pool, 2, impl=impl)
+
+    def time_max_pool_backward(self, impl):
+        F.max_pool2d_backward(self.dpool, self.pool_cache)

@@ -1,0 +1,99 @@
+"""Manual-gradient neural networks: layers, losses, initialisers, models.
+
+No autograd: every forward returns ``(out, cache)`` and its backward, written
+right beside it, turns ``dL/dout`` into ``dL/dx`` and parameter gradients.
+
+Modules
+-------
+egdnp.nn.functional  stateless ops (linear, conv2d via im2col, pooling,
+                     activations, dropout, batch norm), forward + backward
+egdnp.nn.losses      softmax cross-entropy, MSE (with gradients), accuracy
+egdnp.nn.init        He / Glorot / LeCun / zeros initialisers on egdnp.rng
+egdnp.nn.layers      layer objects (static config) used by models
+egdnp.nn.model       ``Serial`` composition, ``mlp`` and ``cnn`` builders
+
+Quick start
+-----------
+>>> from egdnp.nn import mlp
+>>> model = mlp((64, 128, 10))
+>>> params = model.init(seed=0)
+>>> loss, grads = model.loss_and_grad(params, x, y)        # doctest: +SKIP
+
+See docs/nn.md for the layer contract, shapes and naming.
+"""
+
+from . import functional, init, layers, losses
+from .layers import (
+    Activation,
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    GELU,
+    Layer,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
+from .losses import (
+    accuracy,
+    log_softmax,
+    mse,
+    mse_grad,
+    softmax,
+    softmax_cross_entropy,
+    softmax_cross_entropy_grad,
+    softmax_cross_entropy_with_grad,
+)
+from .model import ForwardCache, Serial, cnn, mlp, serial
+
+
+def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """Opt-in, process-wide: let glibc malloc reuse freed blocks instead of returning them.
+
+    Removes most page faults of the megabyte-sized temporaries of a CNN step
+    (about a quarter of its time on a small VM).  See
+    :func:`egdnp.nn._cpu.keep_freed_memory`; returns False off glibc.
+    """
+    from ._cpu import keep_freed_memory as _keep
+
+    return _keep(mmap_threshold, trim_threshold)
+
+__all__ = [
+    "functional",
+    "init",
+    "layers",
+    "losses",
+    "Layer",
+    "Linear",
+    "Conv2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "Flatten",
+    "Dropout",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Activation",
+    "ReLU",
+    "Tanh",
+    "GELU",
+    "Sigmoid",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_grad",
+    "softmax_cross_entropy_with_grad",
+    "log_softmax",
+    "softmax",
+    "mse",
+    "mse_grad",
+    "accuracy",
+    "Serial",
+    "ForwardCache",
+    "serial",
+    "mlp",
+    "cnn",
+    "keep_freed_memory",
+]

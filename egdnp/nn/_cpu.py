@@ -1,0 +1,689 @@
+"""Numba CPU kernels for the copy-heavy parts of convolution and pooling.
+
+Each public function here takes and returns NumPy arrays and has exactly one
+caller, a dispatch function in :mod:`egdnp.nn.functional` whose array-API
+branch is the oracle the tests compare against.  Kernels are compiled once
+per dtype and cached on disk (``cache=True``).
+
+Threads: every kernel has a serial body (one image range) and a parallel
+driver that splits the batch over Numba's threads (images never share output
+memory, so there are no races).  The parallel driver is used only for work of
+at least :data:`PARALLEL_MIN_ELEMENTS` output elements.  On small batches it
+loses: Numba's OpenMP workers and OpenBLAS's threads both spin-wait after
+their own parallel regions, and on a 2-core machine a parallel kernel right
+after a GEMM measured 5-10x slower than the serial one (see docs/nn.md).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+_SERIAL = dict(nopython=True, cache=True, nogil=True)
+_PARALLEL = dict(nopython=True, parallel=True, cache=True, nogil=True)
+
+#: Output size (elements) from which kernels split the batch over threads.
+PARALLEL_MIN_ELEMENTS = 1 << 23
+
+
+def _parallel(n_elements: int) -> bool:
+    return n_elements >= PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1
+
+
+# ----------------------------------------------------------------------------
+# im2col, rows layout (N, L, C*kh*kw): the public im2col's layout
+# ----------------------------------------------------------------------------
+@numba.jit(**_SERIAL)
+def _im2col_rows(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, n0, n1):
+    n_ch, h, w = x.shape[1], x.shape[2], x.shape[3]
+    for n in range(n0, n1):
+        for r in range(oh):
+            for q in range(ow):
+                row = r * ow + q
+                col = 0
+                for ch in range(n_ch):
+                    for i in range(kh):
+                        hi = r * sh - ph + i * dh
+                        inside_h = 0 <= hi < h
+                        for j in range(kw):
+                            wj = q * sw - pw + j * dw
+                            if inside_h and 0 <= wj < w:
+                                out[n, row, col] = x[n, ch, hi, wj]
+                            else:
+                                out[n, row, col] = 0.0
+                            col += 1
+
+
+@numba.jit(**_SERIAL)
+def _col2im_rows(patches, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, n0, n1):
+    n_ch, h, w = out.shape[1], out.shape[2], out.shape[3]
+    for n in range(n0, n1):
+        out[n] = 0.0
+        for r in range(oh):
+            for q in range(ow):
+                row = r * ow + q
+                col = 0
+                for ch in range(n_ch):
+                    for i in range(kh):
+                        hi = r * sh - ph + i * dh
+                        inside_h = 0 <= hi < h
+                        for j in range(kw):
+                            wj = q * sw - pw + j * dw
+                            if inside_h and 0 <= wj < w:
+                                out[n, ch, hi, wj] += patches[n, row, col]
+                            col += 1
+
+
+# ----------------------------------------------------------------------------
+# im2col, columns layout (N, C*kh*kw, L): what conv2d uses internally, because
+# W (C_out, CK) @ cols (CK, L) lands directly in NCHW order and every copy here
+# runs along contiguous image rows.
+# ----------------------------------------------------------------------------
+@numba.jit(**_SERIAL)
+def _im2col_cols(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, n0, n1):
+    # Flat 1-D indexing on purpose: slicing views inside these loops costs an
+    # atomic reference-count update each, which dominated an earlier version.
+    n_ch, h, w = x.shape[1], x.shape[2], x.shape[3]
+    length = oh * ow
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    for n in range(n0, n1):
+        for ch in range(n_ch):
+            x_plane = (n * n_ch + ch) * h * w
+            for i in range(kh):
+                for j in range(kw):
+                    row = (ch * kh + i) * kw + j
+                    o_row = (n * n_ch * kh * kw + row) * length
+                    # output columns q whose input column c0 + q*sw lies inside [0, w)
+                    c0 = j * dw - pw
+                    q_lo = 0 if c0 >= 0 else (-c0 + sw - 1) // sw
+                    q_hi = min(ow, (w - 1 - c0) // sw + 1) if w - 1 - c0 >= 0 else 0
+                    if q_lo > q_hi:
+                        q_lo = q_hi
+                    for r in range(oh):
+                        o = o_row + r * ow
+                        hi = r * sh - ph + i * dh
+                        if hi < 0 or hi >= h:
+                            for q in range(ow):
+                                of[o + q] = 0.0
+                            continue
+                        src = x_plane + hi * w + c0
+                        for q in range(q_lo):
+                            of[o + q] = 0.0
+                        if sw == 1:
+                            for q in range(q_lo, q_hi):
+                                of[o + q] = xf[src + q]
+                        else:
+                            for q in range(q_lo, q_hi):
+                                of[o + q] = xf[src + q * sw]
+                        for q in range(q_hi, ow):
+                            of[o + q] = 0.0
+
+
+@numba.jit(**_SERIAL)
+def _col2im_cols(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, n0, n1):
+    n_ch, h, w = out.shape[1], out.shape[2], out.shape[3]
+    length = oh * ow
+    cf = cols.reshape(-1)
+    of = out.reshape(-1)
+    for n in range(n0, n1):
+        base_n = n * n_ch * h * w
+        for t in range(base_n, base_n + n_ch * h * w):
+            of[t] = 0.0
+        for ch in range(n_ch):
+            x_plane = base_n + ch * h * w
+            for i in range(kh):
+                for j in range(kw):
+                    row = (ch * kh + i) * kw + j
+                    c_row = (n * n_ch * kh * kw + row) * length
+                    c0 = j * dw - pw
+                    q_lo = 0 if c0 >= 0 else (-c0 + sw - 1) // sw
+                    q_hi = min(ow, (w - 1 - c0) // sw + 1) if w - 1 - c0 >= 0 else 0
+                    for r in range(oh):
+                        hi = r * sh - ph + i * dh
+                        if hi < 0 or hi >= h:
+                            continue
+                        src = c_row + r * ow
+                        dst = x_plane + hi * w + c0
+                        if sw == 1:
+                            for q in range(q_lo, q_hi):
+                                of[dst + q] += cf[src + q]
+                        else:
+                            for q in range(q_lo, q_hi):
+                                of[dst + q * sw] += cf[src + q]
+
+
+# ----------------------------------------------------------------------------
+# stride-1 convolution on "wide" rows, channel-major columns.
+#
+# Wide rows: with a zero-padded input of row width wp, window offset (i, j) of
+# output pixel (r, q) sits at flat position (r * wp + q) + (i * dh * wp + j * dw)
+# of the padded plane.  Computing the output on the (oh, wp) grid -- wp - ow
+# throw-away columns per row -- turns each im2col row into ONE contiguous copy
+# (and each col2im row into one contiguous add) instead of oh short runs with
+# bounds checks.
+#
+# Channel-major columns (CK, N, L'): the whole batch is then ONE GEMM per
+# product, (C_out, CK) @ (CK, N*L').  Batched per-image GEMMs were as fast on
+# an idle machine but collapsed when other processes shared the cores (OpenBLAS
+# hands every small GEMM to its threads).  Two cheap passes move the result
+# between (C_out, N, L') and NCHW, dropping the throw-away columns and adding
+# the bias on the way.
+# ----------------------------------------------------------------------------
+@numba.jit(**_SERIAL)
+def _im2col_wide(xpad, kh, kw, dh, dw, oh, out, n0, n1):
+    n_img, n_ch, hp, wp = xpad.shape
+    length = oh * wp
+    plane = hp * wp
+    xf = xpad.reshape(-1)
+    of = out.reshape(-1)
+    for n in range(n0, n1):
+        for ch in range(n_ch):
+            src0 = (n * n_ch + ch) * plane
+            for i in range(kh):
+                for j in range(kw):
+                    row = (ch * kh + i) * kw + j
+                    shift = i * dh * wp + j * dw
+                    # the last j*dw entries would run past the plane: throw-away columns
+                    valid = min(length, plane - shift)
+                    # unsigned offsets: signed ones make Numba guard every access against
+                    # negative (wrap-around) indices, which blocks vectorisation (3x slower)
+                    dst = np.uint64((row * n_img + n) * length)
+                    src = np.uint64(src0 + shift)
+                    for t in range(valid):
+                        of[dst + np.uint64(t)] = xf[src + np.uint64(t)]
+                    for t in range(valid, length):
+                        of[dst + np.uint64(t)] = 0.0
+
+
+@numba.jit(**_SERIAL)
+def _col2im_wide(cols, kh, kw, dh, dw, oh, out, n0, n1):
+    n_img, n_ch, hp, wp = out.shape
+    length = oh * wp
+    plane = hp * wp
+    cf = cols.reshape(-1)
+    of = out.reshape(-1)
+    for n in range(n0, n1):
+        base = np.uint64(n * n_ch * plane)
+        for t in range(n_ch * plane):
+            of[base + np.uint64(t)] = 0.0
+        for ch in range(n_ch):
+            dst0 = (n * n_ch + ch) * plane
+            for i in range(kh):
+                for j in range(kw):
+                    row = (ch * kh + i) * kw + j
+                    shift = i * dh * wp + j * dw
+                    valid = min(length, plane - shift)
+                    src = np.uint64((row * n_img + n) * length)
+                    dst = np.uint64(dst0 + shift)
+                    for t in range(valid):
+                        of[dst + np.uint64(t)] += cf[src + np.uint64(t)]
+
+
+@numba.jit(**_SERIAL)
+def _wide_to_nchw(wide, bias, out, n0, n1):
+    """out[n, o, r, q] = wide[o, n, r*wp + q] + bias[o] for q < ow."""
+    c_out, n_img, length = wide.shape
+    oh, ow = out.shape[2], out.shape[3]
+    wp = length // oh
+    wf = wide.reshape(-1)
+    of = out.reshape(-1)
+    for n in range(n0, n1):
+        for o in range(c_out):
+            b = bias[o]
+            for r in range(oh):
+                src = np.uint64((o * n_img + n) * length + r * wp)
+                dst = np.uint64(((n * c_out + o) * oh + r) * ow)
+                for q in range(ow):
+                    of[dst + np.uint64(q)] = wf[src + np.uint64(q)] + b
+
+
+@numba.jit(**_SERIAL)
+def _nchw_to_wide(dout, wide, sums, n0, n1):
+    """wide[o, n, r*wp + q] = dout[n, o, r, q], zero in the throw-away columns q >= ow.
+
+    Also ``sums[n, o] = sum(dout[n, o])`` in float64 (the bias gradient, in the same pass).
+    """
+    c_out, n_img, length = wide.shape
+    oh, ow = dout.shape[2], dout.shape[3]
+    wp = length // oh
+    df = dout.reshape(-1)
+    wf = wide.reshape(-1)
+    for n in range(n0, n1):
+        for o in range(c_out):
+            acc = 0.0
+            for r in range(oh):
+                dst = np.uint64((o * n_img + n) * length + r * wp)
+                src = np.uint64(((n * c_out + o) * oh + r) * ow)
+                for q in range(ow):
+                    v = df[src + np.uint64(q)]
+                    wf[dst + np.uint64(q)] = v
+                    acc += v
+                for q in range(ow, wp):
+                    wf[dst + np.uint64(q)] = 0.0
+            sums[n, o] = acc
+
+
+@numba.jit(**_PARALLEL)
+def _im2col_wide_par(xpad, kh, kw, dh, dw, oh, out, t):
+    n = xpad.shape[0]
+    for c in prange(t):
+        _im2col_wide(xpad, kh, kw, dh, dw, oh, out, c * n // t, (c + 1) * n // t)
+
+
+@numba.jit(**_PARALLEL)
+def _col2im_wide_par(cols, kh, kw, dh, dw, oh, out, t):
+    n = out.shape[0]
+    for c in prange(t):
+        _col2im_wide(cols, kh, kw, dh, dw, oh, out, c * n // t, (c + 1) * n // t)
+
+
+@numba.jit(**_PARALLEL)
+def _wide_to_nchw_par(wide, bias, out, t):
+    n = out.shape[0]
+    for c in prange(t):
+        _wide_to_nchw(wide, bias, out, c * n // t, (c + 1) * n // t)
+
+
+@numba.jit(**_PARALLEL)
+def _nchw_to_wide_par(dout, wide, sums, t):
+    n = dout.shape[0]
+    for c in prange(t):
+        _nchw_to_wide(dout, wide, sums, c * n // t, (c + 1) * n // t)
+
+
+def conv2d_stride1_forward(x, w, b, p, d):
+    """Stride-1 convolution through wide, channel-major im2col columns.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W); w : ndarray (C_out, C, kh, kw); b : ndarray (C_out,) or None
+    p, d : (int, int) padding and dilation
+
+    Returns
+    -------
+    out : ndarray (N, C_out, oh, ow)
+    cols : ndarray (C*kh*kw, N, oh*wp), kept for the backward
+    """
+    n, c, h, wd = x.shape
+    c_out, _, kh, kw = w.shape
+    hp, wp = h + 2 * p[0], wd + 2 * p[1]
+    oh, ow = hp - d[0] * (kh - 1), wp - d[1] * (kw - 1)
+    if p == (0, 0):
+        xpad = np.ascontiguousarray(x)
+    else:
+        xpad = np.zeros((n, c, hp, wp), dtype=x.dtype)
+        xpad[:, :, p[0] : p[0] + h, p[1] : p[1] + wd] = x
+    ck = c * kh * kw
+    cols = np.empty((ck, n, oh * wp), dtype=x.dtype)
+    par = _parallel(cols.size)
+    if par:
+        _im2col_wide_par(xpad, kh, kw, d[0], d[1], oh, cols, numba.get_num_threads())
+    else:
+        _im2col_wide(xpad, kh, kw, d[0], d[1], oh, cols, 0, n)
+    wide = np.matmul(np.ascontiguousarray(w).reshape(c_out, ck), cols.reshape(ck, n * oh * wp)).reshape(c_out, n, oh * wp)
+    bias = np.zeros(c_out, dtype=x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
+    out = np.empty((n, c_out, oh, ow), dtype=x.dtype)
+    if par:
+        _wide_to_nchw_par(wide, bias, out, numba.get_num_threads())
+    else:
+        _wide_to_nchw(wide, bias, out, 0, n)
+    return out, cols
+
+
+def conv2d_stride1_backward(dout, cols, x_shape, w, p, d, has_bias, need_dx):
+    """Gradients of :func:`conv2d_stride1_forward`: (dx (N, C, H, W) or None, dw, db or None)."""
+    n, c, h, wd = x_shape
+    c_out, _, kh, kw = w.shape
+    ck = c * kh * kw
+    hp, wp = h + 2 * p[0], wd + 2 * p[1]
+    oh = dout.shape[2]
+    dout = np.ascontiguousarray(dout)
+    # zeros in the throw-away columns make them drop out of dW and dx exactly
+    dwide = np.empty((c_out, n, oh * wp), dtype=dout.dtype)
+    sums = np.empty((n, c_out), dtype=np.float64)
+    par = _parallel(cols.size)
+    if par:
+        _nchw_to_wide_par(dout, dwide, sums, numba.get_num_threads())
+    else:
+        _nchw_to_wide(dout, dwide, sums, 0, n)
+    d2 = dwide.reshape(c_out, n * oh * wp)
+    c2 = cols.reshape(ck, n * oh * wp)
+    # (cols @ d.T).T equals d @ cols.T; OpenBLAS ran it ~30% faster for the CNN's conv2
+    dw = (c2 @ d2.T).T.reshape(w.shape)
+    db = sums.sum(axis=0).astype(dout.dtype) if has_bias else None
+    if not need_dx:
+        return None, dw, db
+    dcols = np.ascontiguousarray(w).reshape(c_out, ck).T @ d2  # (CK, N*L')
+    dxpad = np.empty((n, c, hp, wp), dtype=dout.dtype)
+    if par:
+        _col2im_wide_par(dcols, kh, kw, d[0], d[1], oh, dxpad, numba.get_num_threads())
+    else:
+        _col2im_wide(dcols, kh, kw, d[0], d[1], oh, dxpad, 0, n)
+    if p == (0, 0):
+        return dxpad, dw, db
+    return dxpad[:, :, p[0] : p[0] + h, p[1] : p[1] + wd], dw, db
+
+
+# ----------------------------------------------------------------------------
+# max pooling
+# ----------------------------------------------------------------------------
+@numba.jit(**_SERIAL)
+def _max_pool(x, kh, kw, sh, sw, ph, pw, oh, ow, out, argmax, n0, n1):
+    n_ch, h, w = x.shape[1], x.shape[2], x.shape[3]
+    for n in range(n0, n1):
+        for ch in range(n_ch):
+            for r in range(oh):
+                for q in range(ow):
+                    best = x[n, ch, 0, 0]
+                    best_t = -1
+                    for i in range(kh):
+                        hi = r * sh - ph + i
+                        if hi < 0 or hi >= h:
+                            continue
+                        for j in range(kw):
+                            wj = q * sw - pw + j
+                            if wj < 0 or wj >= w:
+                                continue
+                            v = x[n, ch, hi, wj]
+                            # strict '>' keeps the first maximum, as torch and argmax do
+                            if best_t < 0 or v > best:
+                                best = v
+                                best_t = i * kw + j
+                    out[n, ch, r, q] = best
+                    argmax[n, ch, r, q] = best_t
+
+
+@numba.jit(**_SERIAL)
+def _max_pool_2x2(x, out, argmax, n0, n1):
+    """The common 2x2, stride 2, no-padding case without bounds checks (unsigned flat offsets)."""
+    n_ch, h, w = x.shape[1], x.shape[2], x.shape[3]
+    oh, ow = out.shape[2], out.shape[3]
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    af = argmax.reshape(-1)
+    for n in range(n0, n1):
+        for ch in range(n_ch):
+            for r in range(oh):
+                top = np.uint64(((n * n_ch + ch) * h + 2 * r) * w)
+                bottom = top + np.uint64(w)
+                dst = np.uint64(((n * n_ch + ch) * oh + r) * ow)
+                for q in range(ow):
+                    c = np.uint64(2 * q)
+                    best, t = xf[top + c], 0
+                    v = xf[top + c + np.uint64(1)]
+                    if v > best:
+                        best, t = v, 1
+                    v = xf[bottom + c]
+                    if v > best:
+                        best, t = v, 2
+                    v = xf[bottom + c + np.uint64(1)]
+                    if v > best:
+                        best, t = v, 3
+                    of[dst + np.uint64(q)] = best
+                    af[dst + np.uint64(q)] = t
+
+
+@numba.jit(**_SERIAL)
+def _max_pool_backward(dout, argmax, kw, sh, sw, ph, pw, out, n0, n1):
+    n_ch, h, w = out.shape[1], out.shape[2], out.shape[3]
+    oh, ow = dout.shape[2], dout.shape[3]
+    for n in range(n0, n1):
+        out[n] = 0.0
+        for ch in range(n_ch):
+            for r in range(oh):
+                for q in range(ow):
+                    t = argmax[n, ch, r, q]
+                    hi = r * sh - ph + t // kw
+                    wj = q * sw - pw + t % kw
+                    out[n, ch, hi, wj] += dout[n, ch, r, q]
+
+
+@numba.jit(**_SERIAL)
+def _max_pool_2x2_backward(dout, argmax, out, n0, n1):
+    """2x2, stride 2, no padding: every input pixel is written once, no zero pass."""
+    n_ch, oh, ow = dout.shape[1], dout.shape[2], dout.shape[3]
+    h, w = out.shape[2], out.shape[3]
+    for n in range(n0, n1):
+        for ch in range(n_ch):
+            for r in range(oh):
+                for q in range(ow):
+                    g = dout[n, ch, r, q]
+                    t = argmax[n, ch, r, q]
+                    out[n, ch, 2 * r, 2 * q] = g if t == 0 else 0.0
+                    out[n, ch, 2 * r, 2 * q + 1] = g if t == 1 else 0.0
+                    out[n, ch, 2 * r + 1, 2 * q] = g if t == 2 else 0.0
+                    out[n, ch, 2 * r + 1, 2 * q + 1] = g if t == 3 else 0.0
+            # odd height/width: the last row/column is in no window
+            for a in range(2 * oh, h):
+                for b in range(w):
+                    out[n, ch, a, b] = 0.0
+            for a in range(2 * oh):
+                for b in range(2 * ow, w):
+                    out[n, ch, a, b] = 0.0
+
+
+@numba.jit(**_SERIAL)
+def _relu_backward(dout, out_fwd, result, i0, i1):
+    base = np.uint64(i0)  # unsigned: no wrap-around guard, so the loop vectorises
+    for k in range(i1 - i0):
+        i = base + np.uint64(k)
+        # branch-free: a data-dependent branch mispredicts on half of random activations
+        result[i] = dout[i] * (out_fwd[i] > 0)
+
+
+# ----------------------------------------------------------------------------
+# parallel drivers: split [0, n) into one chunk per thread
+# ----------------------------------------------------------------------------
+@numba.jit(**_PARALLEL)
+def _im2col_rows_par(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, t):
+    n = x.shape[0]
+    for c in prange(t):
+        _im2col_rows(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, c * n // t, (c + 1) * n // t)
+
+
+@numba.jit(**_PARALLEL)
+def _col2im_rows_par(patches, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, t):
+    n = out.shape[0]
+    for c in prange(t):
+        _col2im_rows(patches, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, c * n // t, (c + 1) * n // t)
+
+
+@numba.jit(**_PARALLEL)
+def _im2col_cols_par(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, t):
+    n = x.shape[0]
+    for c in prange(t):
+        _im2col_cols(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, c * n // t, (c + 1) * n // t)
+
+
+@numba.jit(**_PARALLEL)
+def _col2im_cols_par(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, t):
+    n = out.shape[0]
+    for c in prange(t):
+        _col2im_cols(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, c * n // t, (c + 1) * n // t)
+
+
+@numba.jit(**_PARALLEL)
+def _max_pool_par(x, kh, kw, sh, sw, ph, pw, oh, ow, out, argmax, t):
+    n = x.shape[0]
+    for c in prange(t):
+        _max_pool(x, kh, kw, sh, sw, ph, pw, oh, ow, out, argmax, c * n // t, (c + 1) * n // t)
+
+
+@numba.jit(**_PARALLEL)
+def _max_pool_2x2_par(x, out, argmax, t):
+    n = x.shape[0]
+    for c in prange(t):
+        _max_pool_2x2(x, out, argmax, c * n // t, (c + 1) * n // t)
+
+
+@numba.jit(**_PARALLEL)
+def _max_pool_backward_par(dout, argmax, kw, sh, sw, ph, pw, out, t):
+    n = out.shape[0]
+    for c in prange(t):
+        _max_pool_backward(dout, argmax, kw, sh, sw, ph, pw, out, c * n // t, (c + 1) * n // t)
+
+
+@numba.jit(**_PARALLEL)
+def _max_pool_2x2_backward_par(dout, argmax, out, t):
+    n = out.shape[0]
+    for c in prange(t):
+        _max_pool_2x2_backward(dout, argmax, out, c * n // t, (c + 1) * n // t)
+
+
+@numba.jit(**_PARALLEL)
+def _relu_backward_par(dout, out_fwd, result, t):
+    n = result.shape[0]
+    for c in prange(t):
+        _relu_backward(dout, out_fwd, result, c * n // t, (c + 1) * n // t)
+
+
+# ----------------------------------------------------------------------------
+# entry points (called by the dispatch functions in functional.py)
+# ----------------------------------------------------------------------------
+def im2col(x, k, s, p, d, out_hw, transposed=False):
+    """Numba im2col; see :func:`egdnp.nn.functional.im2col`.
+
+    Returns (N, oh*ow, C*kh*kw), or (N, C*kh*kw, oh*ow) with ``transposed``.
+    """
+    x = np.ascontiguousarray(x)
+    n, c = x.shape[0], x.shape[1]
+    length, ck = out_hw[0] * out_hw[1], c * k[0] * k[1]
+    out = np.empty((n, ck, length) if transposed else (n, length, ck), dtype=x.dtype)
+    args = (x, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], out_hw[0], out_hw[1], out)
+    if _parallel(out.size):
+        (_im2col_cols_par if transposed else _im2col_rows_par)(*args, numba.get_num_threads())
+    else:
+        (_im2col_cols if transposed else _im2col_rows)(*args, 0, n)
+    return out
+
+
+def col2im(patches, x_shape, k, s, p, d, out_hw, transposed=False):
+    """Numba col2im (adjoint of :func:`im2col`); returns (N, C, H, W)."""
+    patches = np.ascontiguousarray(patches)
+    out = np.empty(x_shape, dtype=patches.dtype)
+    args = (patches, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], out_hw[0], out_hw[1], out)
+    if _parallel(patches.size):
+        (_col2im_cols_par if transposed else _col2im_rows_par)(*args, numba.get_num_threads())
+    else:
+        (_col2im_cols if transposed else _col2im_rows)(*args, 0, x_shape[0])
+    return out
+
+
+def max_pool2d(x, k, s, p, out_hw):
+    """Numba max pooling; returns (out (N, C, oh, ow), argmax (N, C, oh, ow) int32 offset i*kw+j)."""
+    x = np.ascontiguousarray(x)
+    n, c = x.shape[0], x.shape[1]
+    out = np.empty((n, c, out_hw[0], out_hw[1]), dtype=x.dtype)
+    argmax = np.empty((n, c, out_hw[0], out_hw[1]), dtype=np.int32)
+    par = _parallel(x.size)
+    if k == (2, 2) and s == (2, 2) and p == (0, 0):
+        _max_pool_2x2_par(x, out, argmax, numba.get_num_threads()) if par else _max_pool_2x2(x, out, argmax, 0, n)
+    else:
+        args = (x, k[0], k[1], s[0], s[1], p[0], p[1], out_hw[0], out_hw[1], out, argmax)
+        _max_pool_par(*args, numba.get_num_threads()) if par else _max_pool(*args, 0, n)
+    return out, argmax
+
+
+def max_pool2d_backward(dout, argmax, x_shape, k, s, p):
+    """Numba max-pool backward; scatters ``dout`` to the recorded argmax positions."""
+    dout = np.ascontiguousarray(dout)
+    argmax = np.ascontiguousarray(argmax)
+    out = np.empty(x_shape, dtype=dout.dtype)
+    if k == (2, 2) and s == (2, 2) and p == (0, 0):
+        if _parallel(out.size):
+            _max_pool_2x2_backward_par(dout, argmax, out, numba.get_num_threads())
+        else:
+            _max_pool_2x2_backward(dout, argmax, out, 0, x_shape[0])
+        return out
+    args = (dout, argmax, k[1], s[0], s[1], p[0], p[1], out)
+    _max_pool_backward_par(*args, numba.get_num_threads()) if _parallel(out.size) else _max_pool_backward(*args, 0, x_shape[0])
+    return out
+
+
+def relu_backward(dout, out_fwd):
+    """``dout * (out_fwd > 0)`` in one pass (NumPy's where/astype take two or three)."""
+    shape = dout.shape
+    d = np.ascontiguousarray(dout).reshape(-1)
+    o = np.ascontiguousarray(out_fwd).reshape(-1)
+    result = np.empty_like(d)
+    _relu_backward_par(d, o, result, numba.get_num_threads()) if _parallel(d.size) else _relu_backward(d, o, result, 0, d.size)
+    return result.reshape(shape)
+
+
+def normal_cdf(x):
+    """The standard normal CDF (SciPy's ``ndtr``) of a NumPy array, keeping its dtype."""
+    from scipy.special import ndtr
+
+    return ndtr(x)
+
+
+def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse (process-wide, opt-in).
+
+    A training step allocates tens of megabytes of short-lived arrays.  With
+    glibc's defaults many of them are fresh pages each time (mmap'ed blocks,
+    heap trimming), which cost 2000-3500 page faults per CNN step on the 2-core
+    test VM -- about a quarter of the step.  Raising ``M_MMAP_THRESHOLD`` and
+    ``M_TRIM_THRESHOLD`` makes freed blocks come back without faults, at the
+    price of the process keeping its peak heap size.
+
+    Returns True when applied, False where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    ok = mallopt(m_mmap_threshold, int(mmap_threshold)) == 1
+    ok = (mallopt(m_trim_threshold, int(trim_threshold)) == 1) and ok
+    return bool(ok)
+
+
+@numba.jit(**_SERIAL)
+def _softmax_xent_kernel(logits, labels, grad_scale, losses, grad):
+    """Per-row stable log-sum-exp cross-entropy and its gradient in one pass.
+
+    Returns the number of labels outside [0, C) (the caller raises before use).
+    """
+    n, c = logits.shape
+    bad = 0
+    for i in range(n):
+        y = labels[i]
+        if y < 0 or y >= c:
+            bad += 1
+            continue
+        m = logits[i, 0]
+        for j in range(1, c):
+            if logits[i, j] > m:
+                m = logits[i, j]
+        total = 0.0
+        for j in range(c):
+            e = np.exp(logits[i, j] - m)
+            grad[i, j] = e
+            total += e
+        losses[i] = np.log(total) - (logits[i, y] - m)
+        inv = grad_scale / total
+        for j in range(c):
+            grad[i, j] = grad[i, j] * inv
+        grad[i, y] -= grad_scale
+    return bad
+
+
+def softmax_xent(logits, labels, grad_scale):
+    """Numba cross-entropy for logits (B, C) and labels (B,); see :mod:`egdnp.nn.losses`.
+
+    Returns (per-example losses (B,) in the logits' dtype, gradient (B, C) scaled
+    by ``grad_scale``, number of out-of-range labels).
+    """
+    logits = np.ascontiguousarray(logits)
+    labels = np.ascontiguousarray(labels)
+    losses = np.empty(logits.shape[0], dtype=logits.dtype)
+    grad = np.empty_like(logits)
+    bad = _softmax_xent_kernel(logits, labels, logits.dtype.type(grad_scale), losses, grad)
+    return losses, grad, int(bad)

@@ -1,0 +1,139 @@
+"""Weight initialisers drawing from :mod:`egdnp.rng`.
+
+Every initialiser is ``fn(shape, *, seed, name, xp=None, dtype="float32") -> array``.
+The noise address is ``(seed, stream="init/" + name, member=0, generation=0)``,
+so a model initialised with seed 0 has the same weights on NumPy, CuPy,
+array-api-strict and in a port that regenerates the same Philox words.
+
+Fans follow torch: for a weight of shape ``(n_out, n_in)`` ``fan_in = n_in``
+and ``fan_out = n_out``; for ``(C_out, C_in, kh, kw)`` ``fan_in = C_in*kh*kw``
+and ``fan_out = C_out*kh*kw``.
+
+=================  =====================================================
+he_normal          N(0, 2 / fan_in)                (Kaiming, for ReLU)
+he_uniform         U(-a, a), a = sqrt(6 / fan_in)
+glorot_normal      N(0, 2 / (fan_in + fan_out))    (Xavier, for tanh)
+glorot_uniform     U(-a, a), a = sqrt(6 / (fan_in + fan_out))
+lecun_normal       N(0, 1 / fan_in)
+lecun_uniform      U(-a, a), a = sqrt(3 / fan_in)
+zeros, ones        constants (no noise drawn)
+=================  =====================================================
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import _backend, rng
+
+__all__ = [
+    "fans",
+    "he_normal",
+    "he_uniform",
+    "glorot_normal",
+    "glorot_uniform",
+    "lecun_normal",
+    "lecun_uniform",
+    "zeros",
+    "ones",
+    "INITIALISERS",
+    "get",
+]
+
+
+def fans(shape) -> tuple[int, int]:
+    """``(fan_in, fan_out)`` of a weight shape (see module docstring)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2:
+        n = shape[0] if shape else 1
+        return n, n
+    receptive = 1
+    for s in shape[2:]:
+        receptive *= s
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def _normal(shape, std, seed, name, xp, dtype):
+    xp = _backend.get_namespace("numpy" if xp is None else xp)
+    z = rng.normal(tuple(shape), seed=seed, stream="init/" + name, dtype=dtype, xp=xp)
+    return z * xp.asarray(std, dtype=z.dtype)
+
+
+def _uniform(shape, bound, seed, name, xp, dtype):
+    xp = _backend.get_namespace("numpy" if xp is None else xp)
+    u = rng.uniform(tuple(shape), seed=seed, stream="init/" + name, dtype=dtype, xp=xp)
+    return (u * 2.0 - 1.0) * xp.asarray(bound, dtype=u.dtype)
+
+
+def he_normal(shape, *, seed, name, xp=None, dtype="float32"):
+    """N(0, 2/fan_in) weights of ``shape``; see the module docstring for the address."""
+    return _normal(shape, math.sqrt(2.0 / fans(shape)[0]), seed, name, xp, dtype)
+
+
+def he_uniform(shape, *, seed, name, xp=None, dtype="float32"):
+    """U(-sqrt(6/fan_in), sqrt(6/fan_in)) weights of ``shape``."""
+    return _uniform(shape, math.sqrt(6.0 / fans(shape)[0]), seed, name, xp, dtype)
+
+
+def glorot_normal(shape, *, seed, name, xp=None, dtype="float32"):
+    """N(0, 2/(fan_in+fan_out)) weights of ``shape``."""
+    fi, fo = fans(shape)
+    return _normal(shape, math.sqrt(2.0 / (fi + fo)), seed, name, xp, dtype)
+
+
+def glorot_uniform(shape, *, seed, name, xp=None, dtype="float32"):
+    """U(-a, a), a = sqrt(6/(fan_in+fan_out)), weights of ``shape``."""
+    fi, fo = fans(shape)
+    return _uniform(shape, math.sqrt(6.0 / (fi + fo)), seed, name, xp, dtype)
+
+
+def lecun_normal(shape, *, seed, name, xp=None, dtype="float32"):
+    """N(0, 1/fan_in) weights of ``shape``."""
+    return _normal(shape, math.sqrt(1.0 / fans(shape)[0]), seed, name, xp, dtype)
+
+
+def lecun_uniform(shape, *, seed, name, xp=None, dtype="float32"):
+    """U(-sqrt(3/fan_in), sqrt(3/fan_in)) weights of ``shape``."""
+    return _uniform(shape, math.sqrt(3.0 / fans(shape)[0]), seed, name, xp, dtype)
+
+
+def _const(shape, value, xp, dtype):
+    xp = _backend.get_namespace("numpy" if xp is None else xp)
+    dt = xp.float64 if dtype in ("float64", getattr(xp, "float64", None)) else xp.float32
+    return xp.full(tuple(int(s) for s in shape), float(value), dtype=dt)
+
+
+def zeros(shape, *, seed=0, name="", xp=None, dtype="float32"):
+    """All zeros (``seed`` and ``name`` accepted for a uniform signature, unused)."""
+    return _const(shape, 0.0, xp, dtype)
+
+
+def ones(shape, *, seed=0, name="", xp=None, dtype="float32"):
+    """All ones (BatchNorm scale)."""
+    return _const(shape, 1.0, xp, dtype)
+
+
+INITIALISERS = {
+    "he_normal": he_normal,
+    "he_uniform": he_uniform,
+    "glorot_normal": glorot_normal,
+    "glorot_uniform": glorot_uniform,
+    "xavier_normal": glorot_normal,
+    "xavier_uniform": glorot_uniform,
+    "kaiming_normal": he_normal,
+    "kaiming_uniform": he_uniform,
+    "lecun_normal": lecun_normal,
+    "lecun_uniform": lecun_uniform,
+    "zeros": zeros,
+    "ones": ones,
+}
+
+
+def get(initialiser):
+    """An initialiser by name (see :data:`INITIALISERS`) or a callable with the same signature."""
+    if callable(initialiser):
+        return initialiser
+    try:
+        return INITIALISERS[initialiser]
+    except (KeyError, TypeError):
+        raise ValueError(f"initialiser={initialiser!r} is not one of {sorted(INITIALISERS)} or a callable") from None

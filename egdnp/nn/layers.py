@@ -1,0 +1,445 @@
+"""Layers: static configuration plus a forward and its backward, side by side.
+
+Layer contract
+--------------
+A layer object holds configuration only (sizes, stride, rate, ...), never
+arrays.  Its parameters and buffers live in dicts that the caller passes in,
+keyed by *local* names (``"weight"``, ``"bias"``, ``"running_mean"``); a model
+prefixes them with the layer's name (``"fc1.weight"``).
+
+``param_shapes() -> {local: shape}``
+    Shapes of the trainable parameters (empty for parameter-free layers).
+``init(seed, name, *, xp, dtype) -> {local: array}``
+    Fresh parameters; ``name`` is the layer name, the noise stream of each
+    parameter is ``"init/" + name + "." + local``.
+``state_shapes() / init_state(name, *, xp, dtype) -> {local: array}``
+    Non-trainable buffers (BatchNorm running statistics).
+``check_input(x, name)``
+    Raise a ValueError naming the layer and the expected shape.
+``forward(params, state, x, ctx) -> (out, cache, new_state)``
+    ``ctx`` is a :class:`Context` (train flag, dropout seed/step, layer name).
+    ``new_state`` is ``state`` itself when nothing changes.
+``backward(params, cache, dout, need_dx=True) -> (dx, grads)``
+    ``grads`` has the keys of ``param_shapes()``; ``dx`` is None when
+    ``need_dx`` is False.
+
+Shapes: leading axes are batch axes.  Dense layers take ``(..., features)``,
+image layers ``(..., C, H, W)``, so ``(batch, ...)`` and ``(pop, batch, ...)``
+inputs run through the same code without a Python loop over members.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from . import functional as F
+from . import init as initialisers
+
+__all__ = [
+    "Context",
+    "Layer",
+    "Linear",
+    "Conv2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "Flatten",
+    "Dropout",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Activation",
+    "ReLU",
+    "Tanh",
+    "GELU",
+    "Sigmoid",
+]
+
+
+class Context(NamedTuple):
+    """Per-call settings handed to every layer's forward.
+
+    Attributes
+    ----------
+    name : str
+        The layer's name in its model (``"fc1"``).
+    train : bool
+        Training mode (dropout active, BatchNorm uses and updates batch statistics).
+    seed : int or None
+        Dropout noise seed; required when a Dropout layer runs in training mode.
+    step : int
+        Dropout noise generation (the training step), so every step draws a new mask.
+    """
+
+    name: str = ""
+    train: bool = False
+    seed: int | None = None
+    step: int = 0
+
+
+def _shape_str(shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
+
+
+class Layer:
+    """Base class: a parameter-free, state-free identity-shaped layer."""
+
+    prefix = "layer"  # stem of automatic names: prefix + running number
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def init(self, seed: int, name: str, *, xp=None, dtype="float32") -> dict[str, Any]:
+        return {}
+
+    def init_state(self, name: str, *, xp=None, dtype="float32") -> dict[str, Any]:
+        return {}
+
+    def check_input(self, x, name: str) -> None:
+        return None
+
+    def forward(self, params, state, x, ctx: Context):
+        raise NotImplementedError
+
+    def backward(self, params, cache, dout, need_dx: bool = True):
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+# ----------------------------------------------------------------------------
+class Linear(Layer):
+    """Fully connected ``y = x @ weight.T + bias``.
+
+    Parameters
+    ----------
+    n_in, n_out : int
+    bias : bool
+    weight_init, bias_init : str or callable
+        Names from :data:`egdnp.nn.init.INITIALISERS`.
+
+    Shapes: x (..., n_in) -> y (..., n_out); ``weight`` (n_out, n_in), ``bias`` (n_out,).
+    """
+
+    prefix = "fc"
+
+    def __init__(self, n_in: int, n_out: int, *, bias: bool = True, weight_init="glorot_uniform", bias_init="zeros"):
+        self.n_in, self.n_out, self.bias = int(n_in), int(n_out), bool(bias)
+        if self.n_in < 1 or self.n_out < 1:
+            raise ValueError(f"Linear sizes n_in={n_in}, n_out={n_out} must be positive")
+        self.weight_init, self.bias_init = weight_init, bias_init
+        initialisers.get(weight_init), initialisers.get(bias_init)
+
+    def param_shapes(self):
+        shapes = {"weight": (self.n_out, self.n_in)}
+        if self.bias:
+            shapes["bias"] = (self.n_out,)
+        return shapes
+
+    def init(self, seed, name, *, xp=None, dtype="float32"):
+        params = {"weight": initialisers.get(self.weight_init)((self.n_out, self.n_in), seed=seed, name=name + ".weight", xp=xp, dtype=dtype)}
+        if self.bias:
+            params["bias"] = initialisers.get(self.bias_init)((self.n_out,), seed=seed, name=name + ".bias", xp=xp, dtype=dtype)
+        return params
+
+    def check_input(self, x, name):
+        if len(x.shape) < 2 or int(x.shape[-1]) != self.n_in:
+            raise ValueError(
+                f"layer {name!r} (Linear {self.n_in}->{self.n_out}) got x of shape {_shape_str(x.shape)}; "
+                f"expected (..., {self.n_in}) such as (batch, {self.n_in}) or (pop, batch, {self.n_in})"
+            )
+
+    def forward(self, params, state, x, ctx):
+        out, cache = F.linear_forward(x, params["weight"], params.get("bias"))
+        return out, cache, state
+
+    def backward(self, params, cache, dout, need_dx=True):
+        dx, dw, db = F.linear_backward(dout, cache, need_dx=need_dx)
+        grads = {"weight": dw}
+        if self.bias:
+            grads["bias"] = db
+        return dx, grads
+
+
+# ----------------------------------------------------------------------------
+class Conv2d(Layer):
+    """2-D cross-correlation (im2col + GEMM).
+
+    Parameters
+    ----------
+    c_in, c_out : int
+    kernel_size, stride, padding, dilation : int or (int, int)
+    bias : bool
+    weight_init, bias_init : str or callable
+
+    Shapes: x (..., c_in, H, W) -> y (..., c_out, H', W'); ``weight`` (c_out, c_in, kh, kw).
+    """
+
+    prefix = "conv"
+
+    def __init__(self, c_in, c_out, kernel_size, *, stride=1, padding=0, dilation=1, bias=True, weight_init="he_normal", bias_init="zeros"):
+        self.c_in, self.c_out = int(c_in), int(c_out)
+        if self.c_in < 1 or self.c_out < 1:
+            raise ValueError(f"Conv2d channels c_in={c_in}, c_out={c_out} must be positive")
+        self.kernel_size = F._pair(kernel_size, "kernel_size", minimum=1)
+        self.stride = F._pair(stride, "stride", minimum=1)
+        self.padding = F._pair(padding, "padding", minimum=0)
+        self.dilation = F._pair(dilation, "dilation", minimum=1)
+        self.bias = bool(bias)
+        self.weight_init, self.bias_init = weight_init, bias_init
+        initialisers.get(weight_init), initialisers.get(bias_init)
+
+    def param_shapes(self):
+        shapes = {"weight": (self.c_out, self.c_in) + self.kernel_size}
+        if self.bias:
+            shapes["bias"] = (self.c_out,)
+        return shapes
+
+    def init(self, seed, name, *, xp=None, dtype="float32"):
+        shapes = self.param_shapes()
+        params = {"weight": initialisers.get(self.weight_init)(shapes["weight"], seed=seed, name=name + ".weight", xp=xp, dtype=dtype)}
+        if self.bias:
+            params["bias"] = initialisers.get(self.bias_init)(shapes["bias"], seed=seed, name=name + ".bias", xp=xp, dtype=dtype)
+        return params
+
+    def check_input(self, x, name):
+        if len(x.shape) < 4 or int(x.shape[-3]) != self.c_in:
+            raise ValueError(
+                f"layer {name!r} (Conv2d {self.c_in}->{self.c_out}) got x of shape {_shape_str(x.shape)}; "
+                f"expected (N, {self.c_in}, H, W) or (pop, N, {self.c_in}, H, W)"
+            )
+
+    def forward(self, params, state, x, ctx):
+        out, cache = F.conv2d_forward(x, params["weight"], params.get("bias"), self.stride, self.padding, self.dilation)
+        return out, cache, state
+
+    def backward(self, params, cache, dout, need_dx=True):
+        dx, dw, db = F.conv2d_backward(dout, cache, need_dx=need_dx)
+        grads = {"weight": dw}
+        if self.bias:
+            grads["bias"] = db
+        return dx, grads
+
+
+# ----------------------------------------------------------------------------
+class _Pool2d(Layer):
+    prefix = "pool"
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        self.kernel_size, self.stride, self.padding = F._pool_args(kernel_size, stride, padding)
+
+    def check_input(self, x, name):
+        if len(x.shape) < 4:
+            raise ValueError(
+                f"layer {name!r} ({type(self).__name__}) got x of shape {_shape_str(x.shape)}; "
+                "expected (N, C, H, W) or (pop, N, C, H, W)"
+            )
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling, torch semantics (floor mode; gradient to the first maximum).
+
+    Shapes: x (..., C, H, W) -> (..., C, H', W').
+    """
+
+    def forward(self, params, state, x, ctx):
+        out, cache = F.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        return out, cache, state
+
+    def backward(self, params, cache, dout, need_dx=True):
+        return (F.max_pool2d_backward(dout, cache) if need_dx else None), {}
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling, torch semantics (zero padding counted in the divisor).
+
+    Shapes: x (..., C, H, W) -> (..., C, H', W').
+    """
+
+    def forward(self, params, state, x, ctx):
+        out, cache = F.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        return out, cache, state
+
+    def backward(self, params, cache, dout, need_dx=True):
+        return (F.avg_pool2d_backward(dout, cache) if need_dx else None), {}
+
+
+# ----------------------------------------------------------------------------
+class Flatten(Layer):
+    """Merge the last ``n_feature_axes`` axes: (..., C, H, W) -> (..., C*H*W)."""
+
+    prefix = "flatten"
+
+    def __init__(self, n_feature_axes: int = 3):
+        self.n_feature_axes = int(n_feature_axes)
+        if self.n_feature_axes < 1:
+            raise ValueError(f"n_feature_axes={n_feature_axes} must be >= 1")
+
+    def check_input(self, x, name):
+        if len(x.shape) <= self.n_feature_axes:
+            raise ValueError(
+                f"layer {name!r} (Flatten of the last {self.n_feature_axes} axes) got x of shape "
+                f"{_shape_str(x.shape)}; it needs at least one leading batch axis"
+            )
+
+    def forward(self, params, state, x, ctx):
+        out, cache = F.flatten_forward(x, self.n_feature_axes)
+        return out, cache, state
+
+    def backward(self, params, cache, dout, need_dx=True):
+        return (F.flatten_backward(dout, cache) if need_dx else None), {}
+
+
+# ----------------------------------------------------------------------------
+class Dropout(Layer):
+    """Inverted dropout; identity in eval mode.
+
+    The mask of layer ``name`` at training step ``ctx.step`` is drawn from
+    ``egdnp.rng.uniform(x.shape, seed=ctx.seed, stream="dropout/" + name,
+    generation=ctx.step)``.  A population axis gets a different mask per member.
+    """
+
+    prefix = "dropout"
+
+    def __init__(self, rate: float = 0.5):
+        self.rate = float(rate)
+        if not 0.0 <= self.rate < 1.0:
+            raise ValueError(f"Dropout rate={rate} must be in [0, 1)")
+
+    def forward(self, params, state, x, ctx):
+        if ctx.train and self.rate > 0.0 and ctx.seed is None:
+            raise ValueError(
+                f"layer {ctx.name!r} (Dropout) runs in training mode and needs a noise seed; "
+                "pass seed=<int> (and step=<training step>) to forward/loss_and_grad"
+            )
+        out, mask = F.dropout_forward(
+            x, self.rate, seed=0 if ctx.seed is None else ctx.seed, stream="dropout/" + ctx.name,
+            generation=int(ctx.step), train=ctx.train,
+        )
+        return out, mask, state
+
+    def backward(self, params, cache, dout, need_dx=True):
+        return (F.dropout_backward(dout, cache) if need_dx else None), {}
+
+
+# ----------------------------------------------------------------------------
+class _BatchNorm(Layer):
+    prefix = "bn"
+    _axes: tuple[int, ...] = ()
+    _feature_axis = -1
+
+    def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5):
+        self.num_features = int(num_features)
+        if self.num_features < 1:
+            raise ValueError(f"num_features={num_features} must be positive")
+        self.momentum, self.eps = float(momentum), float(eps)
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"momentum={momentum} must be in [0, 1]")
+        if not self.eps > 0.0:
+            raise ValueError(f"eps={eps} must be positive")
+
+    def param_shapes(self):
+        return {"weight": (self.num_features,), "bias": (self.num_features,)}
+
+    def state_shapes(self):
+        return {"running_mean": (self.num_features,), "running_var": (self.num_features,)}
+
+    def init(self, seed, name, *, xp=None, dtype="float32"):
+        return {
+            "weight": initialisers.ones((self.num_features,), xp=xp, dtype=dtype),
+            "bias": initialisers.zeros((self.num_features,), xp=xp, dtype=dtype),
+        }
+
+    def init_state(self, name, *, xp=None, dtype="float32"):
+        return {
+            "running_mean": initialisers.zeros((self.num_features,), xp=xp, dtype=dtype),
+            "running_var": initialisers.ones((self.num_features,), xp=xp, dtype=dtype),
+        }
+
+    def forward(self, params, state, x, ctx):
+        out, cache, (mean, var) = F.batch_norm_forward(
+            x, params["weight"], params["bias"], state["running_mean"], state["running_var"],
+            axes=self._axes, train=ctx.train, momentum=self.momentum, eps=self.eps,
+        )
+        new_state = {"running_mean": mean, "running_var": var} if ctx.train else state
+        return out, cache, new_state
+
+    def backward(self, params, cache, dout, need_dx=True):
+        dx, dgamma, dbeta = F.batch_norm_backward(dout, cache)
+        return (dx if need_dx else None), {"weight": dgamma, "bias": dbeta}
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of features: x (N, F) or (pop, N, F), statistics over N.
+
+    Parameters ``weight`` (F,) ones and ``bias`` (F,) zeros; buffers
+    ``running_mean`` (F,) zeros and ``running_var`` (F,) ones (torch's
+    momentum convention, unbiased running variance).  Eval mode normalises
+    with the running statistics.
+    """
+
+    _axes = (-2,)
+
+    def check_input(self, x, name):
+        if len(x.shape) < 2 or int(x.shape[-1]) != self.num_features:
+            raise ValueError(
+                f"layer {name!r} (BatchNorm1d) got x of shape {_shape_str(x.shape)}; "
+                f"expected (N, {self.num_features}) or (pop, N, {self.num_features})"
+            )
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of channels: x (N, C, H, W) or (pop, N, C, H, W), statistics over N, H, W."""
+
+    _axes = (-4, -2, -1)
+
+    def check_input(self, x, name):
+        if len(x.shape) < 4 or int(x.shape[-3]) != self.num_features:
+            raise ValueError(
+                f"layer {name!r} (BatchNorm2d) got x of shape {_shape_str(x.shape)}; "
+                f"expected (N, {self.num_features}, H, W) or (pop, N, {self.num_features}, H, W)"
+            )
+
+
+# ----------------------------------------------------------------------------
+class Activation(Layer):
+    """Elementwise activation by name: ``"relu"``, ``"tanh"``, ``"gelu"`` (exact, erf) or ``"sigmoid"``."""
+
+    def __init__(self, kind: str):
+        if kind not in F.ACTIVATIONS:
+            raise ValueError(f"activation={kind!r} is not one of {sorted(F.ACTIVATIONS)}")
+        self.kind = kind
+
+    @property
+    def prefix(self):  # automatic names "relu1", "tanh1", ...
+        return self.kind
+
+    def forward(self, params, state, x, ctx):
+        out, cache = F.ACTIVATIONS[self.kind][0](x)
+        return out, cache, state
+
+    def backward(self, params, cache, dout, need_dx=True):
+        return (F.ACTIVATIONS[self.kind][1](dout, cache) if need_dx else None), {}
+
+
+def ReLU() -> Activation:
+    """``Activation("relu")``."""
+    return Activation("relu")
+
+
+def Tanh() -> Activation:
+    """``Activation("tanh")``."""
+    return Activation("tanh")
+
+
+def GELU() -> Activation:
+    """``Activation("gelu")`` (exact erf form)."""
+    return Activation("gelu")
+
+
+def Sigmoid() -> Activation:
+    """``Activation("sigmoid")``."""
+    return Activation("sigmoid")
