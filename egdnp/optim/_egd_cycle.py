@@ -1,0 +1,500 @@
+"""One EGD evolution cycle: score the base and pop_size - 1 mutants, keep streaming
+top-k elites, recombine, score the result.
+
+Two population stores share the cycle loop:
+
+* :class:`HostPopulation` (``population_storage="array"``): the base snapshot
+  and the candidates/elites live in host buffers from a
+  :class:`egdnp._backend.BufferPool` (pinned with CuPy, allocated once and
+  reused every cycle).  A candidate is built on the host and copied to one
+  device buffer; with CuPy the copy is asynchronous on its own stream and the
+  next candidate is built on the host while the device is still scoring the
+  current one (the loss is read only after the next candidate is built).
+  Elites are host slots: keeping a candidate as an elite moves no data (the
+  slot changes owner).
+* :class:`DevicePopulation` (``offload_population_to_cpu=False``): the
+  candidates and elites are arrays of the compute namespace (device memory
+  with CuPy); nothing is copied between host and device.
+* :class:`SeedPopulation` (``population_storage="seed"``): a member is its
+  noise address; candidates are regenerated on the device and the recombined
+  parameters are ``base + scale * sum_i w_i z_i`` with the elites' noise
+  regenerated (:func:`weighted_unit_noise`).  No parameter array crosses
+  between host and device.
+
+Parameters that are not mutated (``mutate_filter`` said no, or empty tensors)
+are never copied: every candidate uses the live array.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from typing import Any, Callable
+
+from .. import _backend
+from ._egd_mutation import dtype_name, mutant, param_scale, weighted_unit_noise
+
+__all__ = ["Workspace", "run_cycle", "CycleResult"]
+
+BASE = "base"  # handle of the base member (member 0) in both stores
+PHASES = ("score", "rescore")
+
+
+class Workspace:
+    """Scratch memory reused across cycles (not optimiser state: never saved, never needed to resume).
+
+    Attributes
+    ----------
+    pools : dict
+        One :class:`egdnp._backend.BufferPool` per backend name.
+    device_buffers : dict
+        CuPy only: the device candidate buffer of every mutated parameter.
+    """
+
+    def __init__(self):
+        self.pools: dict = {}
+        self.device_buffers: dict = {}
+        self.copy_streams: dict = {}
+
+    def pool(self, xp) -> _backend.BufferPool:
+        key = _backend.backend_name(xp)
+        if key not in self.pools:
+            self.pools[key] = _backend.BufferPool(xp)
+        return self.pools[key]
+
+    @property
+    def host_allocations(self) -> int:
+        """Host buffers allocated so far (stays constant once the first cycle has run)."""
+        return sum(p.allocations for p in self.pools.values())
+
+    @property
+    def host_nbytes(self) -> int:
+        return sum(p.nbytes for p in self.pools.values())
+
+    def copy_stream(self, xp):
+        key = _backend.backend_name(xp)
+        if key not in self.copy_streams:
+            self.copy_streams[key] = _backend.new_stream(xp)
+        return self.copy_streams[key]
+
+    def device_buffer(self, xp, name, shape, dtype):
+        key = (_backend.backend_name(xp), name)
+        buf = self.device_buffers.get(key)
+        if buf is None or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype:
+            buf = xp.empty(tuple(shape), dtype=dtype)
+            self.device_buffers[key] = buf
+        return buf
+
+
+def _nbytes(x) -> int:
+    n = 1
+    for d in x.shape:
+        n *= int(d)
+    return n * _backend.numpy_dtype(_backend.array_namespace(x), x.dtype).itemsize
+
+
+class Scorer:
+    """Calls the forward-only closure, applies ``loss_reduce`` and turns the loss into a float.
+
+    The closure is called as ``closure(params)``, plus the keyword arguments
+    ``member``, ``cycle`` and ``phase`` that its signature accepts (all of
+    them when it takes ``**kwargs``).
+    """
+
+    def __init__(self, closure: Callable, loss_reduce: Callable | None, cycle: int):
+        if not callable(closure):
+            raise TypeError(f"closure={closure!r} must be callable(params, **kw) -> loss")
+        self.closure = closure
+        self.loss_reduce = loss_reduce
+        self.cycle = cycle
+        self.calls = 0
+        self.seconds = 0.0
+        self.kw_names = _accepted_keywords(closure, ("member", "cycle", "phase"))
+
+    def call(self, params: dict, member: int, phase: str):
+        """Start scoring; returns the raw loss (may still be computing on a device)."""
+        kw = {}
+        if "member" in self.kw_names:
+            kw["member"] = member
+        if "cycle" in self.kw_names:
+            kw["cycle"] = self.cycle
+        if "phase" in self.kw_names:
+            kw["phase"] = phase
+        t0 = time.perf_counter()
+        raw = self.closure(params, **kw)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        return raw
+
+    def value(self, raw) -> float:
+        """The loss as a Python float (waits for the device)."""
+        t0 = time.perf_counter()
+        if self.loss_reduce is not None:
+            raw = self.loss_reduce(raw)
+        value = _to_float(raw)
+        self.seconds += time.perf_counter() - t0
+        return value
+
+    def __call__(self, params: dict, member: int, phase: str) -> float:
+        return self.value(self.call(params, member, phase))
+
+
+def _accepted_keywords(fn: Callable, names) -> tuple:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return ()
+    params = sig.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return tuple(names)
+    ok = {p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    return tuple(n for n in names if n in ok)
+
+
+def _to_float(raw) -> float:
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    if hasattr(raw, "shape"):
+        host = _backend.to_host(raw)
+        if host.size != 1:
+            raise ValueError(
+                f"the closure returned an array of shape {tuple(host.shape)}; it must return a scalar loss "
+                "(a float or a 0-d/size-1 array)"
+            )
+        return float(host.reshape(()))
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise TypeError(f"the closure returned {type(raw).__name__}; it must return a scalar loss") from None
+
+
+# ----------------------------------------------------------------------------
+# population stores
+# ----------------------------------------------------------------------------
+class _Population:
+    def __init__(self, cfg, xp, params: dict, mutated: list, scales: dict, cycle: int, workspace: Workspace):
+        self.cfg, self.xp, self.params, self.mutated, self.scales = cfg, xp, params, mutated, scales
+        self.cycle, self.ws = cycle, workspace
+        self.bytes_to_device = 0
+        self.bytes_to_host = 0
+        first = params[mutated[0]] if mutated else next(iter(params.values()))
+        self.device = _backend.device_of(first)
+        self.dtypes = {n: dtype_name(xp, params[n].dtype) for n in mutated}
+
+    def _mutant(self, ns, base, name, member, device=None, out=None):
+        return mutant(base, self.scales[name], seed=self.cfg.seed, name=name, member=member, cycle=self.cycle,
+                      xp=ns, device=device, mutation=self.cfg.mutation, rank=self.cfg.rank, out=out)
+
+
+class SeedPopulation(_Population):
+    """Members are noise addresses; everything is regenerated on the device."""
+
+    def begin(self) -> None:
+        pass
+
+    def prepare(self, member: int):
+        return member
+
+    def release(self, handle) -> None:
+        pass
+
+    def device_params(self, handle) -> dict:
+        if handle == BASE:
+            return self.params
+        cand = dict(self.params)
+        dev = None if _backend.is_numpy(self.xp) or _backend.is_cupy(self.xp) else self.device
+        for n in self.mutated:
+            cand[n] = self._mutant(self.xp, self.params[n], n, handle, device=dev)
+        return cand
+
+    def recombine(self, handles, members, weights) -> dict:
+        # sum_i w_i (base + s z_i) = base + s * sum_{i != base} w_i z_i  because sum_i w_i = 1
+        pairs = [(w, m) for h, m, w in zip(handles, members, weights) if h != BASE]
+        if not pairs:
+            return dict(self.params)
+        ws, ms = [w for w, _ in pairs], [m for _, m in pairs]
+        dev = None if _backend.is_numpy(self.xp) or _backend.is_cupy(self.xp) else self.device
+        out = dict(self.params)
+        for n in self.mutated:
+            g = weighted_unit_noise(ws, ms, self.params[n].shape, seed=self.cfg.seed, name=n, cycle=self.cycle,
+                                    dtype=self.dtypes[n], xp=self.xp, device=dev, mutation=self.cfg.mutation,
+                                    rank=self.cfg.rank, factor=self.scales[n])
+            g += self.params[n]
+            out[n] = g
+        return out
+
+
+class DevicePopulation(SeedPopulation):
+    """``offload_population_to_cpu=False``: candidates and elites are device arrays (k + 2 at most)."""
+
+    def prepare(self, member: int) -> dict:
+        return {n: a for n, a in SeedPopulation.device_params(self, member).items() if n in self.mutated_set}
+
+    def begin(self) -> None:
+        self.mutated_set = set(self.mutated)
+
+    def device_params(self, handle) -> dict:
+        if handle == BASE:
+            return self.params
+        cand = dict(self.params)
+        cand.update(handle)
+        return cand
+
+    def recombine(self, handles, members, weights) -> dict:
+        if all(h == BASE for h in handles):
+            return dict(self.params)
+        out = dict(self.params)
+        uniform = len(set(weights)) == 1
+        for n in self.mutated:
+            parts = [self.params[n] if h == BASE else h[n] for h in handles]
+            if uniform:
+                mixed = parts[0] + parts[1] if len(parts) > 1 else parts[0] * 1.0
+                for x in parts[2:]:
+                    mixed += x
+                mixed /= float(len(parts))
+            else:
+                mixed = parts[0] * weights[0]
+                for w, x in zip(weights[1:], parts[1:]):
+                    mixed += x * w
+            out[n] = mixed
+        return out
+
+
+class HostPopulation(_Population):
+    """Base snapshot and candidate/elite slots in (pinned) host buffers; one device candidate buffer."""
+
+    def begin(self) -> None:
+        xp = self.xp
+        self.hxp = _backend.get_namespace("numpy")
+        self.pool = self.ws.pool(xp)
+        # Host and device are the same memory for NumPy: candidates are handed to the
+        # closure straight from their host slot, nothing is copied.
+        self.same_memory = _backend.is_numpy(xp)
+        self.is_cupy = _backend.is_cupy(xp)
+        self.stream = self.ws.copy_stream(xp) if self.is_cupy else None
+        self.base_host = {}
+        for n in self.mutated:
+            p = self.params[n]
+            buf = self.pool.get(("base", n), tuple(p.shape), self.dtypes[n])
+            _backend.to_host(p, out=buf)
+            if not self.same_memory:
+                self.bytes_to_host += buf.nbytes
+            self.base_host[n] = buf
+        # k elites + the candidate whose loss is pending + the one being built
+        n_slots = self.cfg.n_elites + 2
+        self.free_slots = list(range(n_slots))[::-1]
+        self.slots = {
+            (slot, n): self.pool.get(("slot", slot, n), tuple(self.params[n].shape), self.dtypes[n])
+            for slot in range(n_slots) for n in self.mutated
+        }
+
+    def _slot(self, slot: int, n: str):
+        return self.slots[slot, n]
+
+    def prepare(self, member: int) -> int:
+        slot = self.free_slots.pop()
+        for n in self.mutated:
+            self._mutant(self.hxp, self.base_host[n], n, member, out=self._slot(slot, n))
+        return slot
+
+    def release(self, handle) -> None:
+        if handle != BASE:
+            self.free_slots.append(handle)
+
+    def device_params(self, handle) -> dict:
+        if handle == BASE:
+            return self.params
+        cand = dict(self.params)
+        for n in self.mutated:
+            host = self._slot(handle, n)
+            if self.same_memory:
+                cand[n] = host
+                continue
+            if self.is_cupy:
+                out = self.ws.device_buffer(self.xp, n, host.shape, self.params[n].dtype)
+                cand[n] = _backend.to_device(host, self.xp, stream=self.stream, non_blocking=True, out=out)
+            else:
+                cand[n] = _backend.to_device(host, self.xp, device=self.device)
+            self.bytes_to_device += host.nbytes
+        if self.is_cupy:
+            _backend.synchronize(self.xp, self.stream)
+        return cand
+
+    def recombine(self, handles, members, weights) -> dict:
+        if all(h == BASE for h in handles):
+            return dict(self.params)
+        out = dict(self.params)
+        uniform = len(set(weights)) == 1
+        for n in self.mutated:
+            parts = [self.base_host[n] if h == BASE else self._slot(h, n) for h in handles]
+            mixed = self.pool.get(("mixed", n), parts[0].shape, parts[0].dtype)
+            if uniform:
+                # the spec's stack(...).mean(0): sum, then divide by k
+                mixed[...] = parts[0]
+                for x in parts[1:]:
+                    mixed += x
+                mixed /= float(len(parts))
+            else:
+                mixed[...] = parts[0] * weights[0]
+                for w, x in zip(weights[1:], parts[1:]):
+                    mixed += x * w
+            out[n] = _backend.to_device(mixed, self.xp, device=None if self.same_memory or self.is_cupy else self.device)
+            if not self.same_memory:
+                self.bytes_to_device += mixed.nbytes
+        if self.is_cupy:
+            _backend.synchronize(self.xp)
+        return out
+
+
+# ----------------------------------------------------------------------------
+# the cycle
+# ----------------------------------------------------------------------------
+class CycleResult:
+    """What :func:`run_cycle` hands back to ``egd.update``."""
+
+    __slots__ = ("params", "accepted", "report_fields")
+
+    def __init__(self, params, accepted, report_fields):
+        self.params, self.accepted, self.report_fields = params, accepted, report_fields
+
+
+def _softmax_weights(losses, temperature: float):
+    m = min(losses)
+    ex = [math.exp(-(l - m) / temperature) for l in losses]
+    s = sum(ex)
+    return [e / s for e in ex]
+
+
+def run_cycle(cfg, params: dict, *, sigma: float, cycle: int, step: int, closure: Callable,
+              workspace: Workspace) -> CycleResult:
+    """Run one evolution cycle on ``params`` (the parameters after the SGD step).
+
+    Returns a :class:`CycleResult`; never modifies ``params``.  Raises
+    RuntimeError when the base loss is not finite.
+    """
+    t0 = time.perf_counter()
+    xp = _backend.array_namespace(*params.values())
+    mutated = [
+        n for n, p in params.items()
+        if _nbytes(p) > 0 and (cfg.mutate_filter is None or bool(cfg.mutate_filter(n, p)))
+    ]
+    scales = {n: param_scale(xp, params[n], sigma) for n in mutated}
+    scorer = Scorer(closure, cfg.loss_reduce, cycle)
+    if cfg.population_storage == "seed":
+        store_cls = SeedPopulation
+    else:
+        store_cls = HostPopulation if cfg.offload_population_to_cpu else DevicePopulation
+    store = store_cls(cfg, xp, params, mutated, scales, cycle, workspace)
+
+    base_loss = scorer(params, 0, "score")
+    if not math.isfinite(base_loss):
+        raise RuntimeError(
+            f"EGD evolution cycle {cycle} (step {step}): the base parameters' loss is {base_loss!r}; "
+            "a cycle needs a finite base loss. Nothing was changed (params and state are as before this update); "
+            "lower lr or check the data/closure"
+        )
+    store.begin()
+
+    k = cfg.n_elites
+    member_losses = [math.nan] * cfg.pop_size
+    member_losses[0] = base_loss
+    # [loss, member, handle]; kept in the spec's order (append, replace in place)
+    elites: list = [[base_loss, 0, BASE]]
+
+    def admit(member, handle, loss):
+        member_losses[member] = loss
+        if not math.isfinite(loss):
+            # non-finite losses rank last: such a candidate is never an elite
+            store.release(handle)
+            return
+        if len(elites) < k:
+            elites.append([loss, member, handle])
+            return
+        worst = max(range(len(elites)), key=lambda i: elites[i][0])
+        if loss < elites[worst][0]:
+            store.release(elites[worst][2])
+            elites[worst] = [loss, member, handle]
+        else:
+            store.release(handle)
+
+    pending = None
+    for member in range(1, cfg.pop_size):
+        handle = store.prepare(member)  # host work overlaps the device still scoring `pending`
+        if pending is not None:
+            admit(pending[0], pending[1], scorer.value(pending[2]))
+        cand = store.device_params(handle)
+        pending = (member, handle, scorer.call(cand, member, "score"))
+        del cand
+    if pending is not None:
+        admit(pending[0], pending[1], scorer.value(pending[2]))
+
+    elites.sort(key=lambda e: e[0])
+    rescore_losses = None
+    compare_loss = base_loss
+    if cfg.rescore_elites:
+        rescore_losses = {}
+        rescored = []
+        for loss, member, handle in elites:
+            r = scorer(store.device_params(handle), member, "rescore")
+            rescore_losses[member] = r
+            if math.isfinite(r) or member == 0:
+                rescored.append([r, member, handle])
+        if 0 not in rescore_losses:
+            rescore_losses[0] = scorer(params, 0, "rescore")
+        compare_loss = rescore_losses[0]
+        if not math.isfinite(compare_loss):
+            raise RuntimeError(
+                f"EGD evolution cycle {cycle} (step {step}): the base parameters' re-scored loss is "
+                f"{compare_loss!r}; nothing was changed"
+            )
+        rescored = [e for e in rescored if math.isfinite(e[0])] or [[compare_loss, 0, BASE]]
+        rescored.sort(key=lambda e: e[0])
+        elites = rescored
+
+    sel_losses = [e[0] for e in elites]
+    if cfg.recombine == "softmax" and len(elites) > 1:
+        weights = _softmax_weights(sel_losses, cfg.temperature)
+    else:
+        weights = [1.0 / len(elites)] * len(elites)
+    handles = [e[2] for e in elites]
+    members = [e[1] for e in elites]
+    new_params = store.recombine(handles, members, weights)
+    for h in handles:
+        store.release(h)
+
+    recombined_loss = scorer(new_params, -1, "rescore" if cfg.rescore_elites else "score")
+    accepted = True
+    final_loss = recombined_loss
+    if cfg.accept == "if_better" and not recombined_loss <= compare_loss:
+        accepted = False
+        new_params = params
+        final_loss = compare_loss
+    if _backend.is_cupy(xp):
+        _backend.synchronize(xp)
+    seconds = time.perf_counter() - t0
+    fields = dict(
+        cycle=cycle,
+        step=step,
+        base_loss=base_loss,
+        member_losses=tuple(member_losses),
+        elite_indices=tuple(members),
+        elite_losses=tuple(sel_losses),
+        elite_weights=tuple(weights),
+        rescore_losses=None if rescore_losses is None else dict(rescore_losses),
+        recombined_loss=recombined_loss,
+        loss=final_loss,
+        accepted=accepted,
+        sigma=float(sigma),
+        scales=dict(scales),
+        mutated=tuple(mutated),
+        bytes_to_device=store.bytes_to_device,
+        bytes_to_host=store.bytes_to_host,
+        bytes_moved=store.bytes_to_device + store.bytes_to_host,
+        closure_calls=scorer.calls,
+        closure_seconds=scorer.seconds,
+        seconds=seconds,
+        population_storage=cfg.population_storage,
+        host_buffer_bytes=workspace.host_nbytes if store_cls is HostPopulation else 0,
+    )
+    return CycleResult(new_params, accepted, fields)

@@ -1,0 +1,164 @@
+"""EGD mutations: addressed Gaussian noise, full rank or low rank, and their weighted sums.
+
+The unit noise of member ``m`` for parameter ``name`` in cycle ``c`` is
+
+* full rank (``mutation="full"``, or any tensor that is not a matrix)::
+
+      z = rng.normal(shape, seed=seed, stream=name, member=m, generation=c)
+
+* low rank (``mutation="lowrank"``, rank ``r``, matrices ``(rows, cols)``)::
+
+      f = rng.normal(((rows + cols) * r,), seed=seed, stream=name, member=m, generation=c)
+      A = f[:rows * r].reshape(rows, r);  B = f[rows * r:].reshape(cols, r)
+      z = A @ B.T / sqrt(r)          (computed as (A * (scale / sqrt(r))) @ B.T)
+
+  Every entry of ``A Bᵀ`` is a sum of ``r`` products of independent unit
+  normals (variance ``r``), so ``z`` has unit variance: its expected RMS
+  equals the full-rank mutation's.
+
+A candidate is ``base + scale * z`` with ``scale = sigma * max(rms(base), 1e-8)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import _backend, rng
+
+__all__ = ["param_scale", "unit_noise", "mutant", "weighted_unit_noise", "is_lowrank", "dtype_name"]
+
+RMS_FLOOR = 1e-8
+
+
+def dtype_name(xp, dtype) -> str:
+    """``"float32"`` or ``"float64"`` for a namespace dtype (the rng's dtype argument)."""
+    return _backend.numpy_dtype(xp, dtype).name
+
+
+def param_scale(xp, p, sigma: float) -> float:
+    """``sigma * max(sqrt(mean(p**2)), 1e-8)`` as a Python float (0 for an empty tensor)."""
+    if _size(p) == 0:
+        return 0.0
+    rms = float(xp.sqrt(xp.mean(p * p)))
+    return float(sigma) * max(rms, RMS_FLOOR)
+
+
+def _size(p) -> int:
+    n = 1
+    for d in p.shape:
+        n *= int(d)
+    return n
+
+
+def is_lowrank(shape, mutation: str) -> bool:
+    """Whether a tensor of this shape gets a low-rank mutation."""
+    return mutation == "lowrank" and len(shape) == 2
+
+
+def unit_noise(shape, *, seed: int, name: str, member: int, cycle: int, dtype: str, xp, device=None,
+               mutation: str = "full", rank: int = 1, factor: float = 1.0):
+    """``factor * z`` for the unit noise ``z`` of one member (see the module docstring).
+
+    For low-rank noise the factor is folded into the small factor ``A``
+    (``(A * (factor / sqrt(r))) @ Bᵀ``), which saves two passes over the matrix.
+
+    Returns
+    -------
+    array, shape ``shape``, dtype ``dtype``, a fresh array the caller may modify in place.
+    """
+    shape = tuple(int(s) for s in shape)
+    if is_lowrank(shape, mutation):
+        rows, cols = shape
+        a, b = _factors(rows, cols, rank, seed=seed, name=name, member=member, cycle=cycle, dtype=dtype, xp=xp,
+                        device=device)
+        return xp.matmul(a * (float(factor) / math.sqrt(rank)), xp.permute_dims(b, (1, 0)))
+    z = rng.normal(shape, seed=seed, stream=name, member=member, generation=cycle, dtype=dtype, xp=xp, device=device)
+    if factor != 1.0:
+        z *= float(factor)
+    return z
+
+
+def mutant(base, scale: float, *, seed: int, name: str, member: int, cycle: int, xp, device=None,
+           mutation: str = "full", rank: int = 1, out=None, impl: str = "auto"):
+    """A candidate ``base + scale * z`` (``z`` from :func:`unit_noise`), optionally written into ``out``.
+
+    Dispatch: full-rank mutations of NumPy arrays run the fused Numba kernel
+    (:func:`egdnp.optim._egd_cpu.mutant_into`, one pass, no temporary);
+    everything else, and ``impl="array_api"``, runs the array-API oracle
+    ``z = unit_noise(...); z *= scale; z += base``.  Both round the same way
+    and agree bit for bit.
+
+    Parameters
+    ----------
+    base : array
+        The base tensor (any shape; float32 or float64).
+    scale : float
+        Absolute noise std, ``sigma * max(rms(base), 1e-8)``.
+    out : array, optional
+        Where to write (same shape/dtype as ``base``; a host buffer for NumPy).
+    impl : {"auto", "numba", "array_api"}
+
+    Returns
+    -------
+    array, the shape and dtype of ``base`` (``out`` when given).
+    """
+    if impl not in ("auto", "numba", "array_api"):
+        raise ValueError(f"impl={impl!r} is not one of ('auto', 'numba', 'array_api')")
+    shape = tuple(base.shape)
+    fused = _backend.is_numpy(xp) and not is_lowrank(shape, mutation)
+    if impl == "numba" and not fused:
+        raise ValueError("impl='numba' needs NumPy arrays and a full-rank mutation")
+    if fused and impl != "array_api":
+        from . import _egd_cpu
+
+        if out is None:
+            out = xp.empty(shape, dtype=base.dtype)
+        return _egd_cpu.mutant_into(out, base, scale, seed, rng.stream_id(name), member, cycle)
+    z = unit_noise(shape, seed=seed, name=name, member=member, cycle=cycle, dtype=dtype_name(xp, base.dtype), xp=xp,
+                   device=device, mutation=mutation, rank=rank, factor=scale)
+    z += base
+    if out is None:
+        return z
+    out[...] = z
+    return out
+
+
+def _factors(rows, cols, rank, *, seed, name, member, cycle, dtype, xp, device):
+    flat = rng.normal(((rows + cols) * rank,), seed=seed, stream=name, member=member, generation=cycle, dtype=dtype,
+                      xp=xp, device=device)
+    a = xp.reshape(flat[: rows * rank], (rows, rank))
+    b = xp.reshape(flat[rows * rank:], (cols, rank))
+    return a, b
+
+
+def weighted_unit_noise(weights, members, shape, *, seed: int, name: str, cycle: int, dtype: str, xp, device=None,
+                        mutation: str = "full", rank: int = 1, factor: float = 1.0):
+    """``factor * sum_i weights[i] * unit_noise(member=members[i])`` without holding the members' noise.
+
+    Full rank uses :func:`egdnp.rng.weighted_noise_sum` (fused, O(1) extra
+    memory per thread); low rank stacks the weighted factors,
+    ``[w_1 A_1, ..., w_k A_k] @ [B_1, ..., B_k]ᵀ / sqrt(r)``, so only the
+    small factors are regenerated.
+
+    Parameters
+    ----------
+    weights : sequence of float, shape (k,)
+    members : sequence of int, shape (k,)
+    shape : tuple of int
+    """
+    shape = tuple(int(s) for s in shape)
+    weights = [float(w) * float(factor) for w in weights]
+    members = [int(m) for m in members]
+    if is_lowrank(shape, mutation):
+        rows, cols = shape
+        a_parts, b_parts = [], []
+        for w, m in zip(weights, members):
+            a, b = _factors(rows, cols, rank, seed=seed, name=name, member=m, cycle=cycle, dtype=dtype, xp=xp,
+                            device=device)
+            a_parts.append(a * (w / math.sqrt(rank)))
+            b_parts.append(b)
+        a_cat = xp.concat(a_parts, axis=1)
+        b_cat = xp.concat(b_parts, axis=1)
+        return xp.matmul(a_cat, xp.permute_dims(b_cat, (1, 0)))
+    return rng.weighted_noise_sum(weights, shape, seed=seed, stream=name, members=members, generation=cycle,
+                                  dtype=dtype, xp=xp, device=device)
