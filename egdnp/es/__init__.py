@@ -1,0 +1,74 @@
+"""EGGROLL: evolution strategies with low-rank perturbations.
+
+Member ``i`` of a population of ``N`` evaluates every weight matrix at
+``W + A_i B_i^T`` (rank r) without ever forming it, fitness is shaped, and the
+ES gradient ``sum_i f_hat_i A_i B_i^T`` -- one matrix product over concatenated
+factors -- feeds any :mod:`egdnp.optim` optimiser.
+
+Modules
+-------
+egdnp.es.conventions    "egdnp", "hyperscalees-torch", "hyperscalees-jax" (table)
+egdnp.es.perturbations  addressed factors (seed, name, member/pair, generation)
+egdnp.es.layers         perturbed linear / conv2d / batch norm, whole-model forward
+egdnp.es.fitness        z-score, group, centered ranks; classification fitness
+egdnp.es.gradient       the ES gradient (true sum, never the factorised shortcut)
+egdnp.es.strategy       ``Eggroll`` with ``init`` / ``ask`` / ``tell``
+egdnp.es.functional     the PyTorch port's names (get_weight_shapes, ...)
+
+See docs/eggroll.md.
+"""
+
+from . import conventions, fitness, functional, gradient, layers, perturbations, strategy
+from .conventions import CONVENTIONS, Convention, get_convention, noise_generation
+from .fitness import centered_ranks, classification_fitness, group_zscore, shape_fitness, zscore, zscore_var_eps
+from .gradient import es_gradient, factorised_shortcut, loss_gradients, lowrank_weighted_sum, pair_weights
+from .layers import (
+    dense_perturbed_params,
+    perturbed_batch_norm,
+    perturbed_conv2d,
+    perturbed_linear,
+    perturbed_matmul,
+    perturbed_model_forward,
+    population_fitness,
+)
+from .perturbations import FullNoise, LowRankNoise, Perturbations, generate, plan_parameters
+from .strategy import Eggroll, EggrollState
+
+__all__ = [
+    "conventions",
+    "fitness",
+    "functional",
+    "gradient",
+    "layers",
+    "perturbations",
+    "strategy",
+    "CONVENTIONS",
+    "Convention",
+    "get_convention",
+    "noise_generation",
+    "centered_ranks",
+    "classification_fitness",
+    "group_zscore",
+    "shape_fitness",
+    "zscore",
+    "zscore_var_eps",
+    "es_gradient",
+    "factorised_shortcut",
+    "loss_gradients",
+    "lowrank_weighted_sum",
+    "pair_weights",
+    "dense_perturbed_params",
+    "perturbed_batch_norm",
+    "perturbed_conv2d",
+    "perturbed_linear",
+    "perturbed_matmul",
+    "perturbed_model_forward",
+    "population_fitness",
+    "FullNoise",
+    "LowRankNoise",
+    "Perturbations",
+    "generate",
+    "plan_parameters",
+    "Eggroll",
+    "EggrollState",
+]

@@ -1,0 +1,340 @@
+"""NumPy/Numba fast path of the perturbed matrix product (CPU only).
+
+Called only through :func:`egdnp.es.layers.perturbed_matmul`, whose array-API
+code is the oracle in the tests.  The trick that makes the perturbed product
+cost almost nothing on top of the clean one: the low-rank term, the bias and
+the bias noise are written into the output first (one pass, memory bound),
+then a single BLAS GEMM over all ``N * rows`` rows accumulates ``x W^T`` into
+it with ``beta = 1`` -- so the output is written by the GEMM exactly once, as
+in the clean product, and ``x`` is read by BLAS exactly once.
+
+The kernels are serial on purpose: BLAS threads spin after a GEMM and a
+parallel Numba region right after it would fight them for the two cores.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np  # this module is the NumPy backend's fast path
+from scipy.linalg import blas as _blas
+
+__all__ = ["perturbed_matmul"]
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_kernel(out, xb, xrow, a_t, pair, sign, base, has_base, bias, has_bias, beps, has_beps):
+    """out[i, j, :] = base[j] + bias + s_i beps[p_i] + s_i sum_q xb[xrow_i, j, q] a_t[p_i, q, :]."""
+    n_members, rows, m = out.shape
+    r = a_t.shape[1]
+    for i in range(n_members):
+        p = pair[i]
+        s = sign[i]
+        xi = xrow[i]
+        for j in range(rows):
+            o = out[i, j]
+            if has_base:
+                for c in range(m):
+                    o[c] = base[j, c]
+            else:
+                for c in range(m):
+                    o[c] = 0.0
+            if has_bias:
+                for c in range(m):
+                    o[c] += bias[c]
+            if has_beps:
+                for c in range(m):
+                    o[c] += s * beps[p, c]
+            for q in range(r):
+                coef = s * xb[xi, j, q]
+                aq = a_t[p, q]
+                for c in range(m):
+                    o[c] += coef * aq[c]
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _skinny_kernel(out, x, w, b_t, a_t, pair, sign, bias, has_bias, beps, has_beps):
+    """Fused narrow layer: out[i, j, c] = x_ij . w_c + bias_c + s_i beps[p_i, c] + s_i sum_q (x_ij . b_t[p_i, q]) a_t[p_i, q, c].
+
+    For outputs of a few columns (a classifier head) BLAS GEMMs run far below
+    peak; here every row of x is read once, from L1, for all m + r dot products.
+    ``fastmath`` is limited to reassociation/contraction: it lets LLVM vectorise
+    the dot-product reductions and keeps nan/inf semantics.
+    """
+    n_members, rows, n = x.shape
+    m = w.shape[0]
+    r = b_t.shape[1]
+    t = np.empty(max(r, 1), dtype=out.dtype)
+    zero = np.zeros(1, dtype=out.dtype)[0]
+    for i in range(n_members):
+        p = pair[i]
+        s = sign[i]
+        for j in range(rows):
+            xr = x[i, j]
+            for q in range(r):
+                bq = b_t[p, q]
+                acc = zero
+                for k in range(n):
+                    acc += xr[k] * bq[k]
+                t[q] = s * acc
+            o = out[i, j]
+            for c in range(m):
+                wc = w[c]
+                acc = zero
+                for k in range(n):
+                    acc += xr[k] * wc[k]
+                for q in range(r):
+                    acc += t[q] * a_t[p, q, c]
+                if has_bias:
+                    acc += bias[c]
+                if has_beps:
+                    acc += s * beps[p, c]
+                o[c] = acc
+
+
+# ----------------------------------------------------------------------------
+# splitting the members over threads
+# ----------------------------------------------------------------------------
+# The kernels release the GIL (nogil=True), so plain Python threads run them on
+# disjoint member ranges.  Idle pool threads block instead of spinning, so they
+# do not fight BLAS's spinning threads for the two cores the way a Numba
+# parallel region does right after a GEMM.  Every output element is computed the
+# same way whatever the split: results are bitwise independent of the thread count.
+_POOL = None
+THREAD_MIN_WORK = 1 << 21  # multiply-adds below which one thread is faster
+
+
+def _n_threads() -> int:
+    return max(1, int(numba.config.NUMBA_NUM_THREADS))
+
+
+_LOCAL = threading.local()  # .in_worker: this thread already is one of the split's threads
+
+
+def _pool(workers: int):
+    global _POOL
+    if _POOL is None or _POOL._max_workers < workers:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="egdnp-es")
+    return _POOL
+
+
+def map_chunks(fn, items: list) -> list:
+    """``[fn(item) for item in items]`` on the calling thread plus pool threads.
+
+    Items are handed out in contiguous blocks, one block per thread, and results
+    come back in order; inside ``fn`` the kernels do not split again.  Used for
+    population chunks, whose heavy work (Numba kernels, NumPy ufuncs) releases the GIL.
+    """
+    k = min(_n_threads(), len(items))
+    if k <= 1 or getattr(_LOCAL, "in_worker", False):
+        return [fn(item) for item in items]
+    bounds = [len(items) * t // k for t in range(k + 1)]
+
+    def block(lo, hi):
+        _LOCAL.in_worker = True
+        try:
+            return [fn(item) for item in items[lo:hi]]
+        finally:
+            _LOCAL.in_worker = False
+
+    futures = [_pool(k - 1).submit(block, bounds[t], bounds[t + 1]) for t in range(1, k)]
+    out = block(bounds[0], bounds[1])
+    for fut in futures:
+        out.extend(fut.result())
+    return out
+
+
+def _run_split(fn, n_members: int, work: int) -> None:
+    """Call ``fn(lo, hi)`` on disjoint member ranges covering ``[0, n_members)``."""
+    k = min(_n_threads(), n_members) if work >= THREAD_MIN_WORK else 1
+    if k <= 1 or getattr(_LOCAL, "in_worker", False):
+        fn(0, n_members)
+        return
+    _pool(k - 1)
+    bounds = [n_members * t // k for t in range(k + 1)]
+    futures = [_POOL.submit(fn, bounds[t], bounds[t + 1]) for t in range(1, k)]
+    fn(bounds[0], bounds[1])
+    for fut in futures:
+        fut.result()
+
+
+# Outputs at most this wide use the fused kernel instead of BLAS (measured on
+# the 2-core machine: ~2x faster than sgemm + batched x B for a 10-class head).
+SKINNY_MAX_OUT = 32
+
+
+def perturbed_matmul(x, w2, bias, a, b, beps, pair, sign, cache=None, cache_key=None):
+    """NumPy version of :func:`egdnp.es.layers.perturbed_matmul` (same arguments).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, rows, n) per member, or (rows, n) shared
+    w2 : ndarray, shape (m, n)
+    bias : ndarray, shape (m,), or None
+    a : ndarray, shape (P, m, r), or None (weight not perturbed)
+    b : ndarray, shape (P, n, r), or None
+    beps : ndarray, shape (P, m), or None (bias not perturbed)
+    pair : ndarray of int64, shape (N,)
+    sign : ndarray, shape (N,), the dtype of x
+    cache : dict, optional
+        For a shared x: ``x W^T`` and ``x B`` of ALL pairs are computed once
+        (one large GEMM) and kept under ``cache_key`` for the other population
+        chunks, so the chunk loop runs no small BLAS calls (whose spinning
+        threads would compete with the kernels' threads on a 2-core machine).
+
+    Returns
+    -------
+    ndarray, shape (N, rows, m)
+    """
+    dtype = x.dtype
+    n_members = pair.shape[0]
+    m, n = w2.shape
+    shared = x.ndim == 2
+    rows = x.shape[0] if shared else x.shape[1]
+    x_in = x
+    x = np.ascontiguousarray(x)
+    # Only the pairs this slice of members uses (a contiguous range for the
+    # chunks of an interleaved population): a chunked population copies and
+    # multiplies no factors of other chunks.
+    p_lo, p_hi = int(pair.min()), int(pair.max()) + 1
+    n_pairs = p_hi - p_lo
+    pair = pair - p_lo
+    if beps is not None:
+        beps = beps[p_lo:p_hi]
+    shared_base = None
+    b_full = b
+    if a is not None:
+        a, b = a[p_lo:p_hi], b[p_lo:p_hi]
+        r = a.shape[2]
+        a_t = np.ascontiguousarray(np.transpose(a, (0, 2, 1)))
+        if shared and cache is not None:
+            held = cache.get(cache_key)
+            # One entry per weight, valid only for the very same input and weight
+            # objects (held here, so their ids cannot be reused meanwhile).
+            if held is None or held[0] is not x_in or held[1] is not w2:
+                n_all = b_full.shape[0]
+                b_cat = np.ascontiguousarray(np.transpose(b_full, (1, 0, 2))).reshape(n, n_all * r)
+                entry = (x @ w2.T, np.transpose((x @ b_cat).reshape(rows, n_all, r), (1, 0, 2)))
+                held = (x_in, w2, entry)
+                cache[cache_key] = held
+            shared_base, xb = held[2]
+            xrow = pair + p_lo  # rows of xb are global pair indices
+        elif shared:
+            b_cat = np.ascontiguousarray(np.transpose(b, (1, 0, 2))).reshape(n, n_pairs * r)
+            xb = np.transpose((x @ b_cat).reshape(rows, n_pairs, r), (1, 0, 2))
+            xrow = pair
+        elif m <= SKINNY_MAX_OUT:
+            xb, xrow = None, None  # the fused kernel forms x B itself
+        else:
+            xb = np.matmul(x, b[pair])
+            xrow = np.arange(n_members, dtype=np.int64)
+    else:
+        a_t = np.zeros((1, 0, m), dtype=dtype)
+        xb = np.zeros((1, 1, 0), dtype=dtype)
+        xrow = np.zeros(n_members, dtype=np.int64)
+    dummy_vec = np.zeros(m, dtype=dtype)
+    if not shared and m <= SKINNY_MAX_OUT:
+        out = np.empty((n_members, rows, m), dtype=dtype)
+        b_t = np.zeros((1, 0, n), dtype=dtype) if a is None else np.ascontiguousarray(np.transpose(b, (0, 2, 1)))
+        w_c = np.ascontiguousarray(w2)
+        bias_arr = dummy_vec if bias is None else bias
+        beps_arr = np.zeros((1, m), dtype=dtype) if beps is None else beps
+
+        def skinny(lo, hi):
+            _skinny_kernel(out[lo:hi], x[lo:hi], w_c, b_t, a_t, pair[lo:hi], sign[lo:hi],
+                           bias_arr, bias is not None, beps_arr, beps is not None)
+
+        _run_split(skinny, n_members, n_members * rows * n * (m + int(b_t.shape[1])))
+        return out
+    out = np.empty((n_members, rows, m), dtype=dtype)
+    if shared:
+        base = x @ w2.T if shared_base is None else shared_base
+        has_base = True
+    else:
+        base = np.zeros((1, m), dtype=dtype)
+        has_base = False
+    bias_arr = dummy_vec if bias is None else bias
+    beps_arr = np.zeros((1, m), dtype=dtype) if beps is None else beps
+
+    def fill(lo, hi):
+        _fill_kernel(out[lo:hi], xb, xrow[lo:hi], a_t, pair[lo:hi], sign[lo:hi], base, has_base,
+                     bias_arr, bias is not None, beps_arr, beps is not None)
+
+    _run_split(fill, n_members, n_members * rows * m * (3 + int(a_t.shape[1])))
+    if not shared:
+        gemm = _blas.sgemm if dtype == np.float32 else _blas.dgemm
+        c_f = out.reshape(n_members * rows, m).T  # Fortran-ordered view of the output
+        x_f = x.reshape(n_members * rows, n).T
+        res = gemm(1.0, np.ascontiguousarray(w2).T, x_f, beta=1.0, c=c_f, trans_a=True, overwrite_c=True)
+        if not np.shares_memory(res, out):  # BLAS wrapper copied: keep the result all the same
+            out = np.ascontiguousarray(res.T).reshape(n_members, rows, m)
+    return out
+
+
+# ----------------------------------------------------------------------------
+# egdnp noise of many pairs in one kernel launch
+# ----------------------------------------------------------------------------
+from ..rng import _cpu as _rng_cpu  # noqa: E402  (the spec's Philox/Box-Muller building blocks)
+
+_CHUNK = _rng_cpu.CHUNK_BLOCKS
+
+
+def _members_normal_body(out, members, k0, k1, c1, c3, p):
+    n = out.shape[1]
+    nblocks = (n + 3) // 4
+    nchunks = (nblocks + _CHUNK - 1) // _CHUNK
+    o0 = np.empty(_CHUNK, np.uint32)
+    o1 = np.empty(_CHUNK, np.uint32)
+    o2 = np.empty(_CHUNK, np.uint32)
+    o3 = np.empty(_CHUNK, np.uint32)
+    fbuf = np.empty(_CHUNK, np.float32)
+    ebuf = np.empty(_CHUNK, np.int32)
+    z0 = np.empty(_CHUNK, out.dtype)
+    z1 = np.empty(_CHUNK, out.dtype)
+    z2 = np.empty(_CHUNK, out.dtype)
+    z3 = np.empty(_CHUNK, out.dtype)
+    row = out[p]
+    for ch in range(nchunks):
+        b0 = ch * _CHUNK
+        nb = min(_CHUNK, nblocks - b0)
+        _rng_cpu._normal_chunk(b0, nb, k0, k1, c1, members[p], c3, o0, o1, o2, o3, fbuf, ebuf, z0, z1, z2, z3)
+        _rng_cpu._store4(row, b0, nb, z0, z1, z2, z3)
+
+
+_members_normal_row = numba.njit(inline="always")(_members_normal_body)
+
+
+@numba.njit(parallel=True, cache=True)
+def _members_normal_parallel(out, members, k0, k1, c1, c3):
+    for p in numba.prange(out.shape[0]):
+        _members_normal_row(out, members, k0, k1, c1, c3, p)
+
+
+@numba.njit(cache=True)
+def _members_normal_serial(out, members, k0, k1, c1, c3):
+    for p in range(out.shape[0]):
+        _members_normal_row(out, members, k0, k1, c1, c3, p)
+
+
+# Below this many values a parallel region costs more than it saves (and stalls
+# badly when the two cores are shared with BLAS threads or other processes).
+PARALLEL_MIN_VALUES = 1 << 20
+
+
+def members_normal(n_members, size, seed, stream, generation, dtype):
+    """``out[k] = egdnp.rng.normal((size,), seed, stream, member=k, generation)`` for k < n_members.
+
+    One kernel launch instead of ``n_members`` calls (a per-call parallel region
+    right after BLAS work costs ~0.3 ms on a busy 2-core machine).
+    Returns ndarray, shape (n_members, size).
+    """
+    out = np.empty((n_members, size), dtype=np.dtype(dtype))
+    if n_members and size:
+        k0, k1 = _rng_cpu._key(seed)
+        members = np.arange(n_members, dtype=np.uint32)
+        kernel = _members_normal_parallel if n_members * size >= PARALLEL_MIN_VALUES else _members_normal_serial
+        kernel(out, members, k0, k1, np.uint32(stream), np.uint32(generation))
+    return out

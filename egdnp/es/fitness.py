@@ -1,0 +1,188 @@
+"""Fitness shaping: raw scores (higher is better) to the weights of the ES gradient.
+
+Every function takes ``f`` of shape (N,) (finite floats, one per member) and
+returns shaped fitness ``f_hat`` of shape (N,) in the same namespace and dtype.
+
+=================  ============================================================
+method             formula
+=================  ============================================================
+``zscore``         ``f_hat = (f - mean(f)) / (std(f, ddof) + eps)``
+``zscore_ddof1``   ``zscore`` with ``ddof=1, eps=1e-8`` (hyperscalees-torch)
+``zscore_var_eps`` ``f_hat = (f - mean(f)) / sqrt(var(f, ddof=0) + eps)``,
+                   ``eps=1e-5`` (hyperscalees-jax); with ``group_size=G > 0``:
+                   ``f_hat[g] = (f[g] - mean(f[g])) / sqrt(var(f) + eps)`` --
+                   group mean subtracted, GLOBAL variance (the JAX noiser)
+``group_zscore``   per group of ``G`` consecutive members:
+                   ``f_hat[g] = (f[g] - mean(f[g])) / (std(f[g], ddof) + eps)``
+``centered_ranks`` ``f_hat_i = rank_i / (N - 1) - 0.5`` (ties averaged; ``[0.]``
+                   for N = 1), via :func:`egdnp.rng.centered_ranks`
+``none``           ``f_hat = f``
+=================  ============================================================
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import _backend
+from .. import rng as _rng
+
+__all__ = [
+    "METHODS",
+    "check_fitness",
+    "zscore",
+    "zscore_var_eps",
+    "group_zscore",
+    "centered_ranks",
+    "shape_fitness",
+    "classification_fitness",
+]
+
+METHODS = ("zscore", "zscore_ddof1", "zscore_var_eps", "group_zscore", "centered_ranks", "none")
+
+
+def check_fitness(f, pop_size: int | None = None):
+    """Raise unless ``f`` is a 1-D array of finite floats (of length ``pop_size``)."""
+    if not hasattr(f, "shape") or not hasattr(f, "dtype"):
+        raise TypeError(f"fitness must be an array of shape (pop,), got {type(f).__name__}")
+    xp = _backend.array_namespace(f)
+    if len(f.shape) != 1:
+        raise ValueError(f"fitness has shape {tuple(f.shape)}; expected (pop,) -- one scalar per member")
+    if pop_size is not None and int(f.shape[0]) != pop_size:
+        raise ValueError(f"fitness has {int(f.shape[0])} entries but the population has {pop_size} members")
+    if not xp.isdtype(f.dtype, "real floating"):
+        raise TypeError(f"fitness has dtype {f.dtype}; pass floats (xp.astype(f, xp.float32))")
+    if not bool(xp.all(xp.isfinite(f))):
+        bad = int(xp.sum(xp.astype(~xp.isfinite(f), xp.int32)))
+        raise ValueError(
+            f"fitness has {bad} non-finite value(s) (nan or inf); fix the evaluation (diverged member?) "
+            "or replace them, e.g. with the worst finite fitness, before shaping"
+        )
+    return xp
+
+
+def _check_eps(eps) -> float:
+    eps = float(eps)
+    if not math.isfinite(eps) or eps < 0.0:
+        raise ValueError(f"eps={eps!r} must be a finite float >= 0")
+    return eps
+
+
+def _check_ddof(ddof, n) -> int:
+    if ddof not in (0, 1):
+        raise ValueError(f"ddof={ddof!r} must be 0 (population std) or 1 (sample std)")
+    if n - ddof <= 0:
+        raise ValueError(f"need more than ddof={ddof} members for a standard deviation, got {n}")
+    return int(ddof)
+
+
+def _groups(xp, f, group_size):
+    n = int(f.shape[0])
+    if isinstance(group_size, bool) or int(group_size) != group_size or group_size < 1:
+        raise ValueError(f"group_size={group_size!r} must be an int >= 1 (0 means no groups where allowed)")
+    group_size = int(group_size)
+    if n % group_size:
+        raise ValueError(f"group_size={group_size} does not divide the population of {n}; pick a divisor of {n}")
+    return xp.reshape(f, (n // group_size, group_size))
+
+
+def zscore(f, *, ddof: int = 0, eps: float = 1e-8):
+    """``(f - mean(f)) / (std(f, ddof) + eps)``; shape (N,) -> (N,)."""
+    xp = check_fitness(f)
+    ddof = _check_ddof(ddof, int(f.shape[0]))
+    eps = _check_eps(eps)
+    return (f - xp.mean(f)) / (xp.std(f, correction=ddof) + eps)
+
+
+def zscore_var_eps(f, *, eps: float = 1e-5, group_size: int = 0):
+    """The JAX noiser's shaping (shape (N,) -> (N,)).
+
+    ``group_size == 0``: ``(f - mean(f)) / sqrt(var(f) + eps)``.
+    ``group_size == G``: ``(f[g] - mean(f[g])) / sqrt(var(f) + eps)`` per group
+    of G consecutive members -- the group mean is subtracted but the variance is
+    the global one of the raw scores.
+    """
+    xp = check_fitness(f)
+    eps = _check_eps(eps)
+    denom = xp.sqrt(xp.var(f) + eps)
+    if group_size == 0:
+        return (f - xp.mean(f)) / denom
+    g = _groups(xp, f, group_size)
+    return xp.reshape((g - xp.mean(g, axis=1, keepdims=True)) / denom, (int(f.shape[0]),))
+
+
+def group_zscore(f, group_size: int, *, ddof: int = 0, eps: float = 1e-8):
+    """Per-group z-score: ``(f[g] - mean(f[g])) / (std(f[g], ddof) + eps)`` for groups of G consecutive members."""
+    xp = check_fitness(f)
+    g = _groups(xp, f, group_size)
+    ddof = _check_ddof(ddof, int(g.shape[1]))
+    eps = _check_eps(eps)
+    shaped = (g - xp.mean(g, axis=1, keepdims=True)) / (xp.std(g, axis=1, correction=ddof, keepdims=True) + eps)
+    return xp.reshape(shaped, (int(f.shape[0]),))
+
+
+def centered_ranks(f):
+    """``rank_i / (N - 1) - 0.5`` with ties averaged (:func:`egdnp.rng.centered_ranks`)."""
+    check_fitness(f)
+    return _rng.centered_ranks(f)
+
+
+def shape_fitness(f, method: str = "centered_ranks", *, group_size: int = 0, ddof: int | None = None, eps: float | None = None):
+    """Shape raw fitness by name (see the module table).
+
+    Parameters
+    ----------
+    f : array, shape (N,)
+        Raw fitness, higher is better, all finite.
+    method : str
+        One of :data:`METHODS`.
+    group_size : int
+        ``zscore_var_eps``: 0 for global, G for the JAX group variant;
+        ``group_zscore``: G >= 1; ``zscore`` with G > 0 means ``group_zscore``.
+    ddof, eps : optional
+        Override the method's defaults.
+
+    Returns
+    -------
+    array, shape (N,)
+    """
+    check_fitness(f)
+    if method == "zscore":
+        if group_size:
+            return group_zscore(f, group_size, ddof=0 if ddof is None else ddof, eps=1e-8 if eps is None else eps)
+        return zscore(f, ddof=0 if ddof is None else ddof, eps=1e-8 if eps is None else eps)
+    if method == "zscore_ddof1":
+        if group_size:
+            return group_zscore(f, group_size, ddof=1 if ddof is None else ddof, eps=1e-8 if eps is None else eps)
+        return zscore(f, ddof=1 if ddof is None else ddof, eps=1e-8 if eps is None else eps)
+    if method == "zscore_var_eps":
+        return zscore_var_eps(f, eps=1e-5 if eps is None else eps, group_size=group_size)
+    if method == "group_zscore":
+        return group_zscore(f, group_size, ddof=0 if ddof is None else ddof, eps=1e-8 if eps is None else eps)
+    if method == "centered_ranks":
+        if group_size:
+            raise ValueError("group_size is not used by centered_ranks; pass group_size=0 or method='group_zscore'")
+        return centered_ranks(f)
+    if method == "none":
+        return f
+    raise ValueError(f"method={method!r} is not one of {METHODS}")
+
+
+def classification_fitness(logits, labels):
+    """Negative mean cross-entropy of every member: ``f_i = -mean_b CE(logits[i, b], labels[b])``.
+
+    Parameters
+    ----------
+    logits : array, shape (N, batch, classes)
+    labels : integer array, shape (batch,)
+
+    Returns
+    -------
+    array, shape (N,)
+    """
+    from ..nn import softmax_cross_entropy
+
+    xp = _backend.array_namespace(logits)
+    if len(logits.shape) != 3:
+        raise ValueError(f"logits has shape {tuple(logits.shape)}; expected (pop, batch, classes)")
+    return -xp.mean(softmax_cross_entropy(logits, labels, reduction="none"), axis=1)

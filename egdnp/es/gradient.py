@@ -1,0 +1,175 @@
+"""The ES gradient of EGGROLL: ``G = sum_i f_hat_i E_i`` without a population of matrices.
+
+For a matrix parameter, ``E_i = s_i A_{p_i} B_{p_i}^T`` and the sum over members
+folds antithetic partners into pair weights ``w_k = sum_{i in pair k} s_i f_hat_i``:
+
+    G = sum_k w_k A_k B_k^T = A_cat @ (w * B)_cat^T
+
+with ``A_cat`` (m, P r) and ``B_cat`` (n, P r) the factors of all pairs
+concatenated along the rank axis: ONE matrix product with inner dimension
+``P r``, never a (P, m, n) tensor.
+
+This is the true sum of the rank-r products.  It is NOT
+``(sum_k w_k A_k) (sum_k w_k B_k)^T``, which the EGGROLL algorithm notes call
+"equivalent": that product is rank r, has cross terms ``w_k w_l A_k B_l^T``
+between unrelated members and scales with ``w^2`` -- a different (wrong)
+update; :func:`factorised_shortcut` exists only so tests can show the
+difference.
+
+For a full-rank parameter, ``G = sum_k w_k sigma eps_k``: with egdnp's own noise
+and at least :data:`FUSED_MIN_SIZE` entries the noise is regenerated inside the
+fused :func:`egdnp.rng.weighted_noise_sum` (``O(size)`` memory, float64
+accumulation); smaller vectors (biases) and caller-supplied noise are contracted
+directly from the stored noise.
+
+The ascent direction returned by :func:`es_gradient` is ``g = c * G`` with the
+convention's ``c`` (``1/sqrt(N)`` for the HyperscaleES conventions,
+``1/(N sigma)`` for egdnp's); :func:`loss_gradients` returns ``-g`` keyed like
+params, ready for any :mod:`egdnp.optim` optimiser (which descends).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import _backend
+from .. import rng as _rng
+from .conventions import get_convention
+from .fitness import check_fitness
+from .perturbations import FullNoise, LowRankNoise, Perturbations
+
+__all__ = ["pair_weights", "lowrank_weighted_sum", "factorised_shortcut", "gradient_scale", "es_gradient", "loss_gradients"]
+
+
+# Full-rank parameters with at least this many entries are reduced by the fused
+# regeneration (egdnp.rng.weighted_noise_sum, O(size) memory); smaller ones (biases)
+# contract the stored noise directly, which avoids a kernel launch per vector.
+FUSED_MIN_SIZE = 4096
+
+
+def _size(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def pair_weights(f_hat, perts: Perturbations):
+    """``w_k = sum_{i in pair k} s_i f_hat_i``; shape (N,) -> (P,)."""
+    xp = check_fitness(f_hat, perts.pop_size)
+    if perts.layout == "none":
+        return f_hat
+    n_pairs = perts.pop_size // 2
+    if perts.layout == "halves":
+        return f_hat[:n_pairs] - f_hat[n_pairs:]
+    if perts.layout == "interleaved":
+        return f_hat[0::2] - f_hat[1::2]
+    raise ValueError(f"perts.layout={perts.layout!r} is not 'none', 'halves' or 'interleaved'")
+
+
+def lowrank_weighted_sum(weights, A, B):
+    """``sum_k weights[k] A[k] @ B[k].T`` as one matrix product over concatenated factors.
+
+    Parameters
+    ----------
+    weights : array, shape (P,)
+    A : array, shape (P, m, r)
+    B : array, shape (P, n, r)
+
+    Returns
+    -------
+    array, shape (m, n)
+    """
+    xp = _backend.array_namespace(weights, A, B)
+    if len(A.shape) != 3 or len(B.shape) != 3:
+        raise ValueError(f"A and B must be (P, m, r) and (P, n, r); got A {tuple(A.shape)}, B {tuple(B.shape)}")
+    p, m, r = (int(s) for s in A.shape)
+    if int(B.shape[0]) != p or int(B.shape[2]) != r:
+        raise ValueError(f"A has shape {tuple(A.shape)} and B {tuple(B.shape)}; they must agree on P and r (axes 0 and 2)")
+    if tuple(weights.shape) != (p,):
+        raise ValueError(f"weights has shape {tuple(weights.shape)}; expected ({p},), one per factor pair")
+    n = int(B.shape[1])
+    a_cat = xp.reshape(xp.permute_dims(A, (1, 0, 2)), (m, p * r))
+    b_cat = xp.reshape(xp.permute_dims(B * xp.reshape(weights, (p, 1, 1)), (1, 0, 2)), (n, p * r))
+    return xp.matmul(a_cat, b_cat.T)
+
+
+def factorised_shortcut(weights, A, B):
+    """``(sum_k w_k A_k) (sum_k w_k B_k)^T`` -- the WRONG "equivalent" of the algorithm notes (tests only)."""
+    xp = _backend.array_namespace(weights, A, B)
+    w = xp.reshape(weights, (int(weights.shape[0]), 1, 1))
+    return xp.matmul(xp.sum(w * A, axis=0), xp.sum(w * B, axis=0).T)
+
+
+def gradient_scale(perts: Perturbations, convention=None) -> float:
+    """The convention's ``c`` in ``g = c * sum_i f_hat_i E_i``."""
+    conv = get_convention(perts.convention if convention is None else convention)
+    if conv.grad_scale == "sqrt_n":
+        return 1.0 / math.sqrt(perts.pop_size)
+    if conv.grad_scale == "n_sigma":
+        return 1.0 / (perts.pop_size * perts.sigma)
+    raise ValueError(f"convention {conv.name!r} has unknown grad_scale {conv.grad_scale!r}")
+
+
+def es_gradient(f_hat, perts: Perturbations, *, convention=None) -> dict:
+    """Ascent direction ``g = c * sum_i f_hat_i E_i`` of every perturbed parameter.
+
+    Parameters
+    ----------
+    f_hat : array, shape (N,)
+        Shaped fitness (higher is better).
+    perts : Perturbations
+        The generation's perturbations (the same that produced ``f_hat``).
+    convention : str, optional
+        Default: ``perts.convention``.
+
+    Returns
+    -------
+    dict[str, array]
+        One entry per perturbed parameter, each of the parameter's shape.
+    """
+    if not isinstance(perts, Perturbations):
+        raise TypeError(f"perts must be the Perturbations returned by ask/generate, got {type(perts).__name__}")
+    xp = check_fitness(f_hat, perts.pop_size)
+    w = pair_weights(f_hat, perts)
+    c = gradient_scale(perts, convention)
+    grads = {}
+    for key, item in perts.noise.items():
+        if isinstance(item, LowRankNoise):
+            w_t = xp.astype(w, item.A.dtype)
+            g = lowrank_weighted_sum(w_t, item.A, item.B)
+            grads[key] = xp.reshape(g * c, tuple(item.shape))
+        elif isinstance(item, FullNoise):
+            xq = _backend.array_namespace(item.eps)
+            if key in perts.external or perts.seed is None or _size(item.shape) < FUSED_MIN_SIZE:
+                w_t = xp.astype(w, item.eps.dtype)
+                g = xq.tensordot(w_t, item.eps, axes=1)
+            else:
+                # Regenerate the noise inside the fused reduction instead of reading the stored copy.
+                dname = "float64" if item.eps.dtype == xq.float64 else "float32"
+                w_host = [float(v) * perts.sigma for v in _backend.to_host(w).tolist()]
+                g = _rng.weighted_noise_sum(w_host, tuple(item.shape), seed=perts.seed, stream=key,
+                                            generation=perts.noise_generation, dtype=dname, xp=xq,
+                                            device=_backend.device_of(item.eps))
+            grads[key] = g * c
+        else:
+            raise TypeError(f"perts.noise[{key!r}] is a {type(item).__name__}, not LowRankNoise/FullNoise")
+    return grads
+
+
+def loss_gradients(f_hat, perts: Perturbations, params: dict, *, convention=None) -> dict:
+    """``-g`` for every perturbed parameter and ``None`` for frozen ones, keyed like ``params``.
+
+    Feed it to any :mod:`egdnp.optim` optimiser: ``opt.update(grads, state, params)``
+    descends the loss, i.e. ascends the fitness.
+    """
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict[str, array], got {type(params).__name__}")
+    missing = [k for k in perts.noise if k not in params]
+    if missing:
+        raise ValueError(f"perts perturbs {missing}, which are not keys of params ({list(params)})")
+    for k, item in perts.noise.items():
+        if tuple(int(s) for s in params[k].shape) != tuple(item.shape):
+            raise ValueError(f"params[{k!r}] has shape {tuple(params[k].shape)} but perts were drawn for {tuple(item.shape)}")
+    g = es_gradient(f_hat, perts, convention=convention)
+    return {k: (-g[k] if k in g else None) for k in params}

@@ -1,0 +1,436 @@
+"""Perturbed layers that never form ``W + A_i B_i^T``.
+
+Member ``i`` of the population evaluates the layer at ``W_i = W + A_i B_i^T``
+(``A_i = s_i A_{p_i}``, ``B_i = B_{p_i}``, see :mod:`egdnp.es.perturbations`)
+and ``b_i = b + s_i eps_{p_i}``.  Because
+
+    x_i W_i^T + b_i = x_i W^T + b + s_i eps_{p_i} + (x_i B_i) A_i^T
+
+the base product ``x W^T`` runs as ONE matrix product over all ``N * batch``
+rows (or once for an input shared by all members), and the low-rank term costs
+``O(N batch r (m + n))`` -- time and memory grow with ``r``, never with ``m n``
+per member.  A conv layer is the same product on im2col patches:
+``patches W2^T + (patches B_i) A_i^T`` with ``W2`` the (C_out, C_in*kh*kw)
+flattening of the filter bank.
+
+Shapes
+------
+An input is either *per member* ``(N, batch, ...)`` or *shared* ``(batch,
+...)`` (the data batch, identical for every member).  A perturbed layer always
+returns per-member output ``(N, batch, ...)``; a layer with nothing perturbed
+keeps a shared input shared, so a model's input is broadcast only at its first
+perturbed layer.
+
+``members=(start, stop)`` evaluates a slice of the population (population
+chunking: memory ``O(chunk * batch * width)``).
+
+Functions
+---------
+perturbed_matmul(x, w2, bias, perts, weight_key, bias_key, members)
+perturbed_linear(x, weight, bias, perts, *, weight_key, bias_key, members)
+perturbed_conv2d(x, weight, bias, perts, *, weight_key, bias_key, stride, padding, dilation, members)
+perturbed_batch_norm(x, gamma, beta, running_mean, running_var, perts, *, ...)   (eval statistics)
+perturbed_model_forward(model, params, x, perts, *, members, state)
+dense_perturbed_params(params, perts, member)   (explicit W + A B^T, for tests)
+"""
+
+from __future__ import annotations
+
+from .. import _backend
+from .perturbations import FullNoise, LowRankNoise, Perturbations
+
+__all__ = [
+    "member_range",
+    "perturbed_matmul",
+    "perturbed_linear",
+    "perturbed_conv2d",
+    "perturbed_batch_norm",
+    "perturbed_model_forward",
+    "dense_perturbed_params",
+    "population_fitness",
+]
+
+
+def member_range(perts: Perturbations, members) -> tuple[int, int]:
+    """Validate ``members`` (None, or ``(start, stop)``) against the population."""
+    n = perts.pop_size
+    if members is None:
+        return 0, n
+    try:
+        start, stop = (int(v) for v in members)
+    except (TypeError, ValueError):
+        raise TypeError(f"members={members!r} must be None or a (start, stop) pair of ints") from None
+    if not 0 <= start < stop <= n:
+        raise ValueError(f"members={members!r} must satisfy 0 <= start < stop <= pop_size={n}")
+    return start, stop
+
+
+def _noise(perts, key, kind):
+    if perts is None or key is None:
+        return None
+    item = perts.noise.get(key)
+    if item is not None and not isinstance(item, kind):
+        raise TypeError(f"perts.noise[{key!r}] is a {type(item).__name__}; this layer needs {kind.__name__} for it")
+    return item
+
+
+def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, bias_key=None, members=None, *,
+                     impl: str = "auto", cache: dict | None = None):
+    """``y_i = x_i W2^T + b + s_i eps_{p_i} + s_i (x_i B_{p_i}) A_{p_i}^T`` for every member.
+
+    Parameters
+    ----------
+    x : array, shape (N, rows, n) per member, or (rows, n) shared
+        ``N = stop - start`` of ``members``.
+    w2 : array, shape (m, n)
+        The weight as a matrix.
+    bias : array, shape (m,), or None
+    perts : Perturbations or None
+    weight_key, bias_key : str or None
+        Keys of ``perts.noise``; a key that is absent (or None) is not perturbed.
+    members : (start, stop), optional
+    impl : {"auto", "numba", "array_api"}
+        ``"auto"`` uses the NumPy/BLAS fast path for NumPy arrays.
+    cache : dict, optional
+        Scratch space shared by the population chunks of one evaluation
+        (:func:`population_fitness` passes one): for a shared x the products
+        with ``W2`` and with every pair's ``B`` are computed once.  The result
+        does not depend on it.
+
+    Returns
+    -------
+    array, shape (N, rows, m); or (rows, m) when x is shared and nothing is perturbed
+    """
+    xp = _backend.array_namespace(x, w2)
+    wn = _noise(perts, weight_key, LowRankNoise)
+    bn = _noise(perts, bias_key, FullNoise)
+    m, n = int(w2.shape[0]), int(w2.shape[1])
+    if len(x.shape) not in (2, 3) or int(x.shape[-1]) != n:
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected (N, rows, {n}) or shared (rows, {n}) for weight matrix ({m}, {n})")
+    if wn is not None and tuple(wn.A.shape[1:2]) != (m,):
+        raise ValueError(f"perts.noise[{weight_key!r}].A has shape {tuple(wn.A.shape)} but the weight matrix is ({m}, {n})")
+    if wn is not None and int(wn.B.shape[1]) != n:
+        raise ValueError(f"perts.noise[{weight_key!r}].B has shape {tuple(wn.B.shape)} but the weight matrix is ({m}, {n})")
+    shared = len(x.shape) == 2
+    if wn is None and bn is None:
+        out = xp.matmul(x, w2.T) if shared else xp.reshape(
+            xp.matmul(xp.reshape(x, (-1, n)), w2.T), (int(x.shape[0]), int(x.shape[1]), m)
+        )
+        return out if bias is None else out + bias
+    start, stop = member_range(perts, members)
+    n_members = stop - start
+    if not shared and int(x.shape[0]) != n_members:
+        raise ValueError(f"x has {int(x.shape[0])} members (axis 0) but members={start, stop} selects {n_members}")
+    pair_host = perts.pair[start:stop]
+    sign_host = perts.sign[start:stop]
+    beps = None if bn is None else xp.reshape(bn.eps, (int(bn.eps.shape[0]), m))
+    if impl not in ("auto", "numba", "array_api"):
+        raise ValueError(f"impl={impl!r} must be 'auto', 'numba' or 'array_api'")
+    if impl == "numba" and not _backend.is_numpy(xp):
+        raise ValueError("impl='numba' needs NumPy arrays")
+    if impl != "array_api" and _backend.is_numpy(xp):
+        import numpy as np  # host-side index tables for the NumPy fast path
+
+        from . import _cpu
+
+        return _cpu.perturbed_matmul(
+            x, w2, bias, None if wn is None else wn.A, None if wn is None else wn.B, beps,
+            np.asarray(pair_host, dtype=np.int64), np.asarray(sign_host, dtype=x.dtype),
+            cache=cache, cache_key=("shared-products", weight_key),
+        )
+    device = _backend.device_of(x)
+    pair_idx = xp.asarray(list(pair_host), dtype=xp.int64, device=device)
+    sign = xp.reshape(xp.asarray(list(sign_host), dtype=x.dtype, device=device), (n_members, 1, 1))
+    if shared:
+        rows = int(x.shape[0])
+        base = xp.matmul(x, w2.T)  # (rows, m), once for every member
+        out = xp.broadcast_to(base, (n_members, rows, m))
+    else:
+        rows = int(x.shape[1])
+        out = xp.reshape(xp.matmul(xp.reshape(x, (n_members * rows, n)), w2.T), (n_members, rows, m))
+    if wn is not None:
+        r = int(wn.A.shape[2])
+        if shared:
+            # Only the pairs this slice of members uses: a chunked population does no redundant work.
+            p_lo, p_hi = min(pair_host), max(pair_host) + 1
+            n_pairs = p_hi - p_lo
+            b_cat = xp.reshape(xp.permute_dims(wn.B[p_lo:p_hi, ...], (1, 0, 2)), (n, n_pairs * r))
+            xb_pairs = xp.permute_dims(xp.reshape(xp.matmul(x, b_cat), (rows, n_pairs, r)), (1, 0, 2))
+            local_idx = xp.asarray([p - p_lo for p in pair_host], dtype=xp.int64, device=device)
+            xb = xp.take(xb_pairs, local_idx, axis=0)
+        else:
+            xb = xp.matmul(x, xp.take(wn.B, pair_idx, axis=0))  # (N, rows, r)
+        a_members = xp.take(wn.A, pair_idx, axis=0)  # (N, m, r)
+        out = out + xp.matmul(xb * sign, xp.permute_dims(a_members, (0, 2, 1)))
+    if bias is not None:
+        out = out + bias
+    if beps is not None:
+        out = out + xp.take(beps, pair_idx, axis=0)[:, None, :] * sign
+    return out
+
+
+def perturbed_linear(x, weight, bias=None, perts: Perturbations | None = None, *, weight_key=None, bias_key=None,
+                     members=None, impl: str = "auto", cache: dict | None = None):
+    """Perturbed fully connected layer, ``x_i W_i^T + b_i`` without forming ``W_i``.
+
+    Parameters
+    ----------
+    x : array, shape (N, batch, n_in) or shared (batch, n_in)
+    weight : array, shape (n_out, n_in)
+    bias : array, shape (n_out,), or None
+    perts : Perturbations or None
+    weight_key, bias_key : str, optional
+        Keys in ``perts.noise`` (``"fc1.weight"``, ``"fc1.bias"``).
+    members : (start, stop), optional
+
+    Returns
+    -------
+    array, shape (N, batch, n_out) (or (batch, n_out) when x is shared and nothing is perturbed)
+    """
+    return perturbed_matmul(x, weight, bias, perts, weight_key, bias_key, members, impl=impl, cache=cache)
+
+
+def perturbed_conv2d(x, weight, bias=None, perts: Perturbations | None = None, *, weight_key=None, bias_key=None,
+                     stride=1, padding=0, dilation=1, members=None, impl: str = "auto", cache: dict | None = None):
+    """Perturbed 2-D cross-correlation on im2col patches.
+
+    ``y_i = patches_i W2^T + b_i + s_i (patches_i B_{p_i}) A_{p_i}^T`` with
+    ``W2 = weight.reshape(C_out, C_in*kh*kw)`` (row-major over (C_in, kh, kw)).
+
+    Parameters
+    ----------
+    x : array, shape (N, batch, C_in, H, W) or shared (batch, C_in, H, W)
+    weight : array, shape (C_out, C_in, kh, kw)
+    bias : array, shape (C_out,), or None
+    perts, weight_key, bias_key, members, impl :
+        As for :func:`perturbed_linear`.
+    stride, padding, dilation : int or (int, int)
+
+    Returns
+    -------
+    array, shape (N, batch, C_out, H', W') (or (batch, C_out, H', W') when nothing is perturbed and x is shared)
+    """
+    from ..nn import functional as F
+
+    xp = _backend.array_namespace(x, weight)
+    if len(weight.shape) != 4:
+        raise ValueError(f"weight has shape {tuple(weight.shape)}; expected (C_out, C_in, kh, kw)")
+    c_out, c_in, kh, kw = (int(s) for s in weight.shape)
+    if len(x.shape) not in (4, 5) or int(x.shape[-3]) != c_in:
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected (N, batch, {c_in}, H, W) or shared (batch, {c_in}, H, W)")
+    lead = tuple(int(s) for s in x.shape[:-3])
+    images = 1
+    for s in lead:
+        images *= s
+    # A shared input is unfolded once for all population chunks: one cache entry
+    # per layer, valid for the very same input and weight objects (held, so ids stay unique).
+    patch_key = ("im2col", weight_key)
+    held = cache.get(patch_key) if (cache is not None and len(lead) == 1) else None
+    if held is not None and held[0] is x and held[1] is weight:
+        rows_x, w2, (oh, ow) = held[2]
+    else:
+        patches, (oh, ow) = F.im2col(xp.reshape(x, (images,) + tuple(int(s) for s in x.shape[-3:])), kh, kw,
+                                     stride=stride, padding=padding, dilation=dilation)
+        rows_x, w2 = None, xp.reshape(weight, (c_out, c_in * kh * kw))
+        if cache is not None and len(lead) == 1:
+            rows_x = xp.reshape(patches, (lead[-1] * oh * ow, c_in * kh * kw))
+            cache[patch_key] = (x, weight, (rows_x, w2, (oh, ow)))
+    k = c_in * kh * kw
+    n_pix = oh * ow
+    if rows_x is None:
+        rows_shape = (lead[-1] * n_pix, k) if len(lead) == 1 else (lead[0], lead[1] * n_pix, k)
+        rows_x = xp.reshape(patches, rows_shape)
+    y = perturbed_matmul(rows_x, w2, bias, perts, weight_key, bias_key, members, impl=impl, cache=cache)
+    out_lead = tuple(int(s) for s in y.shape[:-2]) + (lead[-1],)
+    y = xp.reshape(y, out_lead + (n_pix, c_out))
+    nd = len(y.shape)
+    y = xp.permute_dims(y, tuple(range(nd - 2)) + (nd - 1, nd - 2))
+    return xp.reshape(y, out_lead + (c_out, oh, ow))
+
+
+def perturbed_batch_norm(x, gamma, beta, running_mean, running_var, perts: Perturbations | None = None, *,
+                         gamma_key=None, beta_key=None, feature_axis: int = -1, eps: float = 1e-5, members=None):
+    """Batch norm with running (eval) statistics and perturbed scale/shift.
+
+    ``y_i = (x_i - running_mean) / sqrt(running_var + eps) * (gamma + s_i e^g_{p_i}) + (beta + s_i e^b_{p_i})``.
+    ES evaluates members with frozen statistics, so the running buffers are
+    neither used from the batch nor updated.
+
+    Parameters
+    ----------
+    x : array, shape (N, batch, F) / (N, batch, C, H, W), or shared without N
+    gamma, beta, running_mean, running_var : array, shape (F,)
+    feature_axis : int
+        -1 for BatchNorm1d, -3 for BatchNorm2d.
+
+    Returns
+    -------
+    array, shape (N, ...) when anything is perturbed, else shape of x
+    """
+    xp = _backend.array_namespace(x, gamma)
+    nd = len(x.shape)
+    fa = feature_axis % nd
+    features = int(x.shape[fa])
+    bshape = tuple(features if a == fa else 1 for a in range(nd))
+    xhat = (x - xp.reshape(running_mean, bshape)) / xp.sqrt(xp.reshape(running_var, bshape) + float(eps))
+    gn = _noise(perts, gamma_key, FullNoise)
+    bn = _noise(perts, beta_key, FullNoise)
+    if gn is None and bn is None:
+        return xhat * xp.reshape(gamma, bshape) + xp.reshape(beta, bshape)
+    start, stop = member_range(perts, members)
+    n_members = stop - start
+    shared = nd == (2 if feature_axis == -1 else 4)
+    if shared:
+        xhat = xp.broadcast_to(xhat[None, ...], (n_members,) + tuple(int(s) for s in x.shape))
+        nd += 1
+        fa += 1
+    elif int(x.shape[0]) != n_members:
+        raise ValueError(f"x has {int(x.shape[0])} members (axis 0) but members={start, stop} selects {n_members}")
+    device = _backend.device_of(x)
+    pair_idx = xp.asarray(list(perts.pair[start:stop]), dtype=xp.int64, device=device)
+    mshape = (n_members,) + tuple(features if a == fa else 1 for a in range(1, nd))
+    sign = xp.reshape(xp.asarray(list(perts.sign[start:stop]), dtype=x.dtype, device=device), (n_members,) + (1,) * (nd - 1))
+
+    def member_vec(base, noise):
+        v = xp.reshape(base, (1,) + mshape[1:])
+        if noise is None:
+            return v
+        return v + xp.reshape(xp.take(noise.eps, pair_idx, axis=0), mshape) * sign
+
+    return xhat * member_vec(gamma, gn) + member_vec(beta, bn)
+
+
+def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None, *, members=None, state=None,
+                            impl: str = "auto", cache: dict | None = None):
+    """Forward of a whole ``egdnp.nn`` model for every member (or a slice).
+
+    Linear, Conv2d and BatchNorm layers run their perturbed versions; every
+    other layer runs as usual (population axes are batch axes to them).  BatchNorm
+    uses its running statistics (eval mode).
+
+    Parameters
+    ----------
+    model : egdnp.nn.Serial
+        E.g. ``egdnp.nn.mlp(...)`` (layers ``fc1, tanh1, fc2``) or ``egdnp.nn.cnn()``.
+    params : dict[str, array]
+    x : array, shape (batch, ...) shared, or (N, batch, ...) per member
+    perts : Perturbations or None
+    members : (start, stop), optional
+        Population slice; ``x`` per member must then have ``stop - start`` members.
+    state : dict, optional
+        Model buffers (BatchNorm running statistics).
+    cache : dict, optional
+        Scratch space shared by the chunks of one population evaluation (see
+        :func:`perturbed_matmul`); create a fresh dict per evaluation.
+
+    Returns
+    -------
+    array, shape (N, batch, n_out)
+    """
+    from ..nn import layers as L
+
+    xp = _backend.array_namespace(x)
+    start, stop = member_range(perts, members) if perts is not None else (0, None)
+    known = (L.Linear, L.Conv2d, L.BatchNorm1d, L.BatchNorm2d)
+    if perts is not None:
+        owners = {f"{n}.{k}": layer for n, layer in model.layers for k in layer.param_shapes()}
+        for key in perts.noise:
+            if key not in owners:
+                raise ValueError(f"perts perturbs {key!r}, which is not a parameter of the model; keys are {list(owners)}")
+            if not isinstance(owners[key], known):
+                raise ValueError(f"parameter {key!r} belongs to a {type(owners[key]).__name__} layer, which has no perturbed forward")
+    state = {} if state is None else state
+    seen: dict[str, bool] = {}  # whether the model's input was shared, judged by its first weighted layer
+
+    def layer_fn(name, layer, local_params, h):
+        wk, bk = f"{name}.weight", f"{name}.bias"
+        if isinstance(layer, known) and "x_shared" not in seen:
+            image = isinstance(layer, (L.Conv2d, L.BatchNorm2d))
+            seen["x_shared"] = len(h.shape) == (4 if image else 2)
+        if isinstance(layer, L.Linear):
+            return perturbed_linear(h, local_params["weight"], local_params.get("bias"), perts,
+                                    weight_key=wk, bias_key=bk, members=members, impl=impl, cache=cache)
+        if isinstance(layer, L.Conv2d):
+            return perturbed_conv2d(h, local_params["weight"], local_params.get("bias"), perts, weight_key=wk,
+                                    bias_key=bk, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                                    members=members, impl=impl, cache=cache)
+        if isinstance(layer, (L.BatchNorm1d, L.BatchNorm2d)):
+            return perturbed_batch_norm(h, local_params["weight"], local_params["bias"], state[f"{name}.running_mean"],
+                                        state[f"{name}.running_var"], perts, gamma_key=wk, beta_key=bk,
+                                        feature_axis=-1 if isinstance(layer, L.BatchNorm1d) else -3,
+                                        eps=layer.eps, members=members)
+        return None
+
+    out = model.apply(params, x, state=state if state else None, layer_fn=layer_fn)
+    output_shared = seen.get("x_shared", False) and len(out.shape) == 2
+    if perts is not None and output_shared:
+        # Nothing was perturbed on the way: give every member the shared output.
+        out = xp.broadcast_to(out[None, ...], (stop - start,) + tuple(int(s) for s in out.shape))
+    return out
+
+
+def dense_perturbed_params(params: dict, perts: Perturbations, member: int) -> dict:
+    """Explicit ``W + A_i B_i^T`` (reshaped to the parameter) and ``v + s_i eps`` of one member.
+
+    For tests and small models only: it forms the full perturbed matrices.
+    """
+    xp = _backend.array_namespace(*params.values())
+    p, s = perts.pair[member], perts.sign[member]
+    out = dict(params)
+    for key, item in perts.noise.items():
+        if isinstance(item, LowRankNoise):
+            e = s * xp.matmul(item.A[p, ...], item.B[p, ...].T)
+            out[key] = params[key] + xp.reshape(e, tuple(params[key].shape))
+        else:
+            out[key] = params[key] + s * item.eps[p, ...]
+    return out
+
+
+def population_fitness(model, params: dict, x, perts: Perturbations, fitness_fn, *, chunk_size: int | None = None,
+                       state=None, impl: str = "auto", threaded: bool = True):
+    """Score every member, ``chunk_size`` members at a time.
+
+    Parameters
+    ----------
+    model, params, x, perts, state :
+        As for :func:`perturbed_model_forward`; ``x`` is the shared batch.
+    fitness_fn : callable
+        ``fitness_fn(out) -> (chunk,)`` with ``out`` of shape (chunk, batch, ...),
+        e.g. ``lambda out: classification_fitness(out, y)``.
+    chunk_size : int, optional
+        Members per forward (default all).  Peak memory is
+        ``O(chunk_size * batch * width)`` per thread; the result does not depend on it.
+    threaded : bool
+        NumPy only: score chunks concurrently on ``NUMBA_NUM_THREADS`` threads
+        (``fitness_fn`` must then be thread-safe, as pure array code is).
+        The result is bitwise the same either way.
+
+    Returns
+    -------
+    array, shape (N,)
+    """
+    xp = _backend.array_namespace(x)
+    n = perts.pop_size
+    chunk = n if chunk_size is None else int(chunk_size)
+    if chunk < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be an int >= 1")
+    if perts.layout != "none" and chunk % 2 and chunk < n:
+        chunk += 1  # keep antithetic partners of the interleaved layout in one chunk
+    cache: dict = {}  # shared-input products computed once for all chunks; dropped on return
+    ranges = [(start, min(n, start + chunk)) for start in range(0, n, chunk)]
+
+    def score(members):
+        out = perturbed_model_forward(model, params, x, perts, members=members, state=state, impl=impl, cache=cache)
+        return fitness_fn(out)
+
+    parts = [score(ranges[0])]  # fills the cache before any concurrency
+    if len(ranges) > 2 and impl != "array_api" and _backend.is_numpy(xp) and threaded:
+        from . import _cpu
+
+        # Whole chunks run concurrently on the NumPy path: their kernels and
+        # ufuncs release the GIL, and each chunk is computed exactly as it would
+        # be alone, so the result is bitwise independent of the thread count.
+        parts += _cpu.map_chunks(score, ranges[1:])
+    else:
+        parts += [score(r) for r in ranges[1:]]
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)

@@ -1,0 +1,399 @@
+"""Low-rank (and full-rank) perturbations of a parameter dict, addressed not stored.
+
+For a matrix parameter ``W`` of shape (m, n) -- a conv weight (C_out, C_in,
+kh, kw) is treated as the row-major flattening (C_out, C_in*kh*kw) -- member
+``i`` of the population is evaluated at
+
+    W_i = W + E_i,    E_i = A_i B_i^T,    A_i (m, r),  B_i (n, r)
+
+and a vector parameter ``v`` (a bias, a norm scale) at ``v + s_i sigma eps_k``
+(or not perturbed at all, ``vectors="frozen"``).
+
+Antithetic sampling pairs members: both members of pair ``k`` share ``B_k``
+and the unsigned ``A_k``, with opposite signs ``s_i = +1 / -1``.  Which members
+form a pair is the convention's ``layout`` (see :mod:`egdnp.es.conventions`).
+
+egdnp's own noise for pair ``k`` of parameter ``name`` in noise generation ``g``::
+
+    L = egdnp.rng.normal(((m + n) * r,), seed=seed, stream=name, member=k, generation=g)
+    B_k  = reshape(L[: n * r], (n, r))
+    A~_k = reshape(L[n * r :], (m, r))          # the JAX noiser's split
+    A_k  = sigma / sqrt(r) * A~_k
+    eps_k = egdnp.rng.normal(shape, seed=seed, stream=name, member=k, generation=g)   # vectors
+
+so nothing needs to be stored beyond one generation: any party holding
+(seed, name, k, g) regenerates the same numbers on any backend.  Ports can pass
+their own raw factors instead (``factors=``), and egdnp then applies exactly the
+same scaling and signs to them.
+
+Memory: ``O(P r (m + n))`` per matrix (``P`` pairs), never ``P m n``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, NamedTuple
+
+from .. import _backend
+from .. import rng as _rng
+from .conventions import get_convention, noise_generation
+
+__all__ = [
+    "LowRankNoise",
+    "FullNoise",
+    "Perturbations",
+    "matrix_shape",
+    "plan_parameters",
+    "member_layout",
+    "generate",
+    "check_rank",
+    "pair_normals",
+]
+
+
+class LowRankNoise(NamedTuple):
+    """Factors of one matrix parameter.
+
+    Attributes
+    ----------
+    A : array, shape (P, m, r)
+        Unsigned, scaled factors ``sigma / sqrt(r) * A~`` (one per pair).
+    B : array, shape (P, n, r)
+        Unscaled factors, shared by both members of a pair.
+    shape : tuple of int
+        The parameter's own shape ((m, n), or (C_out, C_in, kh, kw)).
+    """
+
+    A: Any
+    B: Any
+    shape: tuple
+
+
+class FullNoise(NamedTuple):
+    """Full-rank noise of one vector (or any non-matrix) parameter.
+
+    Attributes
+    ----------
+    eps : array, shape (P, *shape)
+        Unsigned, scaled noise ``sigma * eps`` (one per pair).
+    shape : tuple of int
+    """
+
+    eps: Any
+    shape: tuple
+
+
+class Perturbations(NamedTuple):
+    """The perturbations of one generation (what :meth:`Eggroll.ask` returns).
+
+    Attributes
+    ----------
+    noise : dict[str, LowRankNoise or FullNoise]
+        Only the perturbed parameters; a missing key is not perturbed.
+    pair : tuple of int, length N
+        Host-side: the pair (noise index) of every member.
+    sign : tuple of float, length N
+        Host-side: the antithetic sign of every member (+1.0 or -1.0).
+    pop_size : int
+        N.
+    rank : int
+    sigma : float
+    seed : int or None
+        None when the factors were supplied by the caller.
+    generation : int
+        The generation of the strategy.
+    noise_generation : int
+        The generation index that addressed the noise (see noise_reuse).
+    convention : str
+    layout : {"halves", "interleaved", "none"}
+    external : frozenset of str
+        Names whose noise the caller supplied (the rest is egdnp's own,
+        regenerable from ``seed``).
+    """
+
+    noise: dict
+    pair: tuple
+    sign: tuple
+    pop_size: int
+    rank: int
+    sigma: float
+    seed: int | None
+    generation: int
+    noise_generation: int
+    convention: str
+    layout: str
+    external: frozenset = frozenset()
+
+    @property
+    def n_pairs(self) -> int:
+        return len(set(self.pair)) if self.pair else 0
+
+
+# ----------------------------------------------------------------------------
+# small helpers
+# ----------------------------------------------------------------------------
+def _as_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r} must be an int >= {minimum}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _as_sigma(sigma) -> float:
+    try:
+        value = float(sigma)
+    except (TypeError, ValueError):
+        raise TypeError(f"sigma={sigma!r} must be a positive float") from None
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"sigma={sigma!r} must be a finite float > 0")
+    return value
+
+
+def matrix_shape(shape) -> tuple[int, int] | None:
+    """(m, n) of a 2-D parameter, (C_out, C_in*kh*kw) of a 4-D one, else None."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        return shape
+    if len(shape) == 4:
+        return shape[0], shape[1] * shape[2] * shape[3]
+    return None
+
+
+def check_rank(rank, shapes: dict[str, tuple[int, int]]) -> int:
+    """Validate ``1 <= rank <= min(m, n)`` for every matrix; return the rank as int."""
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
+        raise TypeError(f"rank={rank!r} must be an int >= 1")
+    rank = int(rank)
+    if rank < 1:
+        raise ValueError(f"rank={rank} must be >= 1 (rank 1 is the usual EGGROLL setting)")
+    for name, (m, n) in shapes.items():
+        if rank > min(m, n):
+            raise ValueError(
+                f"rank={rank} exceeds min(m, n)={min(m, n)} of parameter {name!r} with matrix shape ({m}, {n}); "
+                f"pass rank <= {min(m, n)} (a larger rank is no longer low rank)"
+            )
+    return rank
+
+
+def plan_parameters(shapes: dict, *, convention="egdnp", vectors: str | None = None) -> dict[str, str]:
+    """How each parameter is perturbed: ``"lowrank"``, ``"full"`` or ``"frozen"``.
+
+    Parameters
+    ----------
+    shapes : dict[str, tuple of int]
+        Parameter shapes (a params dict works too: its arrays' shapes are used).
+    convention : str
+    vectors : {"full", "frozen"}, optional
+        Treatment of parameters that are not 2-D/4-D; the convention's default
+        when None.  Ignored by ``"hyperscalees-torch"`` (only ``*weight*``
+        2-D/4-D parameters are perturbed there).
+
+    Returns
+    -------
+    dict[str, str], in the order of ``shapes``
+    """
+    conv = get_convention(convention)
+    vectors = conv.vectors if vectors is None else vectors
+    if vectors not in ("full", "frozen"):
+        raise ValueError(f"vectors={vectors!r} must be 'full' (full-rank noise) or 'frozen' (not perturbed)")
+    plan = {}
+    for name, shape in shapes.items():
+        shape = tuple(int(s) for s in (shape.shape if hasattr(shape, "shape") else shape))
+        is_matrix = matrix_shape(shape) is not None
+        if conv.weight_names_only:
+            plan[name] = "lowrank" if (is_matrix and "weight" in name) else "frozen"
+        elif is_matrix:
+            plan[name] = "lowrank"
+        else:
+            plan[name] = "frozen" if vectors == "frozen" else "full"
+    return plan
+
+
+def member_layout(pop_size: int, *, antithetic: bool, layout: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Pair index and sign of every member (host-side tuples).
+
+    ``layout="halves"``: member ``i < N/2`` is ``(+, pair i)``, member
+    ``i + N/2`` is ``(-, pair i)``.  ``layout="interleaved"``: member ``2k`` is
+    ``(+, pair k)``, ``2k+1`` is ``(-, pair k)``.  Without antithetic sampling
+    member ``i`` is ``(+, pair i)``.
+    """
+    pop_size = _as_int("pop_size", pop_size, 1)
+    if not antithetic:
+        return tuple(range(pop_size)), (1.0,) * pop_size
+    if pop_size % 2:
+        raise ValueError(
+            f"pop_size={pop_size} is odd but antithetic sampling needs pairs; pass an even pop_size "
+            "(or antithetic=False)"
+        )
+    half = pop_size // 2
+    if layout == "halves":
+        return tuple(list(range(half)) * 2), (1.0,) * half + (-1.0,) * half
+    if layout == "interleaved":
+        return tuple(i // 2 for i in range(pop_size)), tuple(1.0 if i % 2 == 0 else -1.0 for i in range(pop_size))
+    raise ValueError(f"layout={layout!r} must be 'halves' or 'interleaved'")
+
+
+def pair_normals(n_pairs: int, size: int, *, seed: int, stream, generation: int, dtype: str, xp, device=None, impl: str = "auto"):
+    """``out[k] = egdnp.rng.normal((size,), seed=seed, stream=stream, member=k, generation=generation)``.
+
+    Returns an array of shape (n_pairs, size).  NumPy uses one Numba kernel
+    launch for all pairs (bitwise the same values); other namespaces call
+    :func:`egdnp.rng.normal` per pair.
+    """
+    if impl not in ("auto", "numba", "array_api"):
+        raise ValueError(f"impl={impl!r} must be 'auto', 'numba' or 'array_api'")
+    if impl != "array_api" and _backend.is_numpy(xp):
+        from . import _cpu
+
+        stream_word = _rng.stream_id(stream) if isinstance(stream, str) else int(stream)
+        return _cpu.members_normal(n_pairs, size, seed, stream_word, generation, dtype)
+    draws = [
+        _rng.normal((size,), seed=seed, stream=stream, member=k, generation=generation, dtype=dtype, xp=xp, device=device)
+        for k in range(n_pairs)
+    ]
+    return xp.stack(draws, axis=0)
+
+
+def _check_external(name, kind, value, n_pairs, shape, rank, xp):
+    """Shapes of caller-supplied raw factors; returns arrays in ``xp``."""
+    if kind == "lowrank":
+        m, n = matrix_shape(shape)
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise TypeError(f"factors[{name!r}] must be a pair (A, B) of arrays with shapes ({n_pairs}, {m}, {rank}) and ({n_pairs}, {n}, {rank})")
+        a, b = value
+        want_a, want_b = (n_pairs, m, rank), (n_pairs, n, rank)
+        if tuple(a.shape) != want_a or tuple(b.shape) != want_b:
+            raise ValueError(
+                f"factors[{name!r}] have shapes A {tuple(a.shape)}, B {tuple(b.shape)}; expected A {want_a} and "
+                f"B {want_b} (pairs, rows, rank) for parameter shape {shape} with {n_pairs} pairs and rank {rank}"
+            )
+        return a, b
+    want = (n_pairs,) + tuple(shape)
+    if tuple(value.shape) != want:
+        raise ValueError(f"factors[{name!r}] has shape {tuple(value.shape)}; expected {want} (pairs, *param shape)")
+    return value
+
+
+def generate(shapes: dict, *, pop_size: int, rank: int = 1, sigma: float = 0.05, seed: int | None = 0,
+             generation: int = 0, convention="egdnp", antithetic: bool = True, vectors: str | None = None,
+             noise_reuse: int | None = "default", factors: dict | None = None, xp=None, dtype="float32",
+             device=None) -> Perturbations:
+    """Perturbations of one generation.
+
+    Parameters
+    ----------
+    shapes : dict[str, tuple of int] or dict[str, array]
+        Parameter shapes, or the params dict itself.
+    pop_size : int
+        N (even with ``antithetic=True``).
+    rank : int
+        ``1 <= rank <= min(m, n)`` for every perturbed matrix.
+    sigma : float > 0
+    seed : int
+        Noise seed (ignored when ``factors`` supplies every perturbed parameter).
+    generation : int
+        The strategy's generation; the noise is addressed by
+        :func:`~egdnp.es.conventions.noise_generation` of it.
+    convention : {"egdnp", "hyperscalees-torch", "hyperscalees-jax"}
+    antithetic : bool
+    vectors : {"full", "frozen"}, optional
+    noise_reuse : int or None, optional
+        Default: the convention's (see the noise_reuse trap in docs/eggroll.md).
+    factors : dict, optional
+        Raw standard-normal noise to use instead of egdnp's own:
+        ``{name: (A~ (P, m, r), B (P, n, r))}`` for matrices and
+        ``{name: eps (P, *shape)}`` for vectors, ``P`` the number of pairs
+        (N/2 with antithetic sampling, else N).  egdnp scales them exactly as
+        its own noise.  Parameters absent from ``factors`` use egdnp's noise.
+    xp : namespace or name, optional
+        Default: the namespace of the arrays in ``shapes``/``factors``, else NumPy.
+    dtype : {"float32", "float64"}
+
+    Returns
+    -------
+    Perturbations
+    """
+    conv = get_convention(convention)
+    pop_size = _as_int("pop_size", pop_size, 1)
+    sigma = _as_sigma(sigma)
+    generation = _as_int("generation", generation, 0)
+    if noise_reuse == "default":
+        noise_reuse = conv.noise_reuse
+    gen_noise = noise_generation(generation, noise_reuse)
+    if not isinstance(shapes, dict):
+        raise TypeError(f"shapes must be a dict name -> shape (or the params dict); got {type(shapes).__name__}")
+    if xp is None:
+        arrays = [v for v in shapes.values() if hasattr(v, "__array_namespace__")]
+        if factors:
+            for v in factors.values():
+                arrays.extend(v if isinstance(v, (tuple, list)) else [v])
+        xp = _backend.array_namespace(*arrays) if arrays else _backend.get_namespace("numpy")
+    else:
+        xp = _backend.get_namespace(xp)
+    if dtype not in ("float32", "float64"):
+        dtype = "float64" if dtype == getattr(xp, "float64", None) else ("float32" if dtype == getattr(xp, "float32", None) else dtype)
+        if dtype not in ("float32", "float64"):
+            raise TypeError(f"dtype={dtype!r} is not supported; use 'float32' or 'float64'")
+    dt = getattr(xp, dtype)
+    plain_shapes = {k: tuple(int(s) for s in (v.shape if hasattr(v, "shape") else v)) for k, v in shapes.items()}
+    plan = plan_parameters(plain_shapes, convention=conv, vectors=vectors)
+    lowrank_shapes = {k: matrix_shape(plain_shapes[k]) for k, how in plan.items() if how == "lowrank"}
+    rank = check_rank(rank, lowrank_shapes)
+    layout = conv.layout if antithetic else "none"
+    pair, sign = member_layout(pop_size, antithetic=antithetic, layout=layout)
+    n_pairs = pop_size // 2 if antithetic else pop_size
+    factors = {} if factors is None else dict(factors)
+    unknown = [k for k in factors if plan.get(k, "frozen") == "frozen"]
+    if unknown:
+        raise ValueError(f"factors has keys {unknown} that are not perturbed parameters under convention {conv.name!r}; perturbed: {[k for k, v in plan.items() if v != 'frozen']}")
+    checked = {k: _check_external(k, plan[k], v, n_pairs, plain_shapes[k], rank, xp) for k, v in factors.items()}
+    needs_seed = any(plan[k] != "frozen" and k not in checked for k in plan)
+    if needs_seed:
+        if seed is None:
+            raise ValueError("seed=None but some perturbed parameters have no supplied factors; pass a seed or factors for every parameter")
+        seed = _rng._check_seed(seed)
+    a_scale = sigma / math.sqrt(rank)
+    noise: dict[str, Any] = {}
+    for name, how in plan.items():
+        if how == "frozen":
+            continue
+        shape = plain_shapes[name]
+        if how == "lowrank":
+            m, n = lowrank_shapes[name]
+            if name in checked:
+                a_raw, b = checked[name]
+                a_raw, b = xp.astype(a_raw, dt), xp.astype(b, dt)
+            else:
+                flat = pair_normals(n_pairs, (m + n) * rank, seed=seed, stream=name, generation=gen_noise,
+                                    dtype=dtype, xp=xp, device=device)  # (P, (m+n) r)
+                b = xp.reshape(flat[:, : n * rank], (n_pairs, n, rank))
+                a_raw = xp.reshape(flat[:, n * rank :], (n_pairs, m, rank))
+            noise[name] = LowRankNoise(a_raw * a_scale, b, shape)
+        else:
+            if name in checked:
+                eps = xp.astype(checked[name], dt)
+            else:
+                size = 1
+                for s in shape:
+                    size *= s
+                flat = pair_normals(n_pairs, size, seed=seed, stream=name, generation=gen_noise, dtype=dtype,
+                                    xp=xp, device=device)
+                eps = xp.reshape(flat, (n_pairs,) + shape)
+            noise[name] = FullNoise(eps * sigma, shape)
+    return Perturbations(
+        noise=noise,
+        pair=pair,
+        sign=sign,
+        pop_size=pop_size,
+        rank=rank,
+        sigma=sigma,
+        seed=seed if needs_seed else None,
+        generation=generation,
+        noise_generation=gen_noise,
+        convention=conv.name,
+        layout=layout,
+        external=frozenset(checked),
+    )

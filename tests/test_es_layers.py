@@ -1,0 +1,189 @@
+"""Perturbed layers equal the explicit dense ``x (W + A B^T)^T + b`` (float64, 1e-12)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import to_numpy
+from egdnp import _backend, es, nn
+
+TOL = 1e-12
+
+
+def _randn(xp, shape, seed):
+    return xp.asarray(np.random.default_rng(seed).standard_normal(shape))
+
+
+def _dense_linear(x, w, b, A, B, sign, pair, eps_b=None):
+    """Host float64: member i uses W + s_i A_{p_i} B_{p_i}^T and b + s_i eps_{p_i}."""
+    outs = []
+    for i, (p, s) in enumerate(zip(pair, sign)):
+        wi = w + s * A[p] @ B[p].T
+        bi = (0 if b is None else b) + (0 if eps_b is None else s * eps_b[p])
+        xi = x if x.ndim == 2 else x[i]
+        outs.append(xi @ wi.T + bi)
+    return np.stack(outs)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("layout", ["egdnp", "hyperscalees-torch"])
+def test_perturbed_linear_equals_dense(xp, shared, layout):
+    params = {"fc.weight": _randn(xp, (7, 11), 0), "fc.bias": _randn(xp, (7,), 1)}
+    perts = es.generate(params, pop_size=6, rank=3, sigma=0.3, seed=5, generation=2, convention=layout, dtype="float64")
+    x = _randn(xp, (4, 11), 2) if shared else _randn(xp, (6, 4, 11), 2)
+    out = es.perturbed_linear(x, params["fc.weight"], params["fc.bias"], perts, weight_key="fc.weight", bias_key="fc.bias")
+    assert tuple(out.shape) == (6, 4, 7)
+    wn = perts.noise["fc.weight"]
+    bn = perts.noise.get("fc.bias")
+    ref = _dense_linear(to_numpy(x), to_numpy(params["fc.weight"]), to_numpy(params["fc.bias"]), to_numpy(wn.A),
+                        to_numpy(wn.B), perts.sign, perts.pair, None if bn is None else to_numpy(bn.eps))
+    np.testing.assert_allclose(to_numpy(out), ref, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("n_out", [9, 40])  # fused narrow kernel / fill + BLAS GEMM
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_numba_path_matches_array_api_oracle(shared, dtype, n_out):
+    xp = _backend.get_namespace("numpy")
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((n_out, 13)).astype(dtype)
+    b = rng.standard_normal(n_out).astype(dtype)
+    perts = es.generate({"l.weight": w, "l.bias": b}, pop_size=8, rank=2, sigma=0.2, seed=1, dtype=dtype)
+    x = rng.standard_normal((5, 13) if shared else (4, 5, 13)).astype(dtype)
+    kw = dict(weight_key="l.weight", bias_key="l.bias", members=(2, 6))
+    fast = es.perturbed_linear(x, w, b, perts, impl="numba", **kw)
+    oracle = es.perturbed_linear(x, w, b, perts, impl="array_api", **kw)
+    assert fast.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(fast, oracle, rtol=0, atol=1e-12 if dtype == "float64" else 2e-5)
+    assert xp is not None
+    # weight frozen, bias perturbed; and nothing perturbed
+    only_bias = es.generate({"l.bias": b}, pop_size=8, rank=1, sigma=0.2, seed=1, dtype=dtype)
+    for perts_ in (only_bias, None):
+        fast = es.perturbed_linear(x, w, b, perts_, impl="numba", **kw)
+        oracle = es.perturbed_linear(x, w, b, perts_, impl="array_api", **kw)
+        np.testing.assert_allclose(fast, oracle, rtol=0, atol=1e-12 if dtype == "float64" else 2e-5)
+
+
+def test_member_slice_equals_full_population(xp):
+    params = {"fc.weight": _randn(xp, (5, 6), 0)}
+    perts = es.generate(params, pop_size=8, rank=2, sigma=0.1, seed=2, dtype="float64")
+    x = _randn(xp, (3, 6), 1)
+    full = to_numpy(es.perturbed_linear(x, params["fc.weight"], None, perts, weight_key="fc.weight"))
+    part = to_numpy(es.perturbed_linear(x, params["fc.weight"], None, perts, weight_key="fc.weight", members=(3, 7)))
+    np.testing.assert_array_equal(part, full[3:7])
+
+
+def test_unperturbed_keeps_shared_input_shared(xp):
+    w = _randn(xp, (4, 3), 0)
+    perts = es.generate({"other.weight": _randn(xp, (2, 2), 1)}, pop_size=2, rank=1, seed=0, dtype="float64")
+    x = _randn(xp, (5, 3), 2)
+    out = es.perturbed_linear(x, w, None, perts, weight_key="fc.weight")
+    assert tuple(out.shape) == (5, 4)
+    np.testing.assert_allclose(to_numpy(out), to_numpy(x) @ to_numpy(w).T, atol=TOL)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_perturbed_conv2d_equals_dense(xp, shared):
+    w = _randn(xp, (4, 3, 3, 2), 0)
+    b = _randn(xp, (4,), 1)
+    params = {"conv.weight": w, "conv.bias": b}
+    perts = es.generate(params, pop_size=4, rank=2, sigma=0.2, seed=9, dtype="float64")
+    x = _randn(xp, (2, 3, 6, 5), 2) if shared else _randn(xp, (4, 2, 3, 6, 5), 2)
+    out = es.perturbed_conv2d(x, w, b, perts, weight_key="conv.weight", bias_key="conv.bias", stride=(1, 2), padding=1)
+    wn, bn = perts.noise["conv.weight"], perts.noise["conv.bias"]
+    for i in range(4):
+        p, s = perts.pair[i], perts.sign[i]
+        wi = to_numpy(w) + s * (to_numpy(wn.A)[p] @ to_numpy(wn.B)[p].T).reshape(4, 3, 3, 2)
+        bi = to_numpy(b) + s * to_numpy(bn.eps)[p]
+        xi = to_numpy(x) if shared else to_numpy(x)[i]
+        ref = to_numpy(nn.functional.conv2d(xp.asarray(xi), xp.asarray(wi), xp.asarray(bi), stride=(1, 2), padding=1))
+        np.testing.assert_allclose(to_numpy(out)[i], ref, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("builder", ["mlp", "cnn", "mlp_bn"])
+def test_model_forward_equals_dense_per_member(xp, builder):
+    if builder == "mlp":
+        model, x_shape = nn.mlp((10, 8, 3)), (5, 10)
+    elif builder == "mlp_bn":
+        model, x_shape = nn.mlp((10, 8, 3), batch_norm=True), (5, 10)
+    else:
+        model, x_shape = nn.cnn(1, 8, 4, channels=(3, 4)), (3, 1, 8, 8)
+    params = model.init(seed=0, xp=xp, dtype="float64")
+    state = model.init_state(xp=xp, dtype="float64") or None
+    perts = es.generate(params, pop_size=4, rank=2, sigma=0.1, seed=3, dtype="float64")
+    x = _randn(xp, x_shape, 1)
+    out = es.perturbed_model_forward(model, params, x, perts, state=state)
+    for i in range(4):
+        ref = model.apply(es.dense_perturbed_params(params, perts, i), x, state=state)
+        np.testing.assert_allclose(to_numpy(out)[i], to_numpy(ref), rtol=0, atol=TOL)
+
+
+def test_population_fitness_independent_of_chunking():
+    model = nn.mlp((6, 5, 3))
+    params = model.init(seed=1, dtype="float64")
+    perts = es.generate(params, pop_size=10, rank=1, sigma=0.1, seed=0, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((7, 6))
+    y = np.arange(7) % 3
+    fn = lambda out: es.classification_fitness(out, y)  # noqa: E731
+    full = es.population_fitness(model, params, x, perts, fn)
+    for chunk in (1, 3, 4, 10):
+        np.testing.assert_allclose(es.population_fitness(model, params, x, perts, fn, chunk_size=chunk), full, atol=1e-13)
+
+
+def test_memory_scales_with_rank_not_matrix():
+    """Factors hold P r (m + n) numbers per matrix, never P m n."""
+    params = {"w.weight": np.zeros((300, 400), np.float32)}
+    perts = es.generate(params, pop_size=64, rank=1, seed=0)
+    item = perts.noise["w.weight"]
+    assert item.A.size + item.B.size == 32 * 1 * (300 + 400)
+
+
+def test_layer_errors():
+    w = np.zeros((4, 3))
+    perts = es.generate({"fc.weight": w}, pop_size=4, rank=1, seed=0, dtype="float64")
+    with pytest.raises(ValueError, match="expected"):
+        es.perturbed_linear(np.zeros((4, 2, 5)), w, None, perts, weight_key="fc.weight")
+    with pytest.raises(ValueError, match="members"):
+        es.perturbed_linear(np.zeros((3, 2, 3)), w, None, perts, weight_key="fc.weight")
+    with pytest.raises(ValueError, match="members"):
+        es.perturbed_linear(np.zeros((2, 3)), w, None, perts, weight_key="fc.weight", members=(3, 9))
+    with pytest.raises(ValueError, match="matrix"):
+        es.perturbed_linear(np.zeros((2, 3)), np.zeros((5, 3)), None, perts, weight_key="fc.weight")
+    model = nn.mlp((3, 2))
+    with pytest.raises(ValueError, match="not a parameter"):
+        es.perturbed_model_forward(model, model.init(dtype="float64"), np.zeros((2, 3)), perts)
+
+
+@pytest.mark.parametrize("n_out", [6, 40])
+def test_thread_split_is_bitwise_identical(monkeypatch, n_out):
+    from egdnp.es import _cpu
+
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((n_out, 12)).astype(np.float32)
+    b = rng.standard_normal(n_out).astype(np.float32)
+    perts = es.generate({"l.weight": w, "l.bias": b}, pop_size=10, rank=3, sigma=0.1, seed=2)
+    outs = []
+    for threads in (1, 3):
+        monkeypatch.setattr(_cpu, "_n_threads", lambda t=threads: t)
+        monkeypatch.setattr(_cpu, "THREAD_MIN_WORK", 0)
+        for x in (rng.standard_normal((5, 12)).astype(np.float32), rng.standard_normal((10, 5, 12)).astype(np.float32)):
+            outs.append(es.perturbed_linear(x, w, b, perts, weight_key="l.weight", bias_key="l.bias"))
+        rng = np.random.default_rng(4)
+        rng.standard_normal((n_out, 12)), rng.standard_normal(n_out)
+    np.testing.assert_array_equal(outs[0], outs[2])
+    np.testing.assert_array_equal(outs[1], outs[3])
+
+
+def test_threaded_population_fitness_is_bitwise_identical():
+    model = nn.mlp((12, 40, 3))
+    params = model.init(seed=2)
+    perts = es.generate(params, pop_size=24, rank=2, sigma=0.1, seed=5)
+    x = np.random.default_rng(1).standard_normal((9, 12)).astype(np.float32)
+    y = np.arange(9) % 3
+    fn = lambda out: es.classification_fitness(out, y)  # noqa: E731
+    serial = es.population_fitness(model, params, x, perts, fn, chunk_size=4, threaded=False)
+    threaded = es.population_fitness(model, params, x, perts, fn, chunk_size=4, threaded=True)
+    whole = es.population_fitness(model, params, x, perts, fn)
+    np.testing.assert_array_equal(serial, threaded)
+    np.testing.assert_array_equal(serial, whole)
