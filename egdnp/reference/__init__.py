@@ -12,6 +12,13 @@ against.  The workflow (docs/validating-a-port.md):
 3. ``python -m egdnp.reference compare DIR PORT_OUT`` reports per array the max
    absolute/relative error and the first mismatch, and exits non-zero on failure.
 
+Scenarios (``python -m egdnp.reference list``): ``noise``; ``mlp``/``cnn``
+forward and backward; ``sgd_steps``, ``nesterov_steps``, ``adam_steps``,
+``adamw_steps``; ``egd_cycle`` (mean / ``_softmax``); ``eggroll_egdnp``,
+``eggroll_hyperscalees_torch``, ``eggroll_hyperscalees_jax``; ``train_<sgd|nesterov|
+adam|adamw|egd|eggroll>`` trajectories.  Worked PyTorch and JAX ports that pass
+them are in ``examples/ports/``.
+
 Functions
 ---------
 generate(name, backend, dtype, seed)    run a scenario -> (arrays, hyperparameters)
@@ -47,10 +54,32 @@ __all__ = [
     "regenerate_test_bundles",
 ]
 
-# The bundles checked into tests/reference_bundles: (scenario, dtype, seed).
+# The bundles checked into tests/reference_bundles: (scenario, dtype, seed).  The core scenarios
+# in float32, and in float64 where a port is tested against them (tests/test_ports.py) or the
+# model code has float64-specific paths; 4-20 kB each (~250 kB in all).
 TEST_BUNDLES = [
     ("noise", "float32", 42),
     ("noise", "float64", 42),
+    ("mlp", "float32", 42),
+    ("mlp", "float64", 42),
+    ("cnn", "float32", 42),
+    ("sgd_steps", "float32", 42),
+    ("nesterov_steps", "float32", 42),
+    ("adam_steps", "float32", 42),
+    ("adamw_steps", "float32", 42),
+    ("egd_cycle", "float32", 42),
+    ("egd_cycle", "float64", 42),
+    ("egd_cycle_softmax", "float32", 42),
+    ("eggroll_egdnp", "float32", 42),
+    ("eggroll_egdnp", "float64", 42),
+    ("eggroll_hyperscalees_torch", "float32", 42),
+    ("eggroll_hyperscalees_torch", "float64", 42),
+    ("eggroll_hyperscalees_jax", "float32", 42),
+    ("eggroll_hyperscalees_jax", "float64", 42),
+    ("train_nesterov", "float32", 42),
+    ("train_adam", "float32", 42),
+    ("train_egd", "float32", 42),
+    ("train_eggroll", "float32", 42),
 ]
 
 
