@@ -1,0 +1,182 @@
+"""EGGROLL solves CartPole: one environment per population member, no gradients.
+
+The policy is a small MLP (4 -> 16 -> 2, tanh; the action is the argmax of its
+two outputs).  Each generation, gymnasium's vectorised CartPole runs one
+environment per member; member ``i`` acts with its own low-rank perturbation
+``W + A_i B_iᵀ`` of every weight matrix, applied inside the forward pass of all
+members at once (egdnp.es.perturbed_model_forward on observations of shape
+(pop, 1, 4)).  A member's fitness is its episode return (<= 500); the shaped
+fitness weights the perturbations into an ES gradient that Adam follows.
+
+Every few generations the unperturbed policy is evaluated on --eval-episodes
+fresh episodes; CartPole-v1 counts as solved at a mean return >= 475, and the
+run stops there.
+
+Outputs (in --out, printed at the end): results.json (returns per
+generation, evaluations), returns.png (the return curve).
+
+Run::
+
+    python examples/cartpole_eggroll.py                   # solves in a few seconds on a 2-core CPU
+    python examples/cartpole_eggroll.py --fast --no-plot  # a few seconds (the tests)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # find _common.py when run from anywhere
+
+import numpy as np  # host-side: gymnasium speaks NumPy
+
+from egdnp import _backend, es, nn, optim
+
+import _common
+
+SOLVED = 475.0
+
+
+def make_envs(n, max_steps):
+    """gymnasium's NumPy-vectorised CartPole-v1 with ``n`` environments."""
+    try:
+        import gymnasium
+    except ImportError:
+        raise SystemExit('gymnasium is needed: pip install "egdnp[examples]" (or pip install gymnasium)') from None
+    try:
+        from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv  # gymnasium >= 1.0
+    except ImportError:  # older gymnasium: n Python environments stepped in a loop (same dynamics, slower)
+        return gymnasium.vector.SyncVectorEnv(
+            [lambda: gymnasium.make("CartPole-v1", max_episode_steps=max_steps) for _ in range(n)])
+    return CartPoleVectorEnv(num_envs=n, max_episode_steps=max_steps)
+
+
+def rollout(envs, act, *, seed, max_steps, xp):
+    """Run every environment until its first episode ends; returns the episode returns (host (n,)).
+
+    ``act(obs) -> actions`` maps observations (n, 4) in namespace ``xp`` to integer actions (n,).
+    The vector env resets a finished environment on its next step: rewards after an
+    environment's first episode are masked out.
+    """
+    obs, _ = envs.reset(seed=seed)
+    n = obs.shape[0]
+    returns = np.zeros(n)
+    alive = np.ones(n, dtype=bool)
+    for _ in range(max_steps):
+        actions = _backend.to_host(act(_backend.to_device(obs, xp)))
+        obs, reward, terminated, truncated, _ = envs.step(actions.astype(np.int64))
+        returns += reward * alive
+        alive &= ~(terminated | truncated)
+        if not alive.any():
+            break
+    return returns
+
+
+def main(argv=None) -> int:
+    parser = _common.make_parser(__doc__, "cartpole_out")
+    parser.add_argument("--generations", type=int, default=200, help="maximum generations (default 200)")
+    parser.add_argument("--pop", type=int, default=32, help="population = number of environments (default 32)")
+    parser.add_argument("--hidden", type=int, default=16, help="hidden units of the policy (default 16)")
+    parser.add_argument("--sigma", type=float, default=0.3, help="perturbation scale (default 0.3)")
+    parser.add_argument("--lr", type=float, default=0.1, help="Adam learning rate (default 0.1)")
+    parser.add_argument("--eval-every", type=int, default=5, help="evaluate the policy every N generations (default 5)")
+    parser.add_argument("--eval-episodes", type=int, default=100, help="episodes per evaluation (default 100)")
+    parser.add_argument("--max-steps", type=int, default=500, help="episode length limit (default 500, CartPole-v1's)")
+    args = parser.parse_args(argv)
+    if args.fast:
+        args.generations, args.pop, args.max_steps, args.eval_every, args.eval_episodes = 4, 8, 100, 2, 4
+    _common.limit_threads(args.threads)
+    xp = _common.namespace(args.backend)
+    out = _common.output_dir(args.out)
+    solved_at = min(SOLVED, 0.95 * args.max_steps)
+
+    policy = nn.mlp((4, args.hidden, 2), activation="tanh")
+    strategy = es.Eggroll(pop_size=args.pop, rank=1, sigma=args.sigma, optimizer=optim.adam(args.lr))
+    state = strategy.init(policy.init(seed=args.seed, xp=xp), seed=args.seed)
+    train_envs = make_envs(args.pop, args.max_steps)
+    eval_envs = make_envs(args.eval_episodes, args.max_steps)
+    print(f"CartPole-v1: policy 4-{args.hidden}-2 ({policy.num_params()} parameters), population {args.pop} "
+          f"(one environment each), backend {_backend.backend_name(xp)}, seed {args.seed}")
+
+    def evaluate(params, generation):
+        def act(obs):  # obs: (episodes, 4) -> greedy actions (episodes,)
+            return xp.argmax(policy.apply(params, obs), axis=-1)
+
+        # Evaluation episodes use seeds no training generation uses.
+        return rollout(eval_envs, act, seed=10**9 + 1000 * args.seed + generation, max_steps=args.max_steps, xp=xp)
+
+    history = {"generation": [], "mean_return": [], "max_return": [], "eval_generation": [], "eval_mean_return": [],
+               "eval_min_return": []}
+    env_steps, solved_generation = 0, None
+    t0 = time.perf_counter()
+    bar = _common.progress(args.generations, "EGGROLL", disable=args.no_progress)
+    for gen in range(1, args.generations + 1):
+        perts = strategy.ask(state)
+
+        def act(obs, perts=perts):  # obs: (pop, 4) -> member i acts with W + A_i B_iᵀ
+            logits = es.perturbed_model_forward(policy, state.params, xp.reshape(obs, (args.pop, 1, 4)), perts)
+            return xp.argmax(logits[:, 0, :], axis=-1)
+
+        returns = rollout(train_envs, act, seed=1000 * args.seed + gen, max_steps=args.max_steps, xp=xp)
+        env_steps += int(returns.sum())
+        state, info = strategy.tell(state, perts, _backend.to_device(returns.astype(np.float32), xp))
+        history["generation"].append(gen)
+        history["mean_return"].append(float(returns.mean()))
+        history["max_return"].append(float(returns.max()))
+        bar.update()
+        postfix = {"mean_return": f"{returns.mean():.1f}"}
+        if gen % args.eval_every == 0 or gen == args.generations:
+            ev = evaluate(state.params, gen)
+            history["eval_generation"].append(gen)
+            history["eval_mean_return"].append(float(ev.mean()))
+            history["eval_min_return"].append(float(ev.min()))
+            postfix["eval"] = f"{ev.mean():.1f}"
+            if ev.mean() >= solved_at:
+                solved_generation = gen
+        bar.set_postfix(postfix)
+        if solved_generation is not None:
+            break
+    bar.close()
+    wall = time.perf_counter() - t0
+
+    final = history["eval_mean_return"][-1]
+    summary = {"solved": solved_generation is not None, "solved_generation": solved_generation,
+               "solve_threshold": solved_at, "final_eval_mean_return": final,
+               "final_eval_min_return": history["eval_min_return"][-1], "eval_episodes": args.eval_episodes,
+               "generations": history["generation"][-1], "population": args.pop, "env_steps": env_steps,
+               "wall_s": wall, "seed": args.seed}
+    rows = [{"method": "EGGROLL", "generations": summary["generations"], "env_steps": env_steps,
+             "eval": final, "solved": "yes" if summary["solved"] else "no", "wall_s": wall}]
+    print()
+    print(_common.format_table(rows, [("method", "method", "{}"), ("generations", "generations", "{}"),
+                                      ("env_steps", "env steps", "{:,}"),
+                                      ("eval", f"eval mean return ({args.eval_episodes} ep.)", "{:.1f}"),
+                                      ("solved", f"solved (>= {solved_at:g})", "{}"), ("wall_s", "wall s", "{:.1f}")]))
+    _common.write_json(os.path.join(out, "results.json"), {"summary": summary, "history": history})
+    if not args.no_plot and plot_returns(history, solved_at, os.path.join(out, "returns.png")):
+        print(f"plot: {os.path.join(out, 'returns.png')}")
+    print(f"outputs written to {out}")
+    return 0
+
+
+def plot_returns(history, solved_at, path) -> bool:
+    plt = _common._pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    ax.plot(history["generation"], history["mean_return"], label="population mean (perturbed policies)")
+    ax.plot(history["generation"], history["max_return"], alpha=0.5, label="population best")
+    ax.plot(history["eval_generation"], history["eval_mean_return"], marker="o", label="evaluation mean (unperturbed)")
+    ax.axhline(solved_at, color="k", linestyle="--", linewidth=1, label=f"solved ({solved_at:g})")
+    ax.set(xlabel="generation", ylabel="episode return", title="EGGROLL on CartPole-v1")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())
