@@ -68,6 +68,15 @@ def upsample_matrix(n_in: int, n_out: int) -> np.ndarray:
     ``M @ img @ M.T`` resizes an (n_in, n_in) image to (n_out, n_out), with the
     sampling convention of ``torch.nn.functional.interpolate(mode="bilinear",
     align_corners=False)``.  Each row sums to 1.
+
+    Parameters
+    ----------
+    n_in, n_out : int
+        Input and output side lengths.
+
+    Returns
+    -------
+    np.ndarray, shape (n_out, n_in), float64 (host side)
     """
     m = np.zeros((n_out, n_in), dtype=np.float64)
     scale = n_in / n_out
@@ -95,6 +104,10 @@ def upsample(images, size: int):
     array, shape (..., size, size), the dtype and namespace of ``images``
     """
     xp = _backend.array_namespace(images)
+    if len(images.shape) < 2 or int(images.shape[-1]) != int(images.shape[-2]):
+        raise ValueError(f"images have shape {tuple(images.shape)}; expected square images of shape (..., n, n)")
+    if int(size) < 1:
+        raise ValueError(f"size={size} must be >= 1")
     n = int(images.shape[-1])
     m = xp.asarray(upsample_matrix(n, int(size)), dtype=images.dtype)
     return xp.matmul(xp.matmul(m, images), m.T)
@@ -166,6 +179,26 @@ def batch_indices(n: int, batch_size: int, *, seed: int, epoch: int = 0, shuffle
 
     The order is ``argsort(random_bits(n, seed=seed, stream="data/batches",
     generation=epoch))`` (stable), or ``0..n-1`` without shuffling.
+
+    Parameters
+    ----------
+    n : int
+        Number of examples.
+    batch_size : int
+    seed : int
+        Shuffle seed (stream ``"data/batches"``).
+    epoch : int
+        The noise generation: each epoch has its own order.
+    shuffle : bool
+    drop_last : bool
+        Drop the last, smaller batch.
+
+    Returns
+    -------
+    list of np.ndarray
+        Host-side int64 index arrays, each of shape (batch_size,) (the last one
+        possibly shorter); together a permutation of ``range(n)`` (less the
+        dropped tail).
     """
     n, batch_size = int(n), int(batch_size)
     if batch_size < 1:

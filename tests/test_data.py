@@ -53,6 +53,19 @@ def test_same_split_on_every_backend(xp):
     np.testing.assert_array_equal(_host(got.x_test), ref.x_test)
 
 
+def test_upsampled_variants_and_backends(xp):
+    flat = data.load_digits(size=28, flat=True, xp=xp)
+    img = data.load_digits(size=28, xp=xp)
+    assert tuple(flat.x_train.shape) == (1348, 784) and tuple(img.x_test.shape) == (449, 1, 28, 28)
+    np.testing.assert_array_equal(_host(flat.x_test).reshape(449, 1, 28, 28), _host(img.x_test))
+    np.testing.assert_array_equal(_host(img.y_test), _host(data.load_digits(xp=xp).y_test))  # same split at every size
+    small = data.load_digits(flat=False, dtype="float64")
+    ref = data.upsample(small.x_test[:, 0], 28)  # NumPy path
+    got = data.upsample(xp.asarray(small.x_test[:, 0]), 28)
+    np.testing.assert_allclose(_host(got), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_host(img.x_test)[:, 0], ref, rtol=1e-6, atol=1e-6)  # float32 of the same images
+
+
 def test_upsample_matrix_and_matches_torch():
     m = data.upsample_matrix(8, 28)
     np.testing.assert_allclose(m.sum(axis=1), 1.0)
@@ -92,6 +105,10 @@ def test_bad_arguments():
         data.batch_indices(10, 0, seed=0)
     with pytest.raises(ValueError, match="examples"):
         list(data.iterate_batches(np.zeros((3, 2)), np.zeros(4), 2, seed=0))
+    with pytest.raises(ValueError, match=r"square images of shape \(\.\.\., n, n\)"):
+        data.upsample(np.zeros((2, 8, 7)), 28)
+    with pytest.raises(ValueError, match="size"):
+        data.upsample(np.zeros((2, 8, 8)), 0)
 
 
 def test_missing_sklearn_gives_install_hint(monkeypatch):

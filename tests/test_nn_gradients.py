@@ -1,8 +1,9 @@
 """Finite-difference gradient checks (float64) for every layer and loss, on every backend.
 
 Each check draws a random cotangent ``R`` and compares the analytic gradient
-of ``L = sum(f(x) * R)`` with central differences, entry by entry, requiring
-a relative error below 1e-6.  Layers with randomness (dropout) use a fixed
+of ``L = sum(f(x) * R)`` with central differences of every entry, requiring
+``|g_analytic - g_numeric| / (|g_analytic| + |g_numeric|) < 1e-6`` (Euclidean
+norms over the whole gradient array).  Layers with randomness (dropout) use a fixed
 address; BatchNorm is checked in train and eval mode.
 """
 
@@ -119,6 +120,18 @@ def test_conv2d_grad(xp, stride, padding, dilation, lead):
     )
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_no_bias_grad(xp, stride):
+    x, w = _rand(2, 2, 6, 5), _rand(3, 2, 3, 3)
+
+    def bwd(d, c):
+        dx, dw, db = F.conv2d_backward(d, c)
+        assert db is None
+        return dx, dw
+
+    check_op(xp, lambda x, w: F.conv2d_forward(x, w, None, stride, 1, 1), bwd, [x, w], names=["dx", "dw"])
+
+
 def test_conv2d_grad_array_api_impl_on_numpy():
     xp = _backend.get_namespace("numpy")
     x, w, b = _rand(2, 2, 5, 5), _rand(3, 2, 3, 3), _rand(3)
@@ -133,7 +146,7 @@ def test_conv2d_grad_array_api_impl_on_numpy():
 
 @pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 2, 1), ((2, 3), (1, 2), (1, 1))])
 def test_max_pool_grad(xp, kernel, stride, padding):
-    x = _rand(2, 2, 6, 7)
+    x = _rand(2, 2, 6, 7)  # continuous values: no ties within h of each other
     check_op(xp, lambda x: F.max_pool2d_forward(x, kernel, stride, padding), F.max_pool2d_backward, [x])
 
 
@@ -150,6 +163,12 @@ def test_activation_grad(xp, kind):
     if kind == "relu":  # keep clear of the kink at 0
         x = np.where(np.abs(x) < 1e-3, 0.5, x)
     check_op(xp, fwd, bwd, [x])
+
+
+@pytest.mark.parametrize("op", ["max", "avg"])
+def test_pool_grad_population_axis(xp, op):
+    fwd, bwd = {"max": (F.max_pool2d_forward, F.max_pool2d_backward), "avg": (F.avg_pool2d_forward, F.avg_pool2d_backward)}[op]
+    check_op(xp, lambda x: fwd(x, 2), bwd, [_rand(2, 2, 1, 4, 6)])
 
 
 def test_flatten_grad(xp):

@@ -52,9 +52,19 @@ def test_serial_auto_names_and_errors():
 def test_init_is_the_same_on_every_backend(xp):
     ref = nn.cnn().init(3)
     got = nn.cnn().init(3, xp=xp)
-    for k in ref:
-        np.testing.assert_allclose(_host(got[k]), ref[k], rtol=0, atol=rng.NORMAL_ATOL["float32"] if isinstance(rng.NORMAL_ATOL, dict) else 1e-5)
+    for k in ref:  # normals agree to the rng's tolerance (scaled by std < 1), uniforms bit for bit
+        np.testing.assert_allclose(_host(got[k]), ref[k], rtol=0, atol=rng.NORMAL_ATOL["float32"])
     assert nn.cnn().init(3, xp=xp, dtype="float64")["fc.weight"].dtype == xp.float64
+
+
+@pytest.mark.parametrize("name", sorted(initialisers.INITIALISERS))
+def test_every_initialiser_is_the_same_on_every_backend(xp, name):
+    fn = initialisers.get(name)
+    for dtype in ("float32", "float64"):
+        ref = _host(fn((5, 3, 2, 2), seed=7, name="conv1.weight", dtype=dtype))
+        got = fn((5, 3, 2, 2), seed=7, name="conv1.weight", xp=xp, dtype=dtype)
+        assert got.dtype == getattr(xp, dtype)
+        np.testing.assert_allclose(_host(got), ref, rtol=0, atol=rng.NORMAL_ATOL[dtype])
 
 
 def test_init_uses_documented_addresses():
@@ -217,6 +227,9 @@ def test_dropout_needs_seed_and_is_deterministic():
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     np.testing.assert_array_equal(model.apply(params, x), model.forward(params, x)[0])
+    # a population of identical inputs gets one mask per member (the mask has the full input shape)
+    pop, _ = model.forward(params, np.stack([x, x]), train=True, seed=1, step=2)
+    assert not np.array_equal(pop[0], pop[1])
 
 
 def test_float32_matches_float64_model():
@@ -284,3 +297,184 @@ def test_accuracy_population():
     logits[1, :, 2] = 1.0
     acc = nn.accuracy(logits, np.array([1, 1, 2]))
     np.testing.assert_allclose(acc, [2 / 3, 1 / 3])
+
+
+# ----------------------------------------------------------------------------
+def test_population_loss_and_grad_is_mean_of_members(xp):
+    """x (pop, batch, ...) with shared params: the loss and gradients average the members' own."""
+    model = nn.serial(
+        ("conv1", L.Conv2d(1, 2, 3, padding=1)), ("tanh1", L.Tanh()), ("pool1", L.MaxPool2d(2)),
+        ("flatten", L.Flatten()), ("fc1", L.Linear(2 * 3 * 3, 4, bias=False)), ("relu1", L.ReLU()),
+        ("fc2", L.Linear(4, 3)),
+    )
+    params = model.init(5, xp=xp, dtype="float64")
+    x_host = R.standard_normal((3, 4, 1, 6, 6))
+    y = xp.asarray(np.array([0, 2, 1, 2]))
+    loss, grads = model.loss_and_grad(params, xp.asarray(x_host), y)
+    members = [model.loss_and_grad(params, xp.asarray(x_host[m]), y) for m in range(3)]
+    np.testing.assert_allclose(float(loss), np.mean([float(lm) for lm, _ in members]), rtol=1e-12)
+    for k in params:
+        expected = np.mean([_host(g[k]) for _, g in members], axis=0)
+        np.testing.assert_allclose(_host(grads[k]), expected, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("pop", [False, True])
+def test_batchnorm2d_matches_torch_train_and_eval(pop):
+    """BatchNorm2d against torch: train output, running statistics, eval output, input gradient."""
+    torch = pytest.importorskip("torch")
+    layer = L.BatchNorm2d(3, momentum=0.2)
+    x = R.standard_normal((2, 5, 3, 4, 4) if pop else (5, 3, 4, 4)) * 2 + 1
+    gamma, beta = R.standard_normal(3), R.standard_normal(3)
+    params = {"weight": gamma, "bias": beta}
+    state = layer.init_state("bn1", dtype="float64")
+    ctx = L.Context("bn1", True)
+    out, cache, new_state = layer.forward(params, state, x, ctx)
+    dout = R.standard_normal(out.shape)
+    dx, grads = layer.backward(params, cache, dout)
+
+    ref = torch.nn.BatchNorm2d(3, momentum=0.2).double()
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(gamma))
+        ref.bias.copy_(torch.from_numpy(beta))
+    members, douts = (x, dout) if pop else (x[None], dout[None])
+    ref_out, ref_dx, ref_dgamma, means, vars_ = [], [], [], [], []
+    for xm, dm in zip(members, douts):  # torch has no population axis: one member at a time, same start
+        ref.running_mean.zero_()
+        ref.running_var.fill_(1.0)
+        xt = torch.from_numpy(xm).requires_grad_(True)
+        o = ref.train()(xt)
+        dxt, dgt = torch.autograd.grad(o, (xt, ref.weight), torch.from_numpy(dm))
+        ref_out.append(o.detach().numpy())
+        ref_dx.append(dxt.numpy())
+        ref_dgamma.append(dgt.numpy())
+        means.append(ref.running_mean.numpy().copy())
+        vars_.append(ref.running_var.numpy().copy())
+    unstack = (lambda a: np.stack(a)) if pop else (lambda a: a[0])
+    np.testing.assert_allclose(out, unstack(ref_out), rtol=1e-10, atol=1e-12)
+    # each member normalises with its own batch statistics, so its dx is torch's for that member
+    np.testing.assert_allclose(dx, unstack(ref_dx), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(grads["weight"], np.sum(ref_dgamma, axis=0), rtol=1e-9)
+    # the running update averages the members' statistics (for one member: torch's update)
+    np.testing.assert_allclose(new_state["running_mean"], np.mean(means, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(new_state["running_var"], np.mean(vars_, axis=0), rtol=1e-12)
+    # eval mode: normalise with the (updated) running statistics, like torch's eval()
+    ref.running_mean.copy_(torch.from_numpy(np.asarray(new_state["running_mean"])))
+    ref.running_var.copy_(torch.from_numpy(np.asarray(new_state["running_var"])))
+    eval_out, _, same = layer.forward(params, new_state, x, L.Context("bn1", False))
+    assert same is new_state
+    with torch.no_grad():
+        ref_eval = np.stack([ref.eval()(torch.from_numpy(xm)).numpy() for xm in members])
+    np.testing.assert_allclose(eval_out, ref_eval if pop else ref_eval[0], rtol=1e-10, atol=1e-12)
+
+
+def test_batchnorm1d_matches_torch():
+    torch = pytest.importorskip("torch")
+    layer = L.BatchNorm1d(4)
+    x = R.standard_normal((6, 4)) * 3 - 1
+    params = {"weight": R.standard_normal(4), "bias": R.standard_normal(4)}
+    state = layer.init_state("bn1", dtype="float64")
+    out, _, new_state = layer.forward(params, state, x, L.Context("bn1", True))
+    ref = torch.nn.BatchNorm1d(4).double()
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(params["weight"]))
+        ref.bias.copy_(torch.from_numpy(params["bias"]))
+        ref_out = ref.train()(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(out, ref_out, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(new_state["running_mean"], ref.running_mean.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(new_state["running_var"], ref.running_var.numpy(), rtol=1e-12)
+        eval_out, _, _ = layer.forward(params, new_state, x, L.Context("bn1", False))
+        np.testing.assert_allclose(eval_out, ref.eval()(torch.from_numpy(x)).numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_float32_matches_float64_on_every_backend(xp):
+    """The documented float32 tolerances hold on every namespace (small CNN with BatchNorm, GELU MLP)."""
+    for model, shape, train in [
+        (nn.cnn(channels=(3, 4), image_size=8, batch_norm=True), (6, 1, 8, 8), True),
+        (nn.mlp((5, 7, 3), activation="gelu", batch_norm=True), (6, 5), False),
+    ]:
+        p64 = {k: xp.asarray(_host(v) + 0.1 * R.standard_normal(tuple(v.shape))) for k, v in model.init(1, xp=xp, dtype="float64").items()}
+        p32 = {k: xp.astype(v, xp.float32) for k, v in p64.items()}
+        s64 = model.init_state(xp=xp, dtype="float64")
+        s32 = model.init_state(xp=xp, dtype="float32")
+        x = R.random(shape)
+        y = xp.asarray(np.array([0, 1, 2, 2, 1, 0]))
+        l64, g64 = model.loss_and_grad(p64, xp.asarray(x), y, state=s64, train=train)
+        l32, g32 = model.loss_and_grad(p32, xp.asarray(x.astype(np.float32)), y, state=s32, train=train)
+        assert abs(float(l32) - float(l64)) < 1e-5 * max(1.0, abs(float(l64)))
+        # absolute floor on the scale of all gradients: a bias right before BatchNorm has an
+        # exactly-zero float64 gradient and float32 rounding noise of ~1e-7 * the others
+        scale = max(np.abs(_host(g)).max() for g in g64.values())
+        for k in g64:
+            assert g32[k].dtype == xp.float32
+            np.testing.assert_allclose(_host(g32[k]), _host(g64[k]), rtol=1e-4, atol=1e-5 * scale, err_msg=k)
+
+
+def test_namespace_and_dtype_errors():
+    import array_api_strict as strict
+
+    model = nn.mlp((4, 3, 2))
+    params = model.init(0)
+    with pytest.raises(TypeError, match="namespace array_api_strict but the params to numpy"):
+        model.apply(params, strict.zeros((2, 4), dtype=strict.float32))
+    with pytest.raises(TypeError, match="x has dtype float16; models run in float32 or float64"):
+        model.apply(params, np.zeros((2, 4), dtype=np.float16))
+    half = {k: v.astype(np.float16) for k, v in params.items()}
+    with pytest.raises(TypeError, match=r"params\['fc1.weight'\] has dtype float16; parameters must be float32 or float64"):
+        model.apply(half, np.zeros((2, 4), dtype=np.float16))
+    mixed = dict(params, **{"fc2.bias": params["fc2.bias"].astype(np.float64)})
+    with pytest.raises(TypeError, match=r"params\['fc2.bias'\] has dtype float64 but other entries are float32"):
+        model.apply(mixed, np.zeros((2, 4), dtype=np.float32))
+    bn = nn.mlp((4, 3, 2), batch_norm=True)
+    bad_state = dict(bn.init_state(), **{"bn1.running_var": np.ones(4, dtype=np.float32)})
+    with pytest.raises(ValueError, match=r"state\['bn1.running_var'\] has shape \(4,\), expected \(3,\)"):
+        bn.apply(bn.init(0), np.zeros((2, 4), dtype=np.float32), state=bad_state)
+    with pytest.raises(ValueError, match=r"labels range over \[-1, 1\]"):
+        nn.softmax_cross_entropy(np.zeros((2, 2)), np.array([-1, 1]))
+    with pytest.raises(ValueError, match=r"labels range over \[5, 5\]"):
+        nn.softmax_cross_entropy(np.zeros(3), np.asarray(5))  # 0-d labels are range-checked too
+    with pytest.raises(ValueError, match="target has shape"):
+        nn.mse(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def test_nothing_half_updated_on_error():
+    """A failing call leaves params and state as they were."""
+    model = nn.mlp((4, 3, 2), batch_norm=True)
+    params, state = model.init(0), model.init_state()
+    before = {k: v.copy() for k, v in {**params, **state}.items()}
+    x = R.standard_normal((5, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="labels"):
+        model.loss_and_grad(params, x, np.array([0, 1, 9, 0, 1]), state=state, return_state=True)
+    for k, v in {**params, **state}.items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+PUBLIC_MODULES = ["egdnp.nn.functional", "egdnp.nn.losses", "egdnp.nn.init", "egdnp.nn.layers", "egdnp.nn.model", "egdnp.data"]
+
+
+TAKES_NO_ARRAYS = {"Context"}  # per-call settings (name, train flag, seed, step)
+
+
+@pytest.mark.parametrize("module_name", PUBLIC_MODULES)
+def test_public_api_has_numpydoc_docstrings(module_name):
+    """Every public function/class documents its parameters or returns, with array shapes where it takes arrays."""
+    import importlib
+    import inspect
+
+    module = importlib.import_module(module_name)
+    problems = []
+    for name in module.__all__:
+        obj = getattr(module, name)
+        if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+            continue
+        doc = inspect.getdoc(obj) or ""
+        if not doc:
+            problems.append(f"{name}: no docstring")
+        elif not any(section in doc for section in ("Parameters\n", "Returns\n", "Attributes\n")):
+            problems.append(f"{name}: no Parameters/Returns/Attributes section")
+        elif "shape" not in doc.lower() and name not in TAKES_NO_ARRAYS:
+            problems.append(f"{name}: no array shapes")
+        if inspect.isclass(obj) and issubclass(obj, L.Layer):
+            for meth in ("param_shapes", "init", "forward", "backward", "check_input"):
+                if not inspect.getdoc(getattr(obj, meth)):
+                    problems.append(f"{name}.{meth}: no docstring")
+    assert not problems, problems

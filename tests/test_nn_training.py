@@ -47,6 +47,18 @@ def test_mlp_reaches_95_percent_on_digits():
     assert acc >= 0.95, f"MLP test accuracy {acc:.4f} after 400 SGD steps"
 
 
+def test_default_mlp_784_256_10_tanh_reaches_95_percent():
+    """The issue's MLP as built by ``nn.mlp()`` on the 28x28 digits, flattened to 784 inputs."""
+    ds = data.load_digits(size=28, flat=True)  # (n, 784)
+    model = nn.mlp()
+    assert model.param_shapes()["fc1.weight"] == (256, 784) and model.names == ("fc1", "tanh1", "fc2")
+    with threadpoolctl.threadpool_limits(1):
+        params, losses = sgd_momentum(model, ds, steps=300, lr=0.05, batch_size=64)
+    acc = float(nn.accuracy(model.apply(params, ds.x_test), ds.y_test))
+    assert np.all(np.isfinite(losses))
+    assert acc >= 0.95, f"MLP 784-256-10 tanh test accuracy {acc:.4f} after 300 SGD steps"
+
+
 def test_cnn_reaches_95_percent_on_upsampled_digits():
     ds = data.load_digits(size=28)  # (n, 1, 28, 28), bilinear upsampling
     model = nn.cnn()

@@ -57,7 +57,17 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 <
 
     Removes most page faults of the megabyte-sized temporaries of a CNN step
     (about a quarter of its time on a small VM).  See
-    :func:`egdnp.nn._cpu.keep_freed_memory`; returns False off glibc.
+    :func:`egdnp.nn._cpu.keep_freed_memory`.  No arrays involved.
+
+    Parameters
+    ----------
+    mmap_threshold, trim_threshold : int
+        Bytes for glibc's ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD``.
+
+    Returns
+    -------
+    bool
+        True when applied; False off glibc.
     """
     from ._cpu import keep_freed_memory as _keep
 

@@ -143,7 +143,19 @@ def _check_image(x, name: str = "x") -> tuple[int, int, int]:
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """Output length of a convolution/pooling window along one axis (floor mode, like torch)."""
+    """Output length of a convolution/pooling window along one axis (floor mode, like torch).
+
+    Parameters
+    ----------
+    size, kernel, stride, padding, dilation : int
+        Input length, kernel length, step, zero padding on each side, tap spacing.
+
+    Returns
+    -------
+    int
+        ``(size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1``, one entry
+        of the output shape (out_h or out_w); below 1 when the window does not fit.
+    """
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
@@ -322,6 +334,12 @@ def linear(x, w, b=None):
 def linear_forward(x, w, b=None):
     """:func:`linear` keeping ``(x, w, has_bias)`` for :func:`linear_backward`.
 
+    Parameters
+    ----------
+    x : array, shape (..., n_in)
+    w : array, shape (n_out, n_in)
+    b : array, shape (n_out,), or None
+
     Returns
     -------
     out : array, shape (..., n_out)
@@ -413,7 +431,20 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, *, impl: str =
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, *, impl: str = "auto"):
-    """Evaluation-only :func:`conv2d_forward` (returns ``out`` only)."""
+    """Evaluation-only :func:`conv2d_forward` (returns ``out`` only).
+
+    Parameters
+    ----------
+    x : array, shape (N, C_in, H, W) or (pop, N, C_in, H, W)
+    w : array, shape (C_out, C_in, kh, kw)
+    b : array, shape (C_out,), or None
+    stride, padding, dilation : int or (int, int)
+    impl : {"auto", "numba", "array_api"}
+
+    Returns
+    -------
+    array, shape (..., C_out, out_h, out_w)
+    """
     return conv2d_forward(x, w, b, stride, padding, dilation, impl=impl)[0]
 
 
@@ -511,7 +542,19 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, *, impl: str = "a
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, *, impl: str = "auto"):
-    """Evaluation-only :func:`max_pool2d_forward`."""
+    """Evaluation-only :func:`max_pool2d_forward`.
+
+    Parameters
+    ----------
+    x : array, shape (..., C, H, W)
+    kernel_size, stride, padding : int or (int, int)
+        ``stride`` defaults to ``kernel_size``; ``padding`` at most half the kernel.
+    impl : {"auto", "numba", "array_api"}
+
+    Returns
+    -------
+    array, shape (..., C, out_h, out_w)
+    """
     return max_pool2d_forward(x, kernel_size, stride, padding, impl=impl)[0]
 
 
@@ -521,10 +564,11 @@ def max_pool2d_backward(dout, cache):
     Parameters
     ----------
     dout : array, shape (..., C, out_h, out_w)
+    cache : tuple from :func:`max_pool2d_forward`
 
     Returns
     -------
-    dx : array, shape of x
+    dx : array, shape of x, (..., C, H, W)
     """
     argmax, (n, c, h, w), x_shape, k, s, p, impl = cache
     xp = _namespace(dout)
@@ -547,6 +591,8 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
     Parameters
     ----------
     x : array, shape (..., C, H, W)
+    kernel_size, stride, padding : int or (int, int)
+        ``stride`` defaults to ``kernel_size``; ``padding`` at most half the kernel.
 
     Returns
     -------
@@ -569,12 +615,32 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
-    """Evaluation-only :func:`avg_pool2d_forward`."""
+    """Evaluation-only :func:`avg_pool2d_forward`.
+
+    Parameters
+    ----------
+    x : array, shape (..., C, H, W)
+    kernel_size, stride, padding : int or (int, int)
+
+    Returns
+    -------
+    array, shape (..., C, out_h, out_w)
+    """
     return avg_pool2d_forward(x, kernel_size, stride, padding)[0]
 
 
 def avg_pool2d_backward(dout, cache):
-    """Gradient of :func:`avg_pool2d_forward`: ``dout / (kh*kw)`` spread over each window."""
+    """Gradient of :func:`avg_pool2d_forward`: ``dout / (kh*kw)`` spread over each window.
+
+    Parameters
+    ----------
+    dout : array, shape (..., C, out_h, out_w)
+    cache : tuple from :func:`avg_pool2d_forward`
+
+    Returns
+    -------
+    dx : array, shape of x, (..., C, H, W)
+    """
     (n, c, h, w), x_shape, k, s, p = cache
     xp = _namespace(dout)
     oh, ow = int(dout.shape[-2]), int(dout.shape[-1])
@@ -589,19 +655,49 @@ def avg_pool2d_backward(dout, cache):
 # activations (elementwise; any shape)
 # ----------------------------------------------------------------------------
 def relu(x):
-    """``max(x, 0)``; any shape."""
+    """``max(x, 0)`` elementwise.
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    array, shape of x
+    """
     xp = _namespace(x)
     return xp.maximum(x, xp.zeros((), dtype=x.dtype))
 
 
 def relu_forward(x):
-    """:func:`relu` with ``(out, cache)``; the cache is the output (its sign is the mask)."""
+    """:func:`relu` with ``(out, cache)``.
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    out : array, shape of x
+    cache : array, shape of x: the output (its sign is the mask)
+    """
     out = relu(x)
     return out, out
 
 
 def relu_backward(dout, cache):
-    """``dout * (x > 0)`` (subgradient 0 at 0, like torch); one Numba pass on NumPy."""
+    """``dout * (x > 0)`` (subgradient 0 at 0, like torch); one Numba pass on NumPy.
+
+    Parameters
+    ----------
+    dout : array, shape of x
+        ``dL/dout``.
+    cache : from :func:`relu_forward`
+
+    Returns
+    -------
+    dx : array, shape of x
+    """
     xp = _namespace(dout)
     if _backend.is_numpy(xp):
         from . import _cpu
@@ -611,23 +707,62 @@ def relu_backward(dout, cache):
 
 
 def tanh(x):
-    """Hyperbolic tangent; any shape."""
+    """Hyperbolic tangent elementwise.
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    array, shape of x
+    """
     return _namespace(x).tanh(x)
 
 
 def tanh_forward(x):
-    """:func:`tanh` with ``(out, cache)``; the cache is the output."""
+    """:func:`tanh` with ``(out, cache)``.
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    out : array, shape of x
+    cache : array, shape of x: the output
+    """
     out = tanh(x)
     return out, out
 
 
 def tanh_backward(dout, cache):
-    """``dout * (1 - tanh(x)**2)``."""
+    """``dout * (1 - tanh(x)**2)``.
+
+    Parameters
+    ----------
+    dout : array, shape of x
+        ``dL/dout``.
+    cache : from :func:`tanh_forward`
+
+    Returns
+    -------
+    dx : array, shape of x
+    """
     return dout * (1.0 - cache * cache)
 
 
 def sigmoid(x):
-    """Logistic sigmoid ``1 / (1 + exp(-x))``, stable for large ``|x|``."""
+    """Logistic sigmoid ``1 / (1 + exp(-x))``, stable for large ``|x|``.
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    array, shape of x
+    """
     xp = _namespace(x)
     # exp of a non-positive number only: no overflow for either sign.
     e = xp.exp(-xp.abs(x))
@@ -635,13 +770,34 @@ def sigmoid(x):
 
 
 def sigmoid_forward(x):
-    """:func:`sigmoid` with ``(out, cache)``; the cache is the output."""
+    """:func:`sigmoid` with ``(out, cache)``.
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    out : array, shape of x
+    cache : array, shape of x: the output
+    """
     out = sigmoid(x)
     return out, out
 
 
 def sigmoid_backward(dout, cache):
-    """``dout * s * (1 - s)`` with ``s = sigmoid(x)``."""
+    """``dout * s * (1 - s)`` with ``s = sigmoid(x)``.
+
+    Parameters
+    ----------
+    dout : array, shape of x
+        ``dL/dout``.
+    cache : from :func:`sigmoid_forward`
+
+    Returns
+    -------
+    dx : array, shape of x
+    """
     return dout * cache * (1.0 - cache)
 
 
@@ -684,12 +840,31 @@ def _erf_fallback(xp, x):
 
 
 def gelu(x):
-    """Exact GELU ``x * Phi(x)`` with the normal CDF ``Phi`` (torch's default, not the tanh form)."""
+    """Exact GELU ``x * Phi(x)`` with the normal CDF ``Phi`` (torch's default, not the tanh form).
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    array, shape of x
+    """
     return gelu_forward(x)[0]
 
 
 def gelu_forward(x):
-    """:func:`gelu` with ``(out, cache)``; the cache holds ``x`` and ``Phi(x)``."""
+    """:func:`gelu` with ``(out, cache)``.
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    out : array, shape of x
+    cache : tuple ``(x, Phi(x))``, arrays of the shape of x
+    """
     xp = _namespace(x)
     if _backend.is_numpy(xp):
         from . import _cpu
@@ -701,7 +876,18 @@ def gelu_forward(x):
 
 
 def gelu_backward(dout, cache):
-    """``dout * (Phi(x) + x * phi(x))`` with the normal density ``phi``."""
+    """``dout * (Phi(x) + x * phi(x))`` with the normal density ``phi``.
+
+    Parameters
+    ----------
+    dout : array, shape of x
+        ``dL/dout``.
+    cache : from :func:`gelu_forward`
+
+    Returns
+    -------
+    dx : array, shape of x
+    """
     x, cdf = cache
     xp = _namespace(dout)
     pdf = xp.exp(-0.5 * x * x) * _INV_SQRT_2PI
@@ -720,12 +906,34 @@ ACTIVATIONS = {
 # flatten
 # ----------------------------------------------------------------------------
 def flatten(x, n_feature_axes: int = 3):
-    """Merge the last ``n_feature_axes`` axes: (..., C, H, W) -> (..., C*H*W)."""
+    """Merge the last ``n_feature_axes`` axes: (..., C, H, W) -> (..., C*H*W).
+
+    Parameters
+    ----------
+    x : array, shape (..., d_1, ..., d_k) with ``k = n_feature_axes``
+        At least one leading (batch) axis.
+    n_feature_axes : int
+
+    Returns
+    -------
+    array, shape (..., d_1 * ... * d_k)
+    """
     return flatten_forward(x, n_feature_axes)[0]
 
 
 def flatten_forward(x, n_feature_axes: int = 3):
-    """:func:`flatten` with ``(out, cache)``; the cache is the input shape."""
+    """:func:`flatten` with ``(out, cache)``.
+
+    Parameters
+    ----------
+    x : array, shape (..., d_1, ..., d_k) with ``k = n_feature_axes``
+    n_feature_axes : int
+
+    Returns
+    -------
+    out : array, shape (..., d_1 * ... * d_k)
+    cache : tuple of int, the shape of x
+    """
     xp = _namespace(x)
     if len(x.shape) <= n_feature_axes:
         raise ValueError(
@@ -738,7 +946,17 @@ def flatten_forward(x, n_feature_axes: int = 3):
 
 
 def flatten_backward(dout, cache):
-    """Reshape the gradient back to the input shape."""
+    """Reshape the gradient back to the input shape.
+
+    Parameters
+    ----------
+    dout : array, shape (..., d_1 * ... * d_k)
+    cache : the shape of x from :func:`flatten_forward`
+
+    Returns
+    -------
+    dx : array, shape of x
+    """
     return _namespace(dout).reshape(dout, cache)
 
 
@@ -784,7 +1002,17 @@ def dropout_forward(x, rate: float, *, seed: int, stream, generation: int = 0, m
 
 
 def dropout_backward(dout, cache):
-    """``dout * mask`` (identity in eval mode)."""
+    """``dout * mask`` (identity in eval mode).
+
+    Parameters
+    ----------
+    dout : array, shape of x
+    cache : the scaled mask from :func:`dropout_forward` (shape of x), or None
+
+    Returns
+    -------
+    dx : array, shape of x
+    """
     return dout if cache is None else dout * cache
 
 
@@ -850,6 +1078,15 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, axes, train
 
 def batch_norm_backward(dout, cache):
     """Gradients of :func:`batch_norm_forward`.
+
+    In train mode the batch mean and variance depend on ``x`` (three-term
+    formula per statistics group); in eval mode the running statistics are
+    constants and ``dx = dout * gamma / sqrt(running_var + eps)``.
+
+    Parameters
+    ----------
+    dout : array, shape of x
+    cache : tuple from :func:`batch_norm_forward`
 
     Returns
     -------

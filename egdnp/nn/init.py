@@ -42,7 +42,17 @@ __all__ = [
 
 
 def fans(shape) -> tuple[int, int]:
-    """``(fan_in, fan_out)`` of a weight shape (see module docstring)."""
+    """``(fan_in, fan_out)`` of a weight shape (see module docstring).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        (n_out, n_in), (C_out, C_in, kh, kw), or 1-D (n,) (both fans n).
+
+    Returns
+    -------
+    (int, int)
+    """
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2:
         n = shape[0] if shape else 1
@@ -66,34 +76,124 @@ def _uniform(shape, bound, seed, name, xp, dtype):
 
 
 def he_normal(shape, *, seed, name, xp=None, dtype="float32"):
-    """N(0, 2/fan_in) weights of ``shape``; see the module docstring for the address."""
+    """N(0, 2/fan_in) weights of ``shape``; see the module docstring for the address.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        E.g. (n_out, n_in) or (C_out, C_in, kh, kw).
+    seed : int
+    name : str
+        Parameter key; the noise stream is ``"init/" + name``.
+    xp : namespace or name, default NumPy
+    dtype : {"float32", "float64"}
+
+    Returns
+    -------
+    array, shape ``shape``
+    """
     return _normal(shape, math.sqrt(2.0 / fans(shape)[0]), seed, name, xp, dtype)
 
 
 def he_uniform(shape, *, seed, name, xp=None, dtype="float32"):
-    """U(-sqrt(6/fan_in), sqrt(6/fan_in)) weights of ``shape``."""
+    """U(-sqrt(6/fan_in), sqrt(6/fan_in)) weights of ``shape``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        E.g. (n_out, n_in) or (C_out, C_in, kh, kw).
+    seed : int
+    name : str
+        Parameter key; the noise stream is ``"init/" + name``.
+    xp : namespace or name, default NumPy
+    dtype : {"float32", "float64"}
+
+    Returns
+    -------
+    array, shape ``shape``
+    """
     return _uniform(shape, math.sqrt(6.0 / fans(shape)[0]), seed, name, xp, dtype)
 
 
 def glorot_normal(shape, *, seed, name, xp=None, dtype="float32"):
-    """N(0, 2/(fan_in+fan_out)) weights of ``shape``."""
+    """N(0, 2/(fan_in+fan_out)) weights of ``shape``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        E.g. (n_out, n_in) or (C_out, C_in, kh, kw).
+    seed : int
+    name : str
+        Parameter key; the noise stream is ``"init/" + name``.
+    xp : namespace or name, default NumPy
+    dtype : {"float32", "float64"}
+
+    Returns
+    -------
+    array, shape ``shape``
+    """
     fi, fo = fans(shape)
     return _normal(shape, math.sqrt(2.0 / (fi + fo)), seed, name, xp, dtype)
 
 
 def glorot_uniform(shape, *, seed, name, xp=None, dtype="float32"):
-    """U(-a, a), a = sqrt(6/(fan_in+fan_out)), weights of ``shape``."""
+    """U(-a, a), a = sqrt(6/(fan_in+fan_out)), weights of ``shape``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        E.g. (n_out, n_in) or (C_out, C_in, kh, kw).
+    seed : int
+    name : str
+        Parameter key; the noise stream is ``"init/" + name``.
+    xp : namespace or name, default NumPy
+    dtype : {"float32", "float64"}
+
+    Returns
+    -------
+    array, shape ``shape``
+    """
     fi, fo = fans(shape)
     return _uniform(shape, math.sqrt(6.0 / (fi + fo)), seed, name, xp, dtype)
 
 
 def lecun_normal(shape, *, seed, name, xp=None, dtype="float32"):
-    """N(0, 1/fan_in) weights of ``shape``."""
+    """N(0, 1/fan_in) weights of ``shape``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        E.g. (n_out, n_in) or (C_out, C_in, kh, kw).
+    seed : int
+    name : str
+        Parameter key; the noise stream is ``"init/" + name``.
+    xp : namespace or name, default NumPy
+    dtype : {"float32", "float64"}
+
+    Returns
+    -------
+    array, shape ``shape``
+    """
     return _normal(shape, math.sqrt(1.0 / fans(shape)[0]), seed, name, xp, dtype)
 
 
 def lecun_uniform(shape, *, seed, name, xp=None, dtype="float32"):
-    """U(-sqrt(3/fan_in), sqrt(3/fan_in)) weights of ``shape``."""
+    """U(-sqrt(3/fan_in), sqrt(3/fan_in)) weights of ``shape``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        E.g. (n_out, n_in) or (C_out, C_in, kh, kw).
+    seed : int
+    name : str
+        Parameter key; the noise stream is ``"init/" + name``.
+    xp : namespace or name, default NumPy
+    dtype : {"float32", "float64"}
+
+    Returns
+    -------
+    array, shape ``shape``
+    """
     return _uniform(shape, math.sqrt(3.0 / fans(shape)[0]), seed, name, xp, dtype)
 
 
@@ -104,12 +204,42 @@ def _const(shape, value, xp, dtype):
 
 
 def zeros(shape, *, seed=0, name="", xp=None, dtype="float32"):
-    """All zeros (``seed`` and ``name`` accepted for a uniform signature, unused)."""
+    """All zeros (``seed`` and ``name`` accepted for a uniform signature, unused).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        E.g. (n_out, n_in) or (C_out, C_in, kh, kw).
+    seed : int
+    name : str
+        Parameter key; the noise stream is ``"init/" + name``.
+    xp : namespace or name, default NumPy
+    dtype : {"float32", "float64"}
+
+    Returns
+    -------
+    array, shape ``shape``
+    """
     return _const(shape, 0.0, xp, dtype)
 
 
 def ones(shape, *, seed=0, name="", xp=None, dtype="float32"):
-    """All ones (BatchNorm scale)."""
+    """All ones (BatchNorm scale). (``seed`` and ``name`` are unused).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        E.g. (n_out, n_in) or (C_out, C_in, kh, kw).
+    seed : int
+    name : str
+        Parameter key; the noise stream is ``"init/" + name``.
+    xp : namespace or name, default NumPy
+    dtype : {"float32", "float64"}
+
+    Returns
+    -------
+    array, shape ``shape``
+    """
     return _const(shape, 1.0, xp, dtype)
 
 
@@ -130,7 +260,17 @@ INITIALISERS = {
 
 
 def get(initialiser):
-    """An initialiser by name (see :data:`INITIALISERS`) or a callable with the same signature."""
+    """An initialiser by name (see :data:`INITIALISERS`) or a callable with the same signature.
+
+    Parameters
+    ----------
+    initialiser : str or callable
+        ``fn(shape, *, seed, name, xp=None, dtype="float32")``, returning an array of shape ``shape``.
+
+    Returns
+    -------
+    callable
+    """
     if callable(initialiser):
         return initialiser
     try:

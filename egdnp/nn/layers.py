@@ -80,29 +80,131 @@ def _shape_str(shape) -> str:
 
 
 class Layer:
-    """Base class: a parameter-free, state-free identity-shaped layer."""
+    """Base class of layers: static configuration, no arrays (see the module docstring).
+
+    Subclasses override the methods below; the defaults describe a layer
+    without parameters or buffers.  Subclass methods without a docstring of
+    their own inherit these.  Inputs have shape (batch, ...) or (pop, batch,
+    ...): leading axes are batch axes.
+
+    Attributes
+    ----------
+    prefix : str
+        Stem of automatic names in :func:`egdnp.nn.serial` (``"fc"`` -> ``fc1``).
+    """
 
     prefix = "layer"  # stem of automatic names: prefix + running number
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the trainable parameters.
+
+        Returns
+        -------
+        dict[str, tuple of int]
+            ``{local name: shape}``, e.g. ``{"weight": (n_out, n_in), "bias": (n_out,)}``;
+            empty for parameter-free layers.
+        """
         return {}
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the non-trainable buffers (BatchNorm running statistics).
+
+        Returns
+        -------
+        dict[str, tuple of int]
+            ``{local name: shape}``; empty for layers without buffers.
+        """
         return {}
 
     def init(self, seed: int, name: str, *, xp=None, dtype="float32") -> dict[str, Any]:
+        """Fresh parameters drawn from :mod:`egdnp.rng`.
+
+        Parameters
+        ----------
+        seed : int
+        name : str
+            The layer's name in its model; parameter ``local`` uses the noise
+            stream ``"init/" + name + "." + local``.
+        xp : namespace or name, default NumPy
+        dtype : {"float32", "float64"}
+
+        Returns
+        -------
+        dict[str, array]
+            ``{local name: array of shape param_shapes()[local]}``.
+        """
         return {}
 
     def init_state(self, name: str, *, xp=None, dtype="float32") -> dict[str, Any]:
+        """Fresh buffers.
+
+        Parameters
+        ----------
+        name : str
+        xp : namespace or name, default NumPy
+        dtype : {"float32", "float64"}
+
+        Returns
+        -------
+        dict[str, array]
+            ``{local name: array of shape state_shapes()[local]}``.
+        """
         return {}
 
     def check_input(self, x, name: str) -> None:
+        """Raise a ValueError naming the layer and the expected shape when ``x`` does not fit.
+
+        Parameters
+        ----------
+        x : array
+            The layer's input, e.g. (batch, n_in) or (pop, batch, C, H, W).
+        name : str
+            The layer's name, quoted in the message.
+        """
         return None
 
     def forward(self, params, state, x, ctx: Context):
+        """Forward pass keeping what :meth:`backward` needs.
+
+        Parameters
+        ----------
+        params : dict[str, array]
+            Local parameters (``{"weight": ..., "bias": ...}``), shapes from :meth:`param_shapes`.
+        state : dict[str, array]
+            Local buffers, shapes from :meth:`state_shapes` (``{}`` when none).
+        x : array, shape (batch, ...) or (pop, batch, ...)
+        ctx : Context
+            Layer name, train flag, dropout seed and step.
+
+        Returns
+        -------
+        out : array, shape (batch, ...) or (pop, batch, ...)
+            Same leading axes as ``x``.
+        cache : opaque, for :meth:`backward`
+        new_state : dict[str, array]
+            Updated buffers (``state`` itself when nothing changes).
+        """
         raise NotImplementedError
 
     def backward(self, params, cache, dout, need_dx: bool = True):
+        """Gradients of :meth:`forward`.
+
+        Parameters
+        ----------
+        params : dict[str, array]
+            The local parameters of the forward.
+        cache : from :meth:`forward`
+        dout : array, shape of the forward's ``out``
+            ``dL/dout``.
+        need_dx : bool
+            ``False`` skips ``dx`` (returned as None).
+
+        Returns
+        -------
+        dx : array, shape of the forward's ``x``, or None
+        grads : dict[str, array]
+            The keys and shapes of :meth:`param_shapes` (summed over every leading axis).
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -240,9 +342,15 @@ class _Pool2d(Layer):
 
 
 class MaxPool2d(_Pool2d):
-    """Max pooling, torch semantics (floor mode; gradient to the first maximum).
+    """Max pooling, torch semantics (floor mode, ``-inf`` padding; gradient to the first maximum).
 
-    Shapes: x (..., C, H, W) -> (..., C, H', W').
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default ``kernel_size``
+    padding : int or (int, int), at most half the kernel
+
+    Shapes: x (..., C, H, W) -> (..., C, H', W'); no parameters.
     """
 
     def forward(self, params, state, x, ctx):
@@ -256,7 +364,13 @@ class MaxPool2d(_Pool2d):
 class AvgPool2d(_Pool2d):
     """Average pooling, torch semantics (zero padding counted in the divisor).
 
-    Shapes: x (..., C, H, W) -> (..., C, H', W').
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default ``kernel_size``
+    padding : int or (int, int), at most half the kernel
+
+    Shapes: x (..., C, H, W) -> (..., C, H', W'); no parameters.
     """
 
     def forward(self, params, state, x, ctx):
@@ -269,7 +383,14 @@ class AvgPool2d(_Pool2d):
 
 # ----------------------------------------------------------------------------
 class Flatten(Layer):
-    """Merge the last ``n_feature_axes`` axes: (..., C, H, W) -> (..., C*H*W)."""
+    """Merge the last ``n_feature_axes`` axes.
+
+    Parameters
+    ----------
+    n_feature_axes : int, default 3
+
+    Shapes: x (..., C, H, W) -> (..., C*H*W) (with the default 3); no parameters.
+    """
 
     prefix = "flatten"
 
@@ -300,6 +421,13 @@ class Dropout(Layer):
     The mask of layer ``name`` at training step ``ctx.step`` is drawn from
     ``egdnp.rng.uniform(x.shape, seed=ctx.seed, stream="dropout/" + name,
     generation=ctx.step)``.  A population axis gets a different mask per member.
+
+    Parameters
+    ----------
+    rate : float in [0, 1)
+        Probability of zeroing an entry; kept entries are scaled by ``1/(1-rate)``.
+
+    Shapes: x (any shape, leading batch axes) -> out of the same shape; no parameters.
     """
 
     prefix = "dropout"
@@ -373,7 +501,14 @@ class _BatchNorm(Layer):
 
 
 class BatchNorm1d(_BatchNorm):
-    """Batch normalisation of features: x (N, F) or (pop, N, F), statistics over N.
+    """Batch normalisation of features: x of shape (N, F) or (pop, N, F), statistics over N.
+
+    Parameters
+    ----------
+    num_features : int
+        F.
+    momentum : float in [0, 1], default 0.1
+    eps : float > 0, default 1e-5
 
     Parameters ``weight`` (F,) ones and ``bias`` (F,) zeros; buffers
     ``running_mean`` (F,) zeros and ``running_var`` (F,) ones (torch's
@@ -392,7 +527,21 @@ class BatchNorm1d(_BatchNorm):
 
 
 class BatchNorm2d(_BatchNorm):
-    """Batch normalisation of channels: x (N, C, H, W) or (pop, N, C, H, W), statistics over N, H, W."""
+    """Batch normalisation of channels: x of shape (N, C, H, W) or (pop, N, C, H, W), statistics over N, H, W.
+
+    Parameters
+    ----------
+    num_features : int
+        C.
+    momentum : float in [0, 1], default 0.1
+    eps : float > 0, default 1e-5
+
+    Parameters ``weight`` (C,) ones and ``bias`` (C,) zeros; buffers
+    ``running_mean`` (C,) zeros and ``running_var`` (C,) ones (torch's momentum
+    convention, unbiased running variance).  Train mode normalises with the
+    batch statistics of each population member and returns updated running
+    statistics; eval mode normalises with the running statistics.
+    """
 
     _axes = (-4, -2, -1)
 
@@ -406,7 +555,15 @@ class BatchNorm2d(_BatchNorm):
 
 # ----------------------------------------------------------------------------
 class Activation(Layer):
-    """Elementwise activation by name: ``"relu"``, ``"tanh"``, ``"gelu"`` (exact, erf) or ``"sigmoid"``."""
+    """Elementwise activation by name.
+
+    Parameters
+    ----------
+    kind : {"relu", "tanh", "gelu", "sigmoid"}
+        GELU is the exact erf form.
+
+    Shapes: x (any shape) -> out of the same shape; no parameters.
+    """
 
     def __init__(self, kind: str):
         if kind not in F.ACTIVATIONS:
@@ -414,7 +571,8 @@ class Activation(Layer):
         self.kind = kind
 
     @property
-    def prefix(self):  # automatic names "relu1", "tanh1", ...
+    def prefix(self):
+        """Stem of automatic names: the activation's kind (``relu1``, ``tanh1``, ...)."""
         return self.kind
 
     def forward(self, params, state, x, ctx):
@@ -426,20 +584,40 @@ class Activation(Layer):
 
 
 def ReLU() -> Activation:
-    """``Activation("relu")``."""
+    """``Activation("relu")``: x (any shape) -> out of the same shape.
+
+    Returns
+    -------
+    Activation
+    """
     return Activation("relu")
 
 
 def Tanh() -> Activation:
-    """``Activation("tanh")``."""
+    """``Activation("tanh")``: x (any shape) -> out of the same shape.
+
+    Returns
+    -------
+    Activation
+    """
     return Activation("tanh")
 
 
 def GELU() -> Activation:
-    """``Activation("gelu")`` (exact erf form)."""
+    """``Activation("gelu")`` (exact erf form): x (any shape) -> out of the same shape.
+
+    Returns
+    -------
+    Activation
+    """
     return Activation("gelu")
 
 
 def Sigmoid() -> Activation:
-    """``Activation("sigmoid")``."""
+    """``Activation("sigmoid")``: x (any shape) -> out of the same shape.
+
+    Returns
+    -------
+    Activation
+    """
     return Activation("sigmoid")

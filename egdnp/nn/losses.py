@@ -67,7 +67,7 @@ def _check_labels(xp, logits, labels):
             f"broadcast against {lead} (e.g. shape {lead[-1:] if lead else ()})"
         )
     n_classes = int(logits.shape[-1])
-    if labels.shape and bool(xp.any((labels < 0) | (labels >= n_classes))):
+    if bool(xp.any((labels < 0) | (labels >= n_classes))):
         lo, hi = int(xp.min(labels)), int(xp.max(labels))
         raise ValueError(f"labels range over [{lo}, {hi}] but must lie in [0, {n_classes - 1}] for {n_classes} classes")
     return n_classes
@@ -79,14 +79,32 @@ def _one_hot(xp, labels, n_classes: int, dtype, device):
 
 
 def log_softmax(logits):
-    """``logits - logsumexp(logits)`` over the last axis, computed stably."""
+    """``logits - logsumexp(logits)`` over the last axis, computed stably.
+
+    Parameters
+    ----------
+    logits : array, shape (..., C)
+
+    Returns
+    -------
+    array, shape (..., C)
+    """
     xp = _namespace(logits)
     shifted = logits - xp.max(logits, axis=-1, keepdims=True)
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
 
 
 def softmax(logits):
-    """Softmax over the last axis, computed stably."""
+    """Softmax over the last axis, computed stably.
+
+    Parameters
+    ----------
+    logits : array, shape (..., C)
+
+    Returns
+    -------
+    array, shape (..., C); each row sums to 1
+    """
     xp = _namespace(logits)
     shifted = logits - xp.max(logits, axis=-1, keepdims=True)
     e = xp.exp(shifted)
@@ -131,6 +149,14 @@ def softmax_cross_entropy_with_grad(logits, labels, reduction: str = "mean", *, 
     ``impl="auto"`` runs a one-pass Numba kernel for NumPy logits of shape
     (batch, C) with labels (batch,); ``"array_api"`` forces the array-API code
     (the oracle the tests compare the kernel with).
+
+    Parameters
+    ----------
+    logits : array, shape (..., C)
+    labels : integer array, shape broadcastable to logits.shape[:-1], values in [0, C)
+    reduction : {"mean", "sum", "none"}
+    need_grad : bool
+    impl : {"auto", "array_api"}
 
     Returns
     -------
@@ -200,7 +226,19 @@ def mse(pred, target, reduction: str = "mean"):
 
 
 def mse_grad(pred, target, reduction: str = "mean"):
-    """Gradient of :func:`mse` with respect to ``pred``; shape of pred."""
+    """Gradient of :func:`mse` with respect to ``pred``: ``2 (pred - target) / (D * count)``.
+
+    Parameters
+    ----------
+    pred : array, shape (..., D)
+    target : array, shape broadcastable to pred
+    reduction : {"mean", "sum", "none"}
+        ``count`` is the number of examples for "mean" and 1 otherwise.
+
+    Returns
+    -------
+    array, shape of pred
+    """
     _check_reduction(reduction)
     xp = _namespace(pred, target)
     _check_target(pred, target)

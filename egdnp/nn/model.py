@@ -89,6 +89,8 @@ class Serial:
     Attributes
     ----------
     layers : tuple of (str, Layer)
+
+    Inputs ``x`` have shape (batch, ...) or (pop, batch, ...); see :meth:`forward`.
     """
 
     def __init__(self, *layers):
@@ -132,9 +134,11 @@ class Serial:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The layer names in order, e.g. ``("fc1", "tanh1", "fc2")``."""
         return tuple(n for n, _ in self.layers)
 
     def __getitem__(self, name: str) -> L.Layer:
+        """The layer called ``name`` (KeyError listing the names otherwise)."""
         for n, layer in self.layers:
             if n == name:
                 return layer
@@ -149,6 +153,7 @@ class Serial:
         return dict(self._state_shapes)
 
     def num_params(self) -> int:
+        """Number of trainable scalars: the sum of the sizes of :meth:`param_shapes`."""
         total = 0
         for shape in self.param_shapes().values():
             size = 1
@@ -170,6 +175,7 @@ class Serial:
         Returns
         -------
         dict[str, array]
+            ``{key: array of shape param_shapes()[key]}`` in layer order.
         """
         xp = _backend.get_namespace("numpy" if xp is None else xp)
         dname = _dtype_name(xp, dtype)
@@ -180,7 +186,18 @@ class Serial:
         return params
 
     def init_state(self, *, xp=None, dtype="float32") -> dict[str, Any]:
-        """Fresh buffers (BatchNorm: running_mean zeros, running_var ones); ``{}`` when none."""
+        """Fresh buffers (BatchNorm: running_mean zeros, running_var ones); ``{}`` when none.
+
+        Parameters
+        ----------
+        xp : namespace or name, default NumPy
+        dtype : {"float32", "float64"}
+
+        Returns
+        -------
+        dict[str, array]
+            ``{key: array of shape state_shapes()[key]}``, e.g. ``"bn1.running_mean"`` of shape (F,).
+        """
         xp = _backend.get_namespace("numpy" if xp is None else xp)
         dname = _dtype_name(xp, dtype)
         state: dict[str, Any] = {}
@@ -194,6 +211,14 @@ class Serial:
         """Raise if ``params`` lacks keys, has extra keys, or has a wrong shape/dtype.
 
         The message names each offending key and the expected shape.
+
+        Parameters
+        ----------
+        params : dict[str, array]
+        what : str
+            How the dict is called in messages (``"params"``, ``"state"``, ``"grads"``).
+        shapes : dict[str, tuple of int], optional
+            Expected ``{key: shape}``; default :meth:`param_shapes`.
         """
         expected = self._param_shapes if shapes is None else shapes
         if not isinstance(params, dict):
@@ -215,7 +240,8 @@ class Serial:
             if v.shape != shape and _shape(v) != shape:
                 raise ValueError(f"{what}[{k!r}] has shape {_shape(v)}, expected {shape}")
             if dtype is None:
-                if not _namespace(v).isdtype(v.dtype, "real floating"):
+                vxp = _namespace(v)
+                if v.dtype != vxp.float32 and v.dtype != vxp.float64:
                     raise TypeError(f"{what}[{k!r}] has dtype {_dtype_str(v.dtype)}; parameters must be float32 or float64")
                 dtype = v.dtype
             elif v.dtype != dtype:
@@ -225,10 +251,19 @@ class Serial:
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             raise TypeError(f"x must be an array, got {type(x).__name__}")
         xp = _namespace(x)
-        if not xp.isdtype(x.dtype, "real floating"):
-            raise TypeError(f"x has dtype {_dtype_str(x.dtype)}; cast it to the parameters' float dtype, e.g. xp.astype(x, xp.float32)")
+        if x.dtype != xp.float32 and x.dtype != xp.float64:
+            raise TypeError(
+                f"x has dtype {_dtype_str(x.dtype)}; models run in float32 or float64: cast it to the parameters' "
+                "dtype, e.g. xp.astype(x, xp.float32)"
+            )
         if params:
             ref = next(iter(params.values()))
+            if type(x) is not type(ref) and _namespace(ref) is not xp:
+                raise TypeError(
+                    f"x belongs to namespace {_backend.backend_name(xp)} but the params to "
+                    f"{_backend.backend_name(_namespace(ref))}; move x with egdnp._backend.to_device(x, xp) "
+                    "(or init the params with that xp)"
+                )
             if x.dtype != ref.dtype:
                 raise TypeError(
                     f"x has dtype {_dtype_str(x.dtype)} but params are {_dtype_str(ref.dtype)}; cast x (xp.astype) "
@@ -396,7 +431,18 @@ class Serial:
 
 
 def serial(*layers) -> Serial:
-    """Compose layers in order (see :class:`Serial`)."""
+    """Compose layers in order (see :class:`Serial`).
+
+    Parameters
+    ----------
+    *layers : Layer or (str, Layer)
+        Unnamed layers are called ``prefix + number`` (``fc1``, ``relu1``, ...).
+
+    Returns
+    -------
+    Serial
+        Input x of shape (batch, ...) or (pop, batch, ...); parameter keys ``name + "." + local``.
+    """
     return Serial(*layers)
 
 
@@ -417,7 +463,12 @@ def mlp(sizes=(784, 256, 10), activation: str = "tanh", bias: bool = True, *, we
     batch_norm : bool
         Adds ``bn<i>`` (BatchNorm1d) before each hidden activation.
 
-    Layer names: ``fc1, [bn1], tanh1, [dropout1], fc2, ...``.
+    Returns
+    -------
+    Serial
+        Layer names ``fc1, [bn1], tanh1, [dropout1], fc2, ...``; input x of
+        shape (batch, sizes[0]) or (pop, batch, sizes[0]), output (..., sizes[-1]);
+        ``fc<i>.weight`` of shape (sizes[i], sizes[i-1]), ``fc<i>.bias`` (sizes[i],).
     """
     sizes = tuple(int(s) for s in sizes)
     if len(sizes) < 2 or min(sizes) < 1:
@@ -443,7 +494,21 @@ def cnn(in_channels: int = 1, image_size: int = 28, n_classes: int = 10, channel
     (16->32, 3x3, pad 1), ``relu2``, ``pool2`` (max 2), ``flatten``, ``fc``
     (32*7*7 -> 10).  ``batch_norm=True`` inserts ``bn1``/``bn2`` after each conv.
 
-    Input x: (batch, 1, 28, 28) or (pop, batch, 1, 28, 28); output (..., 10).
+    Parameters
+    ----------
+    in_channels : int
+    image_size : int
+        Side of the square input images; divisible by 4.
+    n_classes : int
+    channels : (int, int)
+        Output channels of conv1 and conv2.
+    batch_norm : bool
+
+    Returns
+    -------
+    Serial
+        Input x of shape (batch, in_channels, image_size, image_size) or
+        (pop, batch, in_channels, image_size, image_size); output (..., n_classes).
     """
     c1, c2 = (int(c) for c in channels)
     if image_size % 4:
