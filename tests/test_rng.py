@@ -139,6 +139,54 @@ def test_thread_count_does_not_change_results():
     np.testing.assert_array_equal(one_sum, many_sum)
 
 
+def _box_muller_edge_words(n_random):
+    """Word pairs covering the Box-Muller edge cases, then random pairs (uint32, shape (n,) each)."""
+    top = np.array([0, 1, 2**23 - 1, 2**23, 2**24 - 2, 2**24 - 1, 0xB504F3, 0xB504F4, 0x5A827A, 0x5A8279], np.uint32)
+    quarter = np.array([0, 1, 2**21 - 1, 2**21, 2**21 + 1, 2**22 - 1, 2**22, 3 * 2**21, 2**24 - 2**21, 2**24 - 1], np.uint32)
+    r = np.random.default_rng(0)
+    wa = np.concatenate([top << np.uint32(8), (top << np.uint32(8)) | np.uint32(255), r.integers(0, 2**32, n_random, dtype=np.uint32)])
+    wb = np.concatenate([quarter << np.uint32(8), (quarter << np.uint32(8)) | np.uint32(255), r.integers(0, 2**32, n_random, dtype=np.uint32)])
+    return wa, wb
+
+
+@pytest.mark.parametrize("n_random", [0, 5, 1003])
+def test_float32_box_muller_paths_are_bitwise_equal(n_random):
+    # normal() writes whole float32 blocks through the hand-vectorised, interleaving
+    # kernel; the EGD/EGGROLL kernels and array tails use the Numba loop: same bits
+    wa, wb = _box_muller_edge_words(n_random)
+    n = wa.shape[0]
+    zc = np.empty(n, np.float32)
+    zs = np.empty(n, np.float32)
+    _cpu._box_muller_f32(wa, wb, n, np.empty(1, np.float32), np.empty(1, np.int32), zc, zs)
+    out = np.full(4 * n + 3, np.nan, np.float32)
+    _cpu._box_muller_store4_f32(wa, wb, wb[::-1].copy(), wa[::-1].copy(), n, out, 3)
+    zc2 = np.empty(n, np.float32)
+    zs2 = np.empty(n, np.float32)
+    _cpu._box_muller_f32(wb[::-1].copy(), wa[::-1].copy(), n, np.empty(1, np.float32), np.empty(1, np.int32), zc2, zs2)
+    expected = np.stack([zc, zs, zc2, zs2], axis=1).reshape(-1)
+    np.testing.assert_array_equal(out[3:].view(np.uint32), expected.view(np.uint32))
+    assert np.isnan(out[:3]).all()  # nothing written before j0
+    # and both are the spec within tolerance (float64 evaluation of the formula)
+    r = np.sqrt(-2.0 * np.log(((wa >> np.uint32(8)) + 1.0) * 2.0**-24))
+    theta = 2.0 * np.pi * ((wb >> np.uint32(8)) * 2.0**-24)
+    assert np.max(np.abs(zc - r * np.cos(theta))) <= rng.NORMAL_ATOL["float32"]
+    assert np.max(np.abs(zs - r * np.sin(theta))) <= rng.NORMAL_ATOL["float32"]
+
+
+@pytest.mark.parametrize("n", [4, 37, 4 * _cpu.CHUNK_BLOCKS + 11, 2 * 4 * _cpu.CHUNK_BLOCKS + 33])
+def test_float32_normal_equals_word_by_word_box_muller(n):
+    words = rng.random_bits(4 * ((n + 3) // 4), seed=21, stream="layer.weight", member=3, generation=9)
+    w = words.reshape(-1, 4)
+    nb = w.shape[0]
+    z = [np.empty(nb, np.float32) for _ in range(4)]
+    scratch = (np.empty(1, np.float32), np.empty(1, np.int32))
+    _cpu._box_muller_f32(w[:, 0].copy(), w[:, 1].copy(), nb, *scratch, z[0], z[1])
+    _cpu._box_muller_f32(w[:, 2].copy(), w[:, 3].copy(), nb, *scratch, z[2], z[3])
+    expected = np.stack(z, axis=1).reshape(-1)[:n]
+    got = rng.normal(n, seed=21, stream="layer.weight", member=3, generation=9)
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
 def test_addresses_give_independent_streams():
     base = dict(seed=1, stream="a", member=0, generation=0)
     z = rng.normal(50_000, **base, dtype="float64")
