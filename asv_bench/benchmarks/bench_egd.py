@@ -5,8 +5,8 @@ Targets (issue 4), MLP 784-256-10 (ReLU), batch 512, pop_size 8, float32:
   closure calls it makes (mutation, selection, recombination <= 15%):
   ``track_overhead_ratio`` reports ``cycle time / time of pop_size + 1 closure calls``;
 * ``population_storage="seed"`` moves zero parameter bytes between host and
-  device: ``track_seed_bytes_moved`` (must be 0); ``track_array_bytes_moved``
-  gives the array mode's traffic for comparison (0 on NumPy, where host is device).
+  device: ``track_seed_bytes_moved`` (must be 0); ``EvolutionCycle.track_bytes_moved``
+  gives every mode's traffic for comparison (0 on NumPy, where host is device).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import os
 # Numba's OpenMP workers spin-wait after every parallel kernel and then fight OpenBLAS's
 # threads: on a 2-core machine a noise kernel followed by a matmul ran 8x slower than
 # the two alone.  Without spinning (set before Numba starts its thread pool) the pair
-# costs the sum of its parts.  Remove this line once egdnp sets it itself.
+# costs the sum of its parts.  egdnp itself does not set it (it would slow a torch imported
+# later in the same process); the cycle's own kernels run serially on arrays of this size
+# (egdnp.optim._egd_cpu.PARALLEL_FROM), so this only matters for the closure's helpers.
 os.environ.setdefault("GOMP_SPINCOUNT", "0")
 
 from egdnp import _backend, rng  # noqa: E402
@@ -64,6 +66,21 @@ def _model_and_closure(xp):
     return params, closure
 
 
+ROUNDS = 25
+
+
+def overhead_ratio(cycle, closures, sync, rounds: int = ROUNDS) -> float:
+    """Median over ``rounds`` of (best-of-2 cycle time) / (best-of-2 time of the closure calls), timed back to back."""
+    ratios = []
+    for _ in range(rounds):
+        t_cycle = best_time(cycle, repeat=2, sync=sync)
+        t_calls = best_time(closures, repeat=2, sync=sync)
+        ratios.append(t_cycle / t_calls)
+    ratios.sort()
+    mid = len(ratios) // 2
+    return ratios[mid] if len(ratios) % 2 else 0.5 * (ratios[mid - 1] + ratios[mid])
+
+
 class EvolutionCycle:
     """One evolution cycle of the MLP 784-256-10, batch 512, pop 8, against its closure calls."""
 
@@ -100,13 +117,23 @@ class EvolutionCycle:
     def track_overhead_ratio(self, backend, storage, mutation):
         """Cycle time / time of its pop_size + 1 closure calls (target <= 1.15).
 
-        Both are the best of 15 rounds, interleaved so that machine load hits both alike.
+        Each of ROUNDS rounds times one cycle and then the pop_size + 1 closure
+        calls, back to back (best of 2 each); the result is the median of the
+        rounds' ratios.  On a shared machine a burst of load hits both halves
+        of a round alike, so the median of paired ratios is stable where the
+        ratio of two separate minima swings by tens of percent.
         """
+        return overhead_ratio(self.cycle, self.closures, self.sync)
+
+    def track_overhead_ratio_min(self, backend, storage, mutation):
+        """Best cycle time / best time of its pop_size + 1 closure calls over ROUNDS rounds (the classic estimate)."""
         t_cycle, t_calls = float("inf"), float("inf")
-        for _ in range(15):
-            t_cycle = min(t_cycle, best_time(self.cycle, repeat=1, sync=self.sync))
-            t_calls = min(t_calls, best_time(self.closures, repeat=1, sync=self.sync))
+        for _ in range(ROUNDS):
+            t_cycle = min(t_cycle, best_time(self.cycle, repeat=2, sync=self.sync))
+            t_calls = min(t_calls, best_time(self.closures, repeat=2, sync=self.sync))
         return t_cycle / t_calls
+
+    track_overhead_ratio_min.unit = "ratio"
 
     track_overhead_ratio.unit = "ratio"
 
@@ -140,3 +167,58 @@ class SeedStorageTraffic:
         return rep.bytes_moved / full
 
     track_seed_full_weight_copies.unit = "copies"
+
+
+class PinnedCopyBandwidth:
+    """CuPy only: host->device bandwidth of the cycle's candidate copies against a large pinned copy.
+
+    ``track_cycle_copy_gbps`` times what ``population_storage="array"`` does for
+    every candidate (the MLP's four tensors from their pinned slots, each
+    ``to_device(..., stream=copy_stream, non_blocking=True, out=device_buffer)``,
+    then one stream synchronisation); ``track_peak_copy_gbps`` one 256 MiB
+    pinned copy on the same path, the machine's practical peak;
+    ``track_cycle_copy_fraction`` their ratio.
+    """
+
+    params = (BACKENDS,)
+    param_names = ["backend"]
+    PEAK_BYTES = 256 * 2**20
+
+    def setup(self, backend):
+        self.xp = namespace_or_skip(backend)
+        if not _backend.is_cupy(self.xp):
+            raise NotImplementedError("pinned host<->device copies need CuPy and a GPU")
+        params, _ = _model_and_closure(self.xp)
+        self.stream = _backend.new_stream(self.xp)
+        self.host = {k: _backend.pinned_empty(tuple(v.shape), v.dtype, self.xp) for k, v in params.items()}
+        for k, v in params.items():
+            _backend.to_host(v, out=self.host[k])
+        self.dev = {k: self.xp.empty(tuple(v.shape), dtype=v.dtype) for k, v in params.items()}
+        self.cycle_bytes = sum(h.nbytes for h in self.host.values())
+        self.big_host = _backend.pinned_empty((self.PEAK_BYTES // 4,), "float32", self.xp)
+        self.big_host[...] = 1.0
+        self.big_dev = self.xp.empty((self.PEAK_BYTES // 4,), dtype=self.xp.float32)
+
+    def _cycle_copy(self):
+        for k, h in self.host.items():
+            _backend.to_device(h, self.xp, stream=self.stream, non_blocking=True, out=self.dev[k])
+        _backend.synchronize(self.xp, self.stream)
+
+    def _peak_copy(self):
+        _backend.to_device(self.big_host, self.xp, stream=self.stream, non_blocking=True, out=self.big_dev)
+        _backend.synchronize(self.xp, self.stream)
+
+    def track_cycle_copy_gbps(self, backend):
+        return self.cycle_bytes / best_time(self._cycle_copy, repeat=50) / 1e9
+
+    track_cycle_copy_gbps.unit = "GB/s"
+
+    def track_peak_copy_gbps(self, backend):
+        return self.PEAK_BYTES / best_time(self._peak_copy, repeat=5) / 1e9
+
+    track_peak_copy_gbps.unit = "GB/s"
+
+    def track_cycle_copy_fraction(self, backend):
+        return self.track_cycle_copy_gbps(backend) / self.track_peak_copy_gbps(backend)
+
+    track_cycle_copy_fraction.unit = "fraction"

@@ -21,7 +21,7 @@ import numpy as np
 from egdnp import _backend, nn
 from egdnp.nn import functional as F
 
-from ._common import BACKENDS, best_time, namespace_or_skip
+from ._common import BACKENDS, isolated_time, namespace_or_skip
 
 SHAPES = {
     "mlp": {"batch": 128, "input": (784,)},
@@ -111,17 +111,15 @@ class TrainingStep:
     def track_ratio_to_torch(self, model, backend):
         """egdnp time / torch time (target: <= 1.0 for the MLP, <= 2.0 for the CNN).
 
-        Median over rounds of the ratio of two adjacent timings (egdnp, then
-        torch, 5 steps each): on a shared machine both sides of one round see
-        the same load, which a ratio of two separate minima does not ensure.
+        Each side is timed in a process of its own (best of 15 blocks of
+        consecutive steps): see :func:`._common.isolated_time` for why the two
+        libraries' thread pools must not share a process while timed.
         """
         self._need_torch()
-        ratios = []
-        for _ in range(15):
-            ours = best_time(self.egdnp_step, repeat=1, number=5, sync=self.sync)
-            theirs = best_time(self.torch_step, repeat=1, number=5)
-            ratios.append(ours / theirs)
-        return float(np.median(ratios))
+        steps = 50 if model == "mlp" else 10
+        ours = isolated_time("benchmarks.bench_nn", "TrainingStep", (model, backend), "egdnp_step", number=steps)
+        theirs = isolated_time("benchmarks.bench_nn", "TrainingStep", (model, backend), "torch_step", number=steps)
+        return ours / theirs
 
     track_ratio_to_torch.unit = "x"
 

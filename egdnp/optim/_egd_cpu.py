@@ -1,12 +1,31 @@
-"""Numba fast path of the EGD mutant: ``out = base + scale * normal(address)`` in one pass.
+"""Numba fast paths of the EGD cycle on NumPy arrays (one pass over memory each).
 
-The array-API path (:func:`egdnp.optim._egd_mutation.mutant` with the
-oracle) draws the normals with :func:`egdnp.rng.normal`, scales them in place
-and adds the base: three passes over memory and one temporary array.  This
-kernel regenerates the same normals chunk by chunk with the rng's own Numba
-chunk routine and writes ``base[j] + scale * z[j]`` straight into ``out``,
-rounding exactly like the oracle (a product, then a sum, in the array's
-dtype; no fused multiply-add), so both paths agree bit for bit (tested).
+* :func:`mutant_into` -- ``out = base + scale * normal(address)``: the
+  array-API path draws the normals, scales them in place and adds the base
+  (three passes and a temporary); this kernel regenerates the same normals
+  chunk by chunk with the rng's own Numba routine (``_normal_chunk``) into a
+  chunk-local buffer and writes ``base[j] + scale * z[j]`` straight into
+  ``out`` in one contiguous loop (sliced, 0-based, so Numba drops the
+  negative-index checks and vectorises it: 0.235 ms instead of 0.27 ms for
+  a 784x256 float32 weight on one core).
+* :func:`seed_recombine_into` -- ``out = base + sum_i w_i z_i`` for the
+  elites' regenerated noise (``population_storage="seed"``): the same float64
+  accumulation as :func:`egdnp.rng.weighted_noise_sum`, rounded to the dtype,
+  plus the base, in one pass.
+* :func:`mix_into` -- the elites' mean or weighted sum (``population_storage=
+  "array"``) in one pass instead of ``k + 2``.
+* :func:`lowrank_mutant_into` -- ``out = (A * f) @ Bᵀ + base`` with the product
+  written into ``out`` by the same BLAS call as the oracle.
+* :func:`mean_square` -- ``mean(p * p)`` through a reused scratch buffer.
+
+Every kernel rounds exactly like the array-API oracle it replaces (a product,
+then a sum, in the array's dtype; no fused multiply-add: the kernels are
+compiled without fastmath), so both paths agree bit for bit (tested).
+
+Serial or parallel: the cycle alternates these kernels with the closure's
+BLAS calls.  Waking Numba's thread pool right before (or after) OpenBLAS's
+threads costs more than it saves on small arrays, so arrays below
+:data:`PARALLEL_FROM` elements run on the calling thread.
 
 Only NumPy arrays reach this module (the dispatch checks
 ``egdnp._backend.is_numpy``).
@@ -14,62 +33,110 @@ Only NumPy arrays reach this module (the dispatch checks
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from ..rng._cpu import CHUNK_BLOCKS, _key, _normal_chunk
 
-__all__ = ["mutant_into"]
+__all__ = ["mutant_into", "MutantPlan", "LowRankPlan", "seed_recombine_into", "mix_into", "lowrank_mutant_into",
+           "mean_square", "PARALLEL_FROM", "set_parallel_from"]
+
+# Blocks per sub-chunk of the low-rank factor kernel (its arrays are small).
+_SUB = 256
+
+# Arrays with fewer elements than this run the serial kernels.  Alone, the
+# parallel mutant kernel takes 0.11 ms for a 784x256 float32 weight on 2 cores
+# against 0.235 ms serial; inside the bench_egd cycle, alternating with the
+# closure's OpenBLAS calls, the 7 mutants took 2.7-2.8 ms parallel against
+# 2.4 ms serial (pool wake-ups, and Numba's and OpenBLAS's threads competing
+# for the 2 cores).  So the default keeps every array of the benchmark MLP
+# serial; change it with ``set_parallel_from`` on machines with spare cores.
+PARALLEL_FROM = 1 << 20
+
+
+def set_parallel_from(n_elements: int) -> int:
+    """Set :data:`PARALLEL_FROM` (arrays of at least this many elements use the thread pool); returns the old value."""
+    global PARALLEL_FROM
+    old = PARALLEL_FROM
+    PARALLEL_FROM = int(n_elements)
+    return old
 
 
 @njit(inline="always")
-def _mutant_chunk(ch, out, base, scale, k0, k1, c1, c2, c3):
-    n = out.shape[0]
-    nblocks = (n + 3) // 4
-    b0 = ch * CHUNK_BLOCKS
-    nb = min(CHUNK_BLOCKS, nblocks - b0)
-    o0 = np.empty(CHUNK_BLOCKS, np.uint32)
-    o1 = np.empty(CHUNK_BLOCKS, np.uint32)
-    o2 = np.empty(CHUNK_BLOCKS, np.uint32)
-    o3 = np.empty(CHUNK_BLOCKS, np.uint32)
-    fbuf = np.empty(CHUNK_BLOCKS, np.float32)
-    ebuf = np.empty(CHUNK_BLOCKS, np.int32)
-    z0 = np.empty(CHUNK_BLOCKS, out.dtype)
-    z1 = np.empty(CHUNK_BLOCKS, out.dtype)
-    z2 = np.empty(CHUNK_BLOCKS, out.dtype)
-    z3 = np.empty(CHUNK_BLOCKS, out.dtype)
-    _normal_chunk(b0, nb, k0, k1, c1, c2, c3, o0, o1, o2, o3, fbuf, ebuf, z0, z1, z2, z3)
-    # interleave into a chunk-local buffer (cache resident), then one contiguous,
-    # vectorisable pass: out = base + scale * z
-    tmp = np.empty(4 * CHUNK_BLOCKS, out.dtype)
+def _n_chunks(n):
+    return ((n + 3) // 4 + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS
+
+
+# ----------------------------------------------------------------------------
+# base + scale * z
+# ----------------------------------------------------------------------------
+@njit(inline="always")
+def _interleave(nb, z0, z1, z2, z3, tmp):
+    """tmp[4i + p] = z_p[i] for i < nb: the normals in address order, in a chunk-local buffer."""
     for i in range(nb):
         tmp[4 * i] = z0[i]
         tmp[4 * i + 1] = z1[i]
         tmp[4 * i + 2] = z2[i]
         tmp[4 * i + 3] = z3[i]
-    j0 = 4 * b0
-    j1 = min(n, 4 * (b0 + nb))
-    for j in range(j0, j1):
-        out[j] = base[j] + scale * tmp[j - j0]
+
+
+@njit(inline="always")
+def _affine(out_c, base_c, scale, tmp):
+    # slices and a 0-based index: Numba can drop the negative-index checks and vectorise
+    for t in range(out_c.shape[0]):
+        out_c[t] = base_c[t] + scale * tmp[t]
+
+
+@njit(inline="always")
+def _add_rounded(out_c, base_c, tmp):
+    for t in range(out_c.shape[0]):
+        out_c[t] = base_c[t] + tmp[t]
+
+
+@njit(inline="always")
+def _mutant_run(c0, c1, out, base, scale, k0, k1, s1, s2, s3, o, fbuf, ebuf, z, tmp):
+    """Chunks c0 .. c1-1 of ``out = base + scale * z``: normals of one chunk, then one contiguous pass."""
+    n = out.shape[0]
+    nblocks = (n + 3) // 4
+    for b in range(c0 * CHUNK_BLOCKS, min(c1 * CHUNK_BLOCKS, nblocks), CHUNK_BLOCKS):
+        nb = min(CHUNK_BLOCKS, nblocks - b)
+        _normal_chunk(b, nb, k0, k1, s1, s2, s3, o[0], o[1], o[2], o[3], fbuf, ebuf, z[0], z[1], z[2], z[3])
+        _interleave(nb, z[0], z[1], z[2], z[3], tmp)
+        j0 = 4 * b
+        j1 = min(n, j0 + 4 * nb)
+        _affine(out[j0:j1], base[j0:j1], scale, tmp)
+
+
+@njit(inline="always")
+def _chunk_scratch(dtype):
+    o = np.empty((4, CHUNK_BLOCKS), np.uint32)
+    fbuf = np.empty(CHUNK_BLOCKS, np.float32)
+    ebuf = np.empty(CHUNK_BLOCKS, np.int32)
+    z = np.empty((4, CHUNK_BLOCKS), dtype)
+    tmp = np.empty(4 * CHUNK_BLOCKS, dtype)
+    return o, fbuf, ebuf, z, tmp
 
 
 @njit(parallel=True, cache=True)
-def _mutant_kernel(out, base, scale, k0, k1, c1, c2, c3):
-    nchunks = ((out.shape[0] + 3) // 4 + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS
-    for ch in prange(nchunks):
-        _mutant_chunk(ch, out, base, scale, k0, k1, c1, c2, c3)
+def _mutant_parallel(out, base, scale, k0, k1, s1, s2, s3, n_threads):
+    nchunks = _n_chunks(out.shape[0])
+    nt = max(1, min(n_threads, nchunks))
+    for t in prange(nt):
+        o, fbuf, ebuf, z, tmp = _chunk_scratch(out.dtype)
+        _mutant_run(t * nchunks // nt, (t + 1) * nchunks // nt, out, base, scale, k0, k1, s1, s2, s3,
+                    o, fbuf, ebuf, z, tmp)
 
 
 @njit(cache=True)
-def _mutant_kernel_serial(out, base, scale, k0, k1, c1, c2, c3):
-    nchunks = ((out.shape[0] + 3) // 4 + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS
-    for ch in range(nchunks):
-        _mutant_chunk(ch, out, base, scale, k0, k1, c1, c2, c3)
+def _mutant_serial(out, base, scale, k0, k1, s1, s2, s3, n_threads):
+    o, fbuf, ebuf, z, tmp = _chunk_scratch(out.dtype)
+    _mutant_run(0, _n_chunks(out.shape[0]), out, base, scale, k0, k1, s1, s2, s3, o, fbuf, ebuf, z, tmp)
 
 
-# Below this many elements one thread is faster than waking the thread pool
-# (a parallel launch costs tens of microseconds; a bias vector takes less).
-SERIAL_BELOW = 4 * CHUNK_BLOCKS * 2
+def _pick(parallel, serial, n):
+    return parallel if n >= PARALLEL_FROM else serial
 
 
 def mutant_into(out: np.ndarray, base: np.ndarray, scale: float, seed: int, stream: int, member: int,
@@ -87,9 +154,279 @@ def mutant_into(out: np.ndarray, base: np.ndarray, scale: float, seed: int, stre
     """
     flat_out = out.reshape(-1)
     flat_base = np.ascontiguousarray(base).reshape(-1)
-    if flat_out.shape[0]:
+    n = flat_out.shape[0]
+    if n:
         k0, k1 = _key(seed)
-        kernel = _mutant_kernel_serial if flat_out.shape[0] < SERIAL_BELOW else _mutant_kernel
-        kernel(flat_out, flat_base, out.dtype.type(scale), k0, k1, np.uint32(stream), np.uint32(member),
-               np.uint32(generation))
+        _pick(_mutant_parallel, _mutant_serial, n)(
+            flat_out, flat_base, out.dtype.type(scale), k0, k1, np.uint32(stream), np.uint32(member),
+            np.uint32(generation), get_num_threads())
     return out
+
+
+class MutantPlan:
+    """Everything :func:`mutant_into` converts per call, converted once per cycle and parameter.
+
+    ``plan.write(out, member)`` writes the mutant of ``member`` into the
+    C-contiguous buffer ``out``; the numbers are :func:`mutant_into`'s.
+    """
+
+    __slots__ = ("base", "scale", "k0", "k1", "stream", "generation", "kernel", "n", "n_threads")
+
+    def __init__(self, base: np.ndarray, scale: float, seed: int, stream: int, generation: int):
+        self.base = np.ascontiguousarray(base).reshape(-1)
+        self.n = self.base.shape[0]
+        self.scale = self.base.dtype.type(scale)
+        self.k0, self.k1 = _key(seed)
+        self.stream = np.uint32(stream)
+        self.generation = np.uint32(generation)
+        self.kernel = _pick(_mutant_parallel, _mutant_serial, self.n)
+        self.n_threads = get_num_threads()
+
+    def write(self, out: np.ndarray, member: int) -> None:
+        """``out`` (C-contiguous, the base's shape) = the mutant of ``member``."""
+        if self.n:
+            self.kernel(out.reshape(-1), self.base, self.scale, self.k0, self.k1, self.stream, np.uint32(member),
+                        self.generation, self.n_threads)
+
+
+# ----------------------------------------------------------------------------
+# base + sum_i w_i z_i  (seed storage recombination)
+# ----------------------------------------------------------------------------
+@njit(inline="always")
+def _seed_mix_run(c0, c1, out, base, weights, members, k0, k1, s1, s3, o, fbuf, ebuf, z, tmp, acc):
+    n = out.shape[0]
+    nblocks = (n + 3) // 4
+    a0 = acc[0]
+    a1 = acc[1]
+    a2 = acc[2]
+    a3 = acc[3]
+    for b in range(c0 * CHUNK_BLOCKS, min(c1 * CHUNK_BLOCKS, nblocks), CHUNK_BLOCKS):
+        nb = min(CHUNK_BLOCKS, nblocks - b)
+        a0[:nb] = 0.0
+        a1[:nb] = 0.0
+        a2[:nb] = 0.0
+        a3[:nb] = 0.0
+        for m in range(members.shape[0]):
+            w = weights[m]
+            _normal_chunk(b, nb, k0, k1, s1, members[m], s3, o[0], o[1], o[2], o[3], fbuf, ebuf,
+                          z[0], z[1], z[2], z[3])
+            z0 = z[0]
+            z1 = z[1]
+            z2 = z[2]
+            z3 = z[3]
+            for i in range(nb):
+                a0[i] += w * z0[i]
+                a1[i] += w * z1[i]
+                a2[i] += w * z2[i]
+                a3[i] += w * z3[i]
+        # weighted_noise_sum rounds the float64 sum to the dtype (the stores into tmp do
+        # exactly that), then the cycle adds the base
+        _interleave(nb, a0, a1, a2, a3, tmp)
+        j0 = 4 * b
+        j1 = min(n, j0 + 4 * nb)
+        _add_rounded(out[j0:j1], base[j0:j1], tmp)
+
+
+@njit(parallel=True, cache=True)
+def _seed_mix_parallel(out, base, weights, members, k0, k1, s1, s3, n_threads):
+    nchunks = _n_chunks(out.shape[0])
+    nt = max(1, min(n_threads, nchunks))
+    for t in prange(nt):
+        o, fbuf, ebuf, z, tmp = _chunk_scratch(out.dtype)
+        acc = np.empty((4, CHUNK_BLOCKS), np.float64)
+        _seed_mix_run(t * nchunks // nt, (t + 1) * nchunks // nt, out, base, weights, members, k0, k1, s1, s3,
+                      o, fbuf, ebuf, z, tmp, acc)
+
+
+@njit(cache=True)
+def _seed_mix_serial(out, base, weights, members, k0, k1, s1, s3, n_threads):
+    o, fbuf, ebuf, z, tmp = _chunk_scratch(out.dtype)
+    acc = np.empty((4, CHUNK_BLOCKS), np.float64)
+    _seed_mix_run(0, _n_chunks(out.shape[0]), out, base, weights, members, k0, k1, s1, s3, o, fbuf, ebuf, z, tmp,
+                  acc)
+
+
+def seed_recombine_into(out: np.ndarray, base: np.ndarray, weights, members, seed: int, stream: int,
+                        generation: int) -> np.ndarray:
+    """``out = base + (sum_i weights[i] * normal(member=members[i])).astype(dtype)`` in one pass.
+
+    Equal bit for bit to ``g = rng.weighted_noise_sum(weights, ...); g += base``.
+
+    Parameters
+    ----------
+    out, base : numpy.ndarray, same shape and dtype (float32 or float64), C-contiguous ``out``
+    weights : sequence of float, shape (k,)
+        Already multiplied by the absolute noise scale; accumulated in float64.
+    members : sequence of int, shape (k,)
+    """
+    flat_out = out.reshape(-1)
+    flat_base = np.ascontiguousarray(base).reshape(-1)
+    n = flat_out.shape[0]
+    w = np.asarray(weights, dtype=np.float64)
+    m = np.asarray(members, dtype=np.uint32)
+    if n:
+        if w.shape[0] == 0:
+            np.copyto(flat_out, flat_base)
+            return out
+        k0, k1 = _key(seed)
+        _pick(_seed_mix_parallel, _seed_mix_serial, n)(
+            flat_out, flat_base, w, m, k0, k1, np.uint32(stream), np.uint32(generation), get_num_threads())
+    return out
+
+
+# ----------------------------------------------------------------------------
+# elite mean / weighted sum (array storage recombination)
+# ----------------------------------------------------------------------------
+@njit(cache=True)
+def _mean2(out, a, b, k):
+    for j in range(out.shape[0]):
+        out[j] = (a[j] + b[j]) / k
+
+
+@njit(cache=True)
+def _sum2(out, a, b):
+    for j in range(out.shape[0]):
+        out[j] = a[j] + b[j]
+
+
+@njit(cache=True)
+def _add_div(out, x, k):
+    for j in range(out.shape[0]):
+        out[j] = (out[j] + x[j]) / k
+
+
+@njit(cache=True)
+def _add(out, x):
+    for j in range(out.shape[0]):
+        out[j] = out[j] + x[j]
+
+
+@njit(cache=True)
+def _wsum2(out, a, wa, b, wb):
+    for j in range(out.shape[0]):
+        out[j] = a[j] * wa + b[j] * wb
+
+
+@njit(cache=True)
+def _wadd(out, x, w):
+    for j in range(out.shape[0]):
+        out[j] = out[j] + x[j] * w
+
+
+@njit(cache=True)
+def _scale(out, a, w):
+    for j in range(out.shape[0]):
+        out[j] = a[j] * w
+
+
+def mix_into(out: np.ndarray, parts, weights, uniform: bool) -> np.ndarray:
+    """The elites' recombination, rounded like the array-API oracle, written into ``out``.
+
+    ``uniform``: ``((p0 + p1) + p2 + ...) / k`` (the spec's ``stack(...).mean(0)``
+    as a running sum, then one division); else ``p0 * w0 + p1 * w1 + ...``,
+    every product and sum rounded to the dtype (weights rounded to it first,
+    as NumPy does with Python floats).
+
+    Parameters
+    ----------
+    out : numpy.ndarray, C-contiguous; may not overlap ``parts``
+    parts : sequence of numpy.ndarray, the shape and dtype of ``out``, length k >= 1
+    weights : sequence of float, length k
+    """
+    flat = out.reshape(-1)
+    xs = [np.ascontiguousarray(p).reshape(-1) for p in parts]
+    dt = out.dtype.type
+    k = len(xs)
+    if uniform:
+        if k == 1:
+            np.copyto(flat, xs[0])  # x / 1 is x
+        elif k == 2:
+            _mean2(flat, xs[0], xs[1], dt(k))
+        else:
+            _sum2(flat, xs[0], xs[1])
+            for x in xs[2:-1]:
+                _add(flat, x)
+            _add_div(flat, xs[-1], dt(k))
+        return out
+    ws = [dt(w) for w in weights]
+    if k == 1:
+        _scale(flat, xs[0], ws[0])
+        return out
+    _wsum2(flat, xs[0], ws[0], xs[1], ws[1])
+    for x, w in zip(xs[2:], ws[2:]):
+        _wadd(flat, x, w)
+    return out
+
+
+# ----------------------------------------------------------------------------
+# low rank
+# ----------------------------------------------------------------------------
+def lowrank_mutant_into(out: np.ndarray, base: np.ndarray, a_scaled: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``out = a_scaled @ b.T + base``: the product by the oracle's BLAS call, written in place.
+
+    Parameters
+    ----------
+    out, base : numpy.ndarray, shape (rows, cols), C-contiguous ``out``
+    a_scaled : numpy.ndarray, shape (rows, rank)
+    b : numpy.ndarray, shape (cols, rank)
+    """
+    np.matmul(a_scaled, b.T, out=out)
+    np.add(out, base, out=out)
+    return out
+
+
+@njit(cache=True)
+def _factors_kernel(out, n_a, factor, k0, k1, s1, s2, s3):
+    """Normals 0..len(out)-1 of the address into ``out``, the first ``n_a`` multiplied by ``factor``."""
+    o = np.empty((4, _SUB), np.uint32)
+    fbuf = np.empty(_SUB, np.float32)
+    ebuf = np.empty(_SUB, np.int32)
+    z = np.empty((4, _SUB), out.dtype)
+    n = out.shape[0]
+    nblocks = (n + 3) // 4
+    for b in range(0, nblocks, _SUB):
+        nb = min(_SUB, nblocks - b)
+        _normal_chunk(b, nb, k0, k1, s1, s2, s3, o[0], o[1], o[2], o[3], fbuf, ebuf, z[0], z[1], z[2], z[3])
+        for i in range(nb):
+            for q in range(4):
+                j = 4 * (b + i) + q
+                if j < n:
+                    out[j] = z[q, i] * factor if j < n_a else z[q, i]
+
+
+class LowRankPlan:
+    """``out = (A * (scale / sqrt(r))) @ Bᵀ + base`` for one matrix, its arguments converted once per cycle.
+
+    The factors are the normals of ``((rows + cols) * r,)`` at the member's
+    address (``A`` first), exactly :func:`egdnp.optim._egd_mutation.unit_noise`'s;
+    the product is the same BLAS call as the oracle's, written into ``out``.
+    """
+
+    __slots__ = ("base", "rows", "cols", "rank", "factor", "k0", "k1", "stream", "generation", "buf")
+
+    def __init__(self, base: np.ndarray, scale: float, rank: int, seed: int, stream: int, generation: int):
+        self.base = base
+        self.rows, self.cols = (int(d) for d in base.shape)
+        self.rank = int(rank)
+        # NumPy rounds the Python float factor to the dtype before multiplying
+        self.factor = base.dtype.type(float(scale) / math.sqrt(rank))
+        self.k0, self.k1 = _key(seed)
+        self.stream = np.uint32(stream)
+        self.generation = np.uint32(generation)
+        self.buf = np.empty((self.rows + self.cols) * self.rank, dtype=base.dtype)
+
+    def write(self, out: np.ndarray, member: int) -> None:
+        n_a = self.rows * self.rank
+        _factors_kernel(self.buf, n_a, self.factor, self.k0, self.k1, self.stream, np.uint32(member), self.generation)
+        a = self.buf[:n_a].reshape(self.rows, self.rank)
+        b = self.buf[n_a:].reshape(self.cols, self.rank)
+        lowrank_mutant_into(out, self.base, a, b)
+
+
+# ----------------------------------------------------------------------------
+# rms
+# ----------------------------------------------------------------------------
+def mean_square(p: np.ndarray, scratch: np.ndarray):
+    """``mean(p * p)`` (NumPy's own reduction, so the same bits) with the squares in ``scratch``."""
+    np.multiply(p, p, out=scratch)
+    return np.mean(scratch)

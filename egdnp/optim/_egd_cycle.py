@@ -32,8 +32,8 @@ import math
 import time
 from typing import Any, Callable
 
-from .. import _backend
-from ._egd_mutation import dtype_name, mutant, param_scale, weighted_unit_noise
+from .. import _backend, rng
+from ._egd_mutation import dtype_name, is_lowrank, mutant, param_scale, weighted_unit_noise
 
 __all__ = ["Workspace", "run_cycle", "CycleResult"]
 
@@ -181,17 +181,42 @@ class _Population:
         first = params[mutated[0]] if mutated else next(iter(params.values()))
         self.device = _backend.device_of(first)
         self.dtypes = {n: dtype_name(xp, params[n].dtype) for n in mutated}
+        self.numpy = _backend.is_numpy(xp)
 
     def _mutant(self, ns, base, name, member, device=None, out=None):
         return mutant(base, self.scales[name], seed=self.cfg.seed, name=name, member=member, cycle=self.cycle,
                       xp=ns, device=device, mutation=self.cfg.mutation, rank=self.cfg.rank, out=out)
+
+    def _plans(self, bases: dict) -> dict:
+        """NumPy: the fused full-rank kernel's per-parameter arguments, converted once per cycle."""
+        from . import _egd_cpu
+
+        plans = {}
+        for n in self.mutated:
+            base = bases[n]
+            if is_lowrank(tuple(base.shape), self.cfg.mutation):
+                if base.flags.c_contiguous:
+                    plans[n] = _egd_cpu.LowRankPlan(base, self.scales[n], self.cfg.rank, self.cfg.seed,
+                                                    rng.stream_id(n), self.cycle)
+            else:
+                plans[n] = _egd_cpu.MutantPlan(base, self.scales[n], self.cfg.seed, rng.stream_id(n), self.cycle)
+        return plans
+
+    def _write_mutant(self, name, base, member, out, plans) -> None:
+        """``out[...] = mutant of member`` (NumPy fast path when a plan exists)."""
+        plan = plans.get(name)
+        if plan is not None:
+            plan.write(out, member)
+        else:
+            self._mutant(self.xp, base, name, member, out=out)
 
 
 class SeedPopulation(_Population):
     """Members are noise addresses; everything is regenerated on the device."""
 
     def begin(self) -> None:
-        pass
+        # NumPy: one reused candidate buffer per parameter (the device holds one candidate at a time)
+        self.plans = self._plans(self.params) if self.numpy else {}
 
     def prepare(self, member: int):
         return member
@@ -199,13 +224,22 @@ class SeedPopulation(_Population):
     def release(self, handle) -> None:
         pass
 
+    def _fresh_candidate(self, member: int) -> dict:
+        dev = None if self.numpy or _backend.is_cupy(self.xp) else self.device
+        return {n: self._mutant(self.xp, self.params[n], n, member, device=dev) for n in self.mutated}
+
     def device_params(self, handle) -> dict:
         if handle == BASE:
             return self.params
         cand = dict(self.params)
-        dev = None if _backend.is_numpy(self.xp) or _backend.is_cupy(self.xp) else self.device
-        for n in self.mutated:
-            cand[n] = self._mutant(self.xp, self.params[n], n, handle, device=dev)
+        if self.numpy:
+            for n in self.mutated:
+                p = self.params[n]
+                out = self.ws.device_buffer(self.xp, ("candidate", n), p.shape, p.dtype)
+                self._write_mutant(n, p, handle, out, self.plans)
+                cand[n] = out
+        else:
+            cand.update(self._fresh_candidate(handle))
         return cand
 
     def recombine(self, handles, members, weights) -> dict:
@@ -214,13 +248,22 @@ class SeedPopulation(_Population):
         if not pairs:
             return dict(self.params)
         ws, ms = [w for w, _ in pairs], [m for _, m in pairs]
-        dev = None if _backend.is_numpy(self.xp) or _backend.is_cupy(self.xp) else self.device
+        dev = None if self.numpy or _backend.is_cupy(self.xp) else self.device
         out = dict(self.params)
         for n in self.mutated:
-            g = weighted_unit_noise(ws, ms, self.params[n].shape, seed=self.cfg.seed, name=n, cycle=self.cycle,
-                                    dtype=self.dtypes[n], xp=self.xp, device=dev, mutation=self.cfg.mutation,
-                                    rank=self.cfg.rank, factor=self.scales[n])
-            g += self.params[n]
+            p = self.params[n]
+            if self.numpy and not is_lowrank(tuple(p.shape), self.cfg.mutation):
+                from . import _egd_cpu
+
+                # one pass: regenerate the elites' noise, weight, round, add the base
+                g = self.xp.empty(p.shape, dtype=p.dtype)
+                _egd_cpu.seed_recombine_into(g, p, [w * self.scales[n] for w in ws], ms, self.cfg.seed,
+                                             rng.stream_id(n), self.cycle)
+            else:
+                g = weighted_unit_noise(ws, ms, p.shape, seed=self.cfg.seed, name=n, cycle=self.cycle,
+                                        dtype=self.dtypes[n], xp=self.xp, device=dev, mutation=self.cfg.mutation,
+                                        rank=self.cfg.rank, factor=self.scales[n])
+                g += p
             out[n] = g
         return out
 
@@ -228,11 +271,12 @@ class SeedPopulation(_Population):
 class DevicePopulation(SeedPopulation):
     """``offload_population_to_cpu=False``: candidates and elites are device arrays (k + 2 at most)."""
 
-    def prepare(self, member: int) -> dict:
-        return {n: a for n, a in SeedPopulation.device_params(self, member).items() if n in self.mutated_set}
-
     def begin(self) -> None:
-        self.mutated_set = set(self.mutated)
+        self.plans = {}
+
+    def prepare(self, member: int) -> dict:
+        # fresh arrays: a candidate may stay as an elite while the next ones are built
+        return self._fresh_candidate(member)
 
     def device_params(self, handle) -> dict:
         if handle == BASE:
@@ -248,6 +292,12 @@ class DevicePopulation(SeedPopulation):
         uniform = len(set(weights)) == 1
         for n in self.mutated:
             parts = [self.params[n] if h == BASE else h[n] for h in handles]
+            if self.numpy:
+                from . import _egd_cpu
+
+                out[n] = _egd_cpu.mix_into(self.xp.empty(parts[0].shape, dtype=parts[0].dtype), parts, weights,
+                                           uniform)
+                continue
             if uniform:
                 mixed = parts[0] + parts[1] if len(parts) > 1 else parts[0] * 1.0
                 for x in parts[2:]:
@@ -270,12 +320,16 @@ class HostPopulation(_Population):
         self.pool = self.ws.pool(xp)
         # Host and device are the same memory for NumPy: candidates are handed to the
         # closure straight from their host slot, nothing is copied.
-        self.same_memory = _backend.is_numpy(xp)
+        self.same_memory = self.numpy
         self.is_cupy = _backend.is_cupy(xp)
         self.stream = self.ws.copy_stream(xp) if self.is_cupy else None
         self.base_host = {}
         for n in self.mutated:
             p = self.params[n]
+            if self.same_memory and p.flags.c_contiguous:
+                # NumPy: the cycle never writes into params, so the live array is the snapshot
+                self.base_host[n] = p
+                continue
             buf = self.pool.get(("base", n), tuple(p.shape), self.dtypes[n])
             _backend.to_host(p, out=buf)
             if not self.same_memory:
@@ -288,6 +342,7 @@ class HostPopulation(_Population):
             (slot, n): self.pool.get(("slot", slot, n), tuple(self.params[n].shape), self.dtypes[n])
             for slot in range(n_slots) for n in self.mutated
         }
+        self.plans = self._plans(self.base_host)
 
     def _slot(self, slot: int, n: str):
         return self.slots[slot, n]
@@ -295,7 +350,12 @@ class HostPopulation(_Population):
     def prepare(self, member: int) -> int:
         slot = self.free_slots.pop()
         for n in self.mutated:
-            self._mutant(self.hxp, self.base_host[n], n, member, out=self._slot(slot, n))
+            out = self._slot(slot, n)
+            plan = self.plans.get(n)
+            if plan is not None:
+                plan.write(out, member)
+            else:
+                self._mutant(self.hxp, self.base_host[n], n, member, out=out)
         return slot
 
     def release(self, handle) -> None:
@@ -328,6 +388,13 @@ class HostPopulation(_Population):
         uniform = len(set(weights)) == 1
         for n in self.mutated:
             parts = [self.base_host[n] if h == BASE else self._slot(h, n) for h in handles]
+            if self.same_memory:
+                from . import _egd_cpu
+
+                # NumPy: one pass straight into the new parameter array
+                out[n] = _egd_cpu.mix_into(self.xp.empty(parts[0].shape, dtype=parts[0].dtype), parts, weights,
+                                           uniform)
+                continue
             mixed = self.pool.get(("mixed", n), parts[0].shape, parts[0].dtype)
             if uniform:
                 # the spec's stack(...).mean(0): sum, then divide by k
@@ -339,9 +406,8 @@ class HostPopulation(_Population):
                 mixed[...] = parts[0] * weights[0]
                 for w, x in zip(weights[1:], parts[1:]):
                     mixed += x * w
-            out[n] = _backend.to_device(mixed, self.xp, device=None if self.same_memory or self.is_cupy else self.device)
-            if not self.same_memory:
-                self.bytes_to_device += mixed.nbytes
+            out[n] = _backend.to_device(mixed, self.xp, device=None if self.is_cupy else self.device)
+            self.bytes_to_device += mixed.nbytes
         if self.is_cupy:
             _backend.synchronize(self.xp)
         return out
@@ -379,7 +445,15 @@ def run_cycle(cfg, params: dict, *, sigma: float, cycle: int, step: int, closure
         n for n, p in params.items()
         if _nbytes(p) > 0 and (cfg.mutate_filter is None or bool(cfg.mutate_filter(n, p)))
     ]
-    scales = {n: param_scale(xp, params[n], sigma) for n in mutated}
+    if _backend.is_numpy(xp):
+        # NumPy: the squares go to the (still free) candidate buffer instead of a fresh temporary
+        scales = {
+            n: param_scale(xp, params[n], sigma, scratch=workspace.device_buffer(
+                xp, ("candidate", n), params[n].shape, params[n].dtype) if params[n].flags.c_contiguous else None)
+            for n in mutated
+        }
+    else:
+        scales = {n: param_scale(xp, params[n], sigma) for n in mutated}
     scorer = Scorer(closure, cfg.loss_reduce, cycle)
     if cfg.population_storage == "seed":
         store_cls = SeedPopulation

@@ -35,11 +35,21 @@ def dtype_name(xp, dtype) -> str:
     return _backend.numpy_dtype(xp, dtype).name
 
 
-def param_scale(xp, p, sigma: float) -> float:
-    """``sigma * max(sqrt(mean(p**2)), 1e-8)`` as a Python float (0 for an empty tensor)."""
+def param_scale(xp, p, sigma: float, scratch=None) -> float:
+    """``sigma * max(sqrt(mean(p**2)), 1e-8)`` as a Python float (0 for an empty tensor).
+
+    ``scratch`` (NumPy only, optional): a C-contiguous array of ``p``'s shape and
+    dtype that receives the squares instead of a fresh temporary (same result).
+    """
     if _size(p) == 0:
         return 0.0
-    rms = float(xp.sqrt(xp.mean(p * p)))
+    if scratch is not None and _backend.is_numpy(xp):
+        from . import _egd_cpu
+
+        mean_sq = _egd_cpu.mean_square(p, scratch)
+    else:
+        mean_sq = xp.mean(p * p)
+    rms = float(xp.sqrt(mean_sq))
     return float(sigma) * max(rms, RMS_FLOOR)
 
 
@@ -84,9 +94,10 @@ def mutant(base, scale: float, *, seed: int, name: str, member: int, cycle: int,
 
     Dispatch: full-rank mutations of NumPy arrays run the fused Numba kernel
     (:func:`egdnp.optim._egd_cpu.mutant_into`, one pass, no temporary);
-    everything else, and ``impl="array_api"``, runs the array-API oracle
-    ``z = unit_noise(...); z *= scale; z += base``.  Both round the same way
-    and agree bit for bit.
+    low-rank ones write the oracle's matmul straight into ``out`` and add the
+    base in place; everything else, and ``impl="array_api"``, runs the
+    array-API oracle ``z = unit_noise(...); z *= scale; z += base``.  All
+    paths round the same way and agree bit for bit.
 
     Parameters
     ----------
@@ -114,6 +125,15 @@ def mutant(base, scale: float, *, seed: int, name: str, member: int, cycle: int,
         if out is None:
             out = xp.empty(shape, dtype=base.dtype)
         return _egd_cpu.mutant_into(out, base, scale, seed, rng.stream_id(name), member, cycle)
+    if impl != "array_api" and _backend.is_numpy(xp) and is_lowrank(shape, mutation):
+        # the oracle's own matmul, written into the output, then the base added in place
+        from . import _egd_cpu
+
+        a, b = _factors(shape[0], shape[1], rank, seed=seed, name=name, member=member, cycle=cycle,
+                        dtype=dtype_name(xp, base.dtype), xp=xp, device=device)
+        if out is None:
+            out = xp.empty(shape, dtype=base.dtype)
+        return _egd_cpu.lowrank_mutant_into(out, base, a * (float(scale) / math.sqrt(rank)), b)
     z = unit_noise(shape, seed=seed, name=name, member=member, cycle=cycle, dtype=dtype_name(xp, base.dtype), xp=xp,
                    device=device, mutation=mutation, rank=rank, factor=scale)
     z += base
