@@ -277,3 +277,37 @@ def test_jax_group_size_and_noise_reuse():
     first = trap.ask(state).noise["w.weight"].A
     state = state._replace(generation=7)
     np.testing.assert_array_equal(trap.ask(state).noise["w.weight"].A, first)
+
+
+@pytest.mark.parametrize("dtype,atol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_conv_against_torch_port_style(dtype, atol):
+    """hyperscalees-torch on a conv weight: flattened row-major to (C_out, C_in*kh*kw); forward and gradient
+    against torch (dense per-member F.conv2d, and the port's unfold + low-rank route)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    g = np.random.default_rng(7)
+    c_out, c_in, k, pop, r, sigma = 4, 2, 3, 6, 2, 0.2
+    w = g.standard_normal((c_out, c_in, k, k)) * 0.3
+    x = g.standard_normal((3, c_in, 6, 5))
+    a_raw, b_raw = g.standard_normal((pop // 2, c_out, r)), g.standard_normal((pop // 2, c_in * k * k, r))
+    fit = g.standard_normal(pop)
+    perts = es.generate({"conv1.weight": w.astype(dtype)}, pop_size=pop, rank=r, sigma=sigma, seed=None,
+                        convention="hyperscalees-torch", dtype=dtype,
+                        factors={"conv1.weight": (a_raw.astype(dtype), b_raw.astype(dtype))})
+    out = es.perturbed_conv2d(x.astype(dtype), w.astype(dtype), None, perts, weight_key="conv1.weight", padding=1)
+    grad = es.es_gradient(fit.astype(dtype), perts)["conv1.weight"]
+
+    td = getattr(torch, dtype)
+    wt, xt = torch.tensor(w, dtype=td), torch.tensor(x, dtype=td)
+    a, b = torch.tensor(a_raw, dtype=td), torch.tensor(b_raw, dtype=td)
+    A = torch.cat([a, -a]) * (sigma / math.sqrt(r))  # halves
+    B = torch.cat([b, b])
+    dense = torch.stack([F.conv2d(xt, wt + (A[i] @ B[i].T).reshape(wt.shape), padding=1) for i in range(pop)])
+    patches = F.unfold(xt, k, padding=1)  # (batch, C_in*k*k, L), rows ordered (C_in, kh, kw)
+    base = torch.einsum("ok,bkl->bol", wt.reshape(c_out, -1), patches)
+    low = torch.einsum("ikr,bkl,ior->ibol", B, patches, A)
+    port = (base.unsqueeze(0) + low).reshape(pop, 3, c_out, 6, 5)
+    ref_grad = (torch.einsum("i,imr,inr->mn", torch.tensor(fit, dtype=td), A, B) / math.sqrt(pop)).reshape(wt.shape)
+    for ref in (dense, port):
+        np.testing.assert_allclose(np.asarray(out, np.float64), ref.double().numpy(), rtol=0, atol=atol)
+    np.testing.assert_allclose(np.asarray(grad, np.float64), ref_grad.double().numpy(), rtol=0, atol=atol)

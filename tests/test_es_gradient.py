@@ -28,6 +28,20 @@ def test_lowrank_weighted_sum_is_the_explicit_sum(xp):
     assert np.linalg.matrix_rank(got) == 4 and np.linalg.matrix_rank(shortcut) == 3
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numba_concatenation_is_bitwise_the_array_api_one(dtype):
+    g = np.random.default_rng(5)
+    w = g.standard_normal(37).astype(dtype)
+    A, B = g.standard_normal((37, 6, 3)).astype(dtype), g.standard_normal((37, 9, 3)).astype(dtype)
+    fast = es.lowrank_weighted_sum(w, A, B, impl="numba")
+    oracle = es.lowrank_weighted_sum(w, A, B, impl="array_api")
+    assert fast.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(fast, oracle)
+    from egdnp.es import _cpu
+
+    np.testing.assert_array_equal(_cpu.concat_factors(B, w), np.transpose(B * w[:, None, None], (1, 0, 2)).reshape(9, 111))
+
+
 @pytest.mark.parametrize("convention", ["egdnp", "hyperscalees-torch", "hyperscalees-jax"])
 @pytest.mark.parametrize("antithetic", [True, False])
 def test_es_gradient_equals_member_sum(xp, convention, antithetic):

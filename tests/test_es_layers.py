@@ -41,15 +41,16 @@ def test_perturbed_linear_equals_dense(xp, shared, layout):
     np.testing.assert_allclose(to_numpy(out), ref, rtol=0, atol=TOL)
 
 
-@pytest.mark.parametrize("n_out", [9, 40])  # fused narrow kernel / fill + BLAS GEMM
+@pytest.mark.parametrize("rank", [1, 2])
+@pytest.mark.parametrize("n_out", [9, 40])  # fused narrow kernel / wide: shared fill, per-member GEMM + post-add pass
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_numba_path_matches_array_api_oracle(shared, dtype, n_out):
+def test_numba_path_matches_array_api_oracle(shared, dtype, n_out, rank):
     xp = _backend.get_namespace("numpy")
     rng = np.random.default_rng(3)
     w = rng.standard_normal((n_out, 13)).astype(dtype)
     b = rng.standard_normal(n_out).astype(dtype)
-    perts = es.generate({"l.weight": w, "l.bias": b}, pop_size=8, rank=2, sigma=0.2, seed=1, dtype=dtype)
+    perts = es.generate({"l.weight": w, "l.bias": b}, pop_size=8, rank=rank, sigma=0.2, seed=1, dtype=dtype)
     x = rng.standard_normal((5, 13) if shared else (4, 5, 13)).astype(dtype)
     kw = dict(weight_key="l.weight", bias_key="l.bias", members=(2, 6))
     fast = es.perturbed_linear(x, w, b, perts, impl="numba", **kw)
@@ -101,17 +102,26 @@ def test_perturbed_conv2d_equals_dense(xp, shared):
         np.testing.assert_allclose(to_numpy(out)[i], ref, rtol=0, atol=TOL)
 
 
-@pytest.mark.parametrize("builder", ["mlp", "cnn", "mlp_bn"])
+@pytest.mark.parametrize("builder", ["mlp", "cnn", "mlp_bn", "cnn_bn"])
 def test_model_forward_equals_dense_per_member(xp, builder):
+    """Every weighted egdnp.nn layer (Linear, Conv2d, BatchNorm1d, BatchNorm2d) in the mlp/cnn builders."""
     if builder == "mlp":
         model, x_shape = nn.mlp((10, 8, 3)), (5, 10)
     elif builder == "mlp_bn":
         model, x_shape = nn.mlp((10, 8, 3), batch_norm=True), (5, 10)
+    elif builder == "cnn_bn":
+        model, x_shape = nn.cnn(1, 8, 4, channels=(3, 4), batch_norm=True), (3, 1, 8, 8)
     else:
         model, x_shape = nn.cnn(1, 8, 4, channels=(3, 4)), (3, 1, 8, 8)
     params = model.init(seed=0, xp=xp, dtype="float64")
     state = model.init_state(xp=xp, dtype="float64") or None
+    if state is not None:  # non-trivial running statistics, so that they matter
+        state = {k: v + xp.asarray(0.25 if k.endswith("var") else -0.1, dtype=xp.float64) for k, v in state.items()}
     perts = es.generate(params, pop_size=4, rank=2, sigma=0.1, seed=3, dtype="float64")
+    kinds = {type(layer).__name__ for _, layer in model.layers}
+    perturbed = {k.split(".")[0] for k in perts.noise}
+    weighted = {name for name, layer in model.layers if layer.param_shapes()}
+    assert perturbed == weighted, (kinds, perturbed, weighted)  # every weighted layer is perturbed
     x = _randn(xp, x_shape, 1)
     out = es.perturbed_model_forward(model, params, x, perts, state=state)
     for i in range(4):
@@ -129,6 +139,35 @@ def test_population_fitness_independent_of_chunking():
     full = es.population_fitness(model, params, x, perts, fn)
     for chunk in (1, 3, 4, 10):
         np.testing.assert_allclose(es.population_fitness(model, params, x, perts, fn, chunk_size=chunk), full, atol=1e-13)
+
+
+@pytest.mark.parametrize("impl", ["numba", "array_api"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_perturbed_forward_and_gradient_never_form_dense_matrices(impl, shared):
+    """Peak allocation stays far below one dense ``W + A B^T`` (let alone one per member)."""
+    import tracemalloc
+
+    m, n, pop = 512, 1024, 16
+    g = np.random.default_rng(0)
+    w = g.standard_normal((m, n)).astype(np.float32)
+    perts = es.generate({"fc.weight": w}, pop_size=pop, rank=2, sigma=0.1, seed=0)
+    x = g.standard_normal((3, n) if shared else (pop, 3, n)).astype(np.float32)
+    f = g.standard_normal(pop).astype(np.float32)
+    es.perturbed_linear(x, w, None, perts, weight_key="fc.weight", impl=impl)  # compile outside the trace
+    es.es_gradient(f, perts)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        out = es.perturbed_linear(x, w, None, perts, weight_key="fc.weight", impl=impl)
+        forward_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        grad = es.es_gradient(f, perts)["fc.weight"]
+        grad_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (pop, 3, m) and grad.shape == (m, n)
+    assert forward_peak < w.nbytes / 4, forward_peak  # not even one dense perturbed matrix
+    assert grad_peak < 3 * w.nbytes, grad_peak  # the (m, n) result plus factor copies, never pop * m * n
 
 
 def test_memory_scales_with_rank_not_matrix():
@@ -187,3 +226,24 @@ def test_threaded_population_fitness_is_bitwise_identical():
     whole = es.population_fitness(model, params, x, perts, fn)
     np.testing.assert_array_equal(serial, threaded)
     np.testing.assert_array_equal(serial, whole)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("r", [0, 1, 2, 3, 4, 5])
+def test_single_pass_fill_is_bitwise_the_generic_fill(dtype, r):
+    """The rank-specialised fill kernel (shared-input layers) rounds exactly like the generic one."""
+    from egdnp.es import _cpu
+
+    g = np.random.default_rng(r)
+    n_members, rows, m, pairs = 6, 5, 37, 9
+    xb = g.standard_normal((pairs, rows, max(r, 1))).astype(dtype)[:, :, :r]
+    xrow = np.array([0, 0, 4, 4, 8, 8], dtype=np.int64)
+    a_t = np.ascontiguousarray(g.standard_normal((3, r, m)).astype(dtype))
+    pair = np.array([0, 0, 1, 1, 2, 2], dtype=np.int64)
+    sign = np.array([1, -1, 1, -1, 1, -1], dtype=dtype)
+    base, bias, beps = (g.standard_normal(s).astype(dtype) for s in ((rows, m), (m,), (3, m)))
+    for flags in [(True, True, True), (False, True, False), (True, False, True), (False, False, False)]:
+        fast, generic = (np.full((n_members, rows, m), np.nan, dtype) for _ in range(2))
+        _cpu._fill_kernel(fast, xb, xrow, a_t, pair, sign, base, flags[0], bias, flags[1], beps, flags[2])
+        _cpu._fill_kernel_generic(generic, xb, xrow, a_t, pair, sign, base, flags[0], bias, flags[1], beps, flags[2])
+        np.testing.assert_array_equal(fast, generic)

@@ -82,17 +82,50 @@ def test_strategy_on_every_backend(xp):
 
 
 def test_sigma_and_lr_schedules():
+    """The sigma schedule scales the factors drawn by ask; the lr schedule scales the optimiser step."""
     params = {"w.weight": np.ones((3, 3))}
-    strategy = es.Eggroll(pop_size=4, sigma=optim.schedules.exponential(0.2, 0.5),
-                          optimizer=optim.sgd(lambda step: 0.1 / (1 + step)))
+    sigma_schedule = optim.schedules.exponential(0.2, 0.5)
+    strategy = es.Eggroll(pop_size=4, sigma=sigma_schedule, optimizer=optim.sgd(lambda step: 0.1 / (1 + step)))
     state = strategy.init(params, seed=0)
     sigmas = []
-    for _ in range(3):
+    for gen in range(3):
         perts = strategy.ask(state)
         sigmas.append(perts.sigma)
-        state, _ = strategy.tell(state, perts, np.array([1.0, 0.0, 2.0, -1.0]))
+        assert perts.sigma == pytest.approx(float(sigma_schedule(gen)))
+        unit = es.generate(params, pop_size=4, sigma=1.0, seed=0, generation=gen, dtype="float64")
+        np.testing.assert_allclose(perts.noise["w.weight"].A, perts.sigma * unit.noise["w.weight"].A, atol=1e-15)
+        f = np.array([1.0, 0.0, 2.0, -1.0])
+        g = es.es_gradient(strategy.shape(f), perts)["w.weight"]
+        new_state, _ = strategy.tell(state, perts, f)
+        step = new_state.params["w.weight"] - state.params["w.weight"]
+        np.testing.assert_allclose(step, 0.1 / (1 + gen) * g, rtol=1e-12, atol=1e-15)  # lr(step) * ascent direction
+        state = new_state
     assert sigmas[0] == pytest.approx(0.2)
     assert sigmas[1] < sigmas[0] and sigmas[2] < sigmas[1]
+
+
+@pytest.mark.parametrize("vectors", ["full", "frozen"])
+def test_vectors_full_rank_or_frozen(vectors):
+    """1-D parameters get full-rank noise and move, or are frozen (no noise, never updated)."""
+    model = nn.mlp((5, 4, 3))
+    params = model.init(seed=0, dtype="float64")
+    strategy = es.Eggroll(pop_size=6, rank=1, sigma=0.1, optimizer=optim.sgd(0.5), vectors=vectors)
+    state = strategy.init(params, seed=1)
+    perts = strategy.ask(state)
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    y = np.array([0, 1, 2, 1])
+    f = es.classification_fitness(es.perturbed_model_forward(model, state.params, x, perts), y)
+    new, _ = strategy.tell(state, perts, f)
+    for key in ("fc1.bias", "fc2.bias"):
+        if vectors == "frozen":
+            assert key not in perts.noise
+            np.testing.assert_array_equal(new.params[key], params[key])
+        else:
+            assert isinstance(perts.noise[key], es.FullNoise) and perts.noise[key].eps.shape == (3,) + params[key].shape
+            assert not np.array_equal(new.params[key], params[key])
+    for key in ("fc1.weight", "fc2.weight"):
+        assert isinstance(perts.noise[key], es.LowRankNoise)
+        assert not np.array_equal(new.params[key], params[key])
 
 
 def test_strategy_errors():

@@ -67,14 +67,20 @@ def pair_weights(f_hat, perts: Perturbations):
     raise ValueError(f"perts.layout={perts.layout!r} is not 'none', 'halves' or 'interleaved'")
 
 
-def lowrank_weighted_sum(weights, A, B):
+def lowrank_weighted_sum(weights, A, B, *, impl: str = "auto"):
     """``sum_k weights[k] A[k] @ B[k].T`` as one matrix product over concatenated factors.
+
+    ``A_cat[:, k r + q] = A[k, :, q]`` and ``B_cat[:, k r + q] = weights[k] B[k, :, q]``
+    (shapes (m, P r) and (n, P r)); the result is ``A_cat @ B_cat.T``.
 
     Parameters
     ----------
     weights : array, shape (P,)
     A : array, shape (P, m, r)
     B : array, shape (P, n, r)
+    impl : {"auto", "numba", "array_api"}
+        ``"auto"`` builds ``A_cat``/``B_cat`` with a Numba kernel for NumPy
+        arrays (bitwise the same values, so the same GEMM result).
 
     Returns
     -------
@@ -89,8 +95,19 @@ def lowrank_weighted_sum(weights, A, B):
     if tuple(weights.shape) != (p,):
         raise ValueError(f"weights has shape {tuple(weights.shape)}; expected ({p},), one per factor pair")
     n = int(B.shape[1])
-    a_cat = xp.reshape(xp.permute_dims(A, (1, 0, 2)), (m, p * r))
-    b_cat = xp.reshape(xp.permute_dims(B * xp.reshape(weights, (p, 1, 1)), (1, 0, 2)), (n, p * r))
+    if impl not in ("auto", "numba", "array_api"):
+        raise ValueError(f"impl={impl!r} must be 'auto', 'numba' or 'array_api'")
+    if impl == "numba" and not _backend.is_numpy(xp):
+        raise ValueError("impl='numba' needs NumPy arrays; use impl='auto' or 'array_api'")
+    if impl != "array_api" and _backend.is_numpy(xp) and A.dtype == B.dtype == weights.dtype:
+        from . import _cpu
+
+        # The same values as the array-API lines below, in one pass each (no
+        # scaled temporary, no slow small-stride transpose copy).
+        a_cat, b_cat = _cpu.concat_factors(A), _cpu.concat_factors(B, weights)
+    else:
+        a_cat = xp.reshape(xp.permute_dims(A, (1, 0, 2)), (m, p * r))
+        b_cat = xp.reshape(xp.permute_dims(B * xp.reshape(weights, (p, 1, 1)), (1, 0, 2)), (n, p * r))
     return xp.matmul(a_cat, b_cat.T)
 
 
