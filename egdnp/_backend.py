@@ -64,7 +64,12 @@ def _import_cupy():
 
 
 def cupy_available() -> bool:
-    """True when CuPy imports and a GPU is usable (never raises)."""
+    """True when CuPy imports and a GPU is usable (never raises).
+
+    Returns
+    -------
+    bool
+    """
     try:
         _import_cupy()
     except RuntimeError:
@@ -114,12 +119,39 @@ def get_namespace(backend: Any = "numpy") -> types.ModuleType:
 
 
 def array_namespace(*arrays: Any) -> types.ModuleType:
-    """The array-API namespace of the given arrays (array-api-compat dispatch)."""
+    """The array-API namespace of the given arrays (array-api-compat dispatch).
+
+    Parameters
+    ----------
+    *arrays : array
+        Arrays of one library (NumPy, CuPy, array-api-strict, ...), any shapes.
+
+    Returns
+    -------
+    xp : module
+        Their array-API namespace (array-api-compat's wrapper for NumPy and CuPy).
+
+    Raises
+    ------
+    TypeError
+        The arrays belong to different libraries or are not arrays.
+    """
     return array_api_compat.array_namespace(*arrays)
 
 
 def backend_name(xp: types.ModuleType) -> str:
-    """A short name for a namespace: ``"numpy"``, ``"cupy"``, ``"array_api_strict"`` or its module name."""
+    """A short name for a namespace.
+
+    Parameters
+    ----------
+    xp : module
+        An array-API namespace.
+
+    Returns
+    -------
+    str
+        ``"numpy"``, ``"cupy"``, ``"array_api_strict"`` or the namespace's module name.
+    """
     if array_api_compat.is_numpy_namespace(xp):
         return "numpy"
     if array_api_compat.is_cupy_namespace(xp):
@@ -128,22 +160,66 @@ def backend_name(xp: types.ModuleType) -> str:
 
 
 def is_numpy(xp: types.ModuleType) -> bool:
-    """True if ``xp`` computes with NumPy arrays (so Numba kernels can run on them)."""
+    """True if ``xp`` computes with NumPy arrays (so Numba kernels can run on them).
+
+    Parameters
+    ----------
+    xp : module
+        An array-API namespace.
+
+    Returns
+    -------
+    bool
+    """
     return bool(array_api_compat.is_numpy_namespace(xp))
 
 
 def is_cupy(xp: types.ModuleType) -> bool:
-    """True if ``xp`` computes with CuPy arrays."""
+    """True if ``xp`` computes with CuPy arrays.
+
+    Parameters
+    ----------
+    xp : module
+        An array-API namespace.
+
+    Returns
+    -------
+    bool
+    """
     return bool(array_api_compat.is_cupy_namespace(xp))
 
 
 def device_of(x: Any) -> Any:
-    """The device an array lives on (array-api-compat ``device``)."""
+    """The device an array lives on (array-api-compat ``device``).
+
+    Parameters
+    ----------
+    x : array
+        An array of any backend and shape.
+
+    Returns
+    -------
+    device
+        ``"cpu"`` for NumPy, a ``cupy.cuda.Device`` for CuPy, the namespace's
+        device object otherwise; pass it as ``device=`` to create arrays beside ``x``.
+    """
     return array_api_compat.device(x)
 
 
 def numpy_dtype(xp: types.ModuleType, dtype: Any) -> np.dtype:
-    """The NumPy dtype equal to a namespace dtype (``xp.float32`` -> ``np.float32``)."""
+    """The NumPy dtype equal to a namespace dtype (``xp.float32`` -> ``np.float32``).
+
+    Parameters
+    ----------
+    xp : module
+        The namespace ``dtype`` belongs to.
+    dtype : namespace dtype, numpy dtype or str
+        For example ``xp.float32``, ``np.float64`` or ``"uint32"``.
+
+    Returns
+    -------
+    numpy.dtype
+    """
     if isinstance(dtype, (str, np.dtype)) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
         return np.dtype(dtype)
     for name in ("float32", "float64", "uint32", "int32", "int64", "uint64", "bool", "uint8", "int8"):
@@ -257,7 +333,19 @@ def to_host(x: Any, *, out: np.ndarray | None = None, stream: Any = None, non_bl
 
 
 def new_stream(xp: types.ModuleType, non_blocking: bool = True) -> Any:
-    """A new CuPy stream for ``xp`` = CuPy, else ``None`` (CPU work is synchronous)."""
+    """A new CuPy stream for ``xp`` = CuPy, else ``None`` (CPU work is synchronous).
+
+    Parameters
+    ----------
+    xp : module
+        The compute namespace.
+    non_blocking : bool
+        CuPy: a stream that does not synchronise with the legacy default stream.
+
+    Returns
+    -------
+    cupy.cuda.Stream or None
+    """
     if is_cupy(xp):
         cupy = _import_cupy()
         return cupy.cuda.Stream(non_blocking=non_blocking)
@@ -265,7 +353,22 @@ def new_stream(xp: types.ModuleType, non_blocking: bool = True) -> Any:
 
 
 def synchronize(xp: types.ModuleType, stream: Any = None) -> None:
-    """Wait until all queued work of ``xp`` (or only ``stream``) is done; no-op on CPU."""
+    """Wait until all queued work of ``xp`` (or only ``stream``) is done; no-op on CPU.
+
+    Call it before reading a host buffer filled by an asynchronous copy and
+    around wall-clock timings on a GPU.
+
+    Parameters
+    ----------
+    xp : module
+        The compute namespace.
+    stream : cupy.cuda.Stream, optional
+        Wait for this stream only; default: the current stream and the device.
+
+    Returns
+    -------
+    None
+    """
     if is_cupy(xp):
         cupy = _import_cupy()
         if stream is not None:
@@ -288,6 +391,11 @@ def pinned_empty(shape: tuple[int, ...], dtype: Any, xp: types.ModuleType) -> np
     dtype : numpy dtype or namespace dtype
     xp : module
         The compute namespace that decides whether pinning is useful.
+
+    Returns
+    -------
+    numpy.ndarray, shape ``shape``
+        Uninitialised host memory.
     """
     dt = numpy_dtype(xp, dtype)
     shape = tuple(int(s) for s in shape)
@@ -319,7 +427,20 @@ class BufferPool:
         self.allocations = 0
 
     def get(self, key: Any, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        """The host buffer for ``key``, allocated on first use or when shape/dtype change."""
+        """The host buffer for ``key``, allocated on first use or when shape/dtype change.
+
+        Parameters
+        ----------
+        key : hashable
+            Names the buffer (e.g. ``("population", "fc1.weight")``).
+        shape : tuple of int
+        dtype : numpy dtype or namespace dtype
+
+        Returns
+        -------
+        numpy.ndarray, shape ``shape``
+            Uninitialised (or holding what was last written to it); pinned with CuPy.
+        """
         dt = numpy_dtype(self.xp, dtype)
         shape = tuple(int(s) for s in shape)
         buf = self._buffers.get(key)

@@ -4,7 +4,7 @@ The network is egdnp.nn.cnn: conv 3x3 -> ReLU -> max-pool 2 -> conv 3x3 ->
 ReLU -> max-pool 2 -> linear, on the scikit-learn digits upsampled
 (bilinear) from 8x8.  The literature's version is 28x28 with 16 and 32
 channels (``--size 28 --channels 16 32``); the default here is 16x16 with 8
-and 16 channels so that the three runs take a couple of minutes on a 2-core
+and 16 channels so that the three runs take well under a minute on a 2-core
 CPU.  EGGROLL perturbs every convolution kernel (flattened to a matrix) and
 the linear layer with rank-1 factors, inside the convolution, without ever
 forming a perturbed kernel.
@@ -14,7 +14,7 @@ The training loops are those of quickstart.py (read that first).  Outputs
 
 Run::
 
-    python examples/cnn_digits.py                           # ~2 minutes on a 2-core CPU
+    python examples/cnn_digits.py                           # 20-40 s on a 2-core CPU
     python examples/cnn_digits.py --size 28 --channels 16 32 --backend cupy
     python examples/cnn_digits.py --fast --no-plot          # a few seconds (the tests)
 """

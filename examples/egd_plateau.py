@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         except ImportError:
             print("matplotlib is not installed; skipping the plot (use --no-plot to silence this)", file=sys.stderr)
         else:
-            fig, ax = plt.subplots(figsize=(6, 3.5))
+            fig, (ax, ax_rep) = plt.subplots(1, 2, figsize=(11, 3.8))
             ax.plot(range(1, steps + 1), result["sgd"], label="SGD (momentum 0.9)")
             ax.plot(range(1, steps + 1), result["egd"], label="EGD (pop 8, every 5 steps)")
             ax.plot(range(1, steps + 1), result["egd_if_better"], label='EGD, accept="if_better"')
@@ -131,9 +131,26 @@ def main(argv=None) -> int:
             ax.set_ylabel("loss")
             ax.set_title("Staircase plateau: zero gradient outside the basin")
             ax.legend()
+            # the per-cycle evolution report: every member's loss, the base, the recombined result
+            cycles = [r.cycle for r in reports]
+            for r in reports:
+                members = [v for v in r.member_losses[1:] if math.isfinite(v)]
+                ax_rep.scatter([r.cycle] * len(members), members, s=6, color="0.6",
+                               label="mutants" if r is reports[0] else None)
+            ax_rep.plot(cycles, [r.base_loss for r in reports], "o-", ms=3, label="base (member 0)")
+            ax_rep.plot(cycles, [r.recombined_loss for r in reports], "s-", ms=3, label="recombined elites")
+            ax_twin = ax_rep.twinx()
+            ax_twin.plot(cycles, [r.sigma for r in reports], ":", color="tab:red", label="sigma")
+            ax_twin.set_ylabel("sigma", color="tab:red")
+            ax_rep.set_yscale("log")
+            ax_rep.set_xlabel("evolution cycle")
+            ax_rep.set_ylabel("loss")
+            ax_rep.set_title("EGD evolution report, cycle by cycle")
+            ax_rep.legend(loc="upper right", fontsize=8)
             fig.tight_layout()
             fig.savefig(os.path.join(args.out, "plateau.png"), dpi=120)
             plt.close(fig)
+    print(f"outputs written to {os.path.abspath(args.out)}")
     return 0
 
 

@@ -37,7 +37,10 @@ def main(argv=None):
     parser.add_argument("--backend", default="numpy", help="numpy (default) or cupy")
     parser.add_argument("--out", default="out/noise_demo", help="output directory (default out/noise_demo)")
     args = parser.parse_args(argv)
-    xp = _backend.get_namespace(args.backend)
+    try:
+        xp = _backend.get_namespace(args.backend)
+    except (RuntimeError, ValueError, TypeError) as exc:  # e.g. --backend cupy without a GPU
+        raise SystemExit(f"--backend {args.backend}: {exc}") from None
 
     address = dict(seed=42, stream="fc1.weight", member=17, generation=3)
     print("address:", address, " stream id:", rng.stream_id("fc1.weight"))
@@ -56,12 +59,13 @@ def main(argv=None):
     t_sum = best_of(lambda: (rng.weighted_noise_sum(w, 10**6, seed=1, xp=xp), _backend.synchronize(xp)), repeat=3)
     print(f"fitness-weighted sum of 64 regenerated noise vectors of 1e6: {t_sum * 1e3:.1f} ms (no (64, 1e6) matrix held)")
 
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     figures = {"backend": args.backend, "n": n, "egdnp_normal_s": t_egdnp, "numpy_normal_s": t_numpy,
                "speedup": t_numpy / t_egdnp, "weighted_sum_64x1e6_s": t_sum}
     (out / "noise_demo.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(f"wrote {out / 'noise_demo.json'}")
+    print(f"outputs written to {out}")
 
 
 if __name__ == "__main__":

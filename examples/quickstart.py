@@ -18,7 +18,7 @@ curves), table.md, learning_curves.png.
 
 Run::
 
-    python examples/quickstart.py                      # 20-30 s on a 2-core CPU
+    python examples/quickstart.py                      # 10-30 s on a 2-core CPU
     python examples/quickstart.py --backend cupy       # on a GPU (CuPy installed)
     python examples/quickstart.py --fast --no-plot     # a few seconds (the tests)
 """

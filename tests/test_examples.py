@@ -87,6 +87,7 @@ def test_cartpole_example(tmp_path):
     out = tmp_path / "cp"
     res = run_example("cartpole_eggroll.py", "--fast", "--out", out)
     assert re.search(r"^\| EGGROLL +\|", res.stdout, re.M), res.stdout
+    assert str(out) in res.stdout  # the output directory is printed
     _png(out / "returns.png")
     results = json.loads((out / "results.json").read_text())
     assert results["summary"]["generations"] >= 1
@@ -104,6 +105,7 @@ def test_egd_plateau_example(tmp_path):
 def test_noise_demo_example(tmp_path):
     res = run_example("noise_demo.py", "--n", 100000, "--out", tmp_path)
     assert "same on array-api-strict: True" in res.stdout
+    assert str(tmp_path) in res.stdout  # where the figures went
     figures = json.loads((tmp_path / "noise_demo.json").read_text())
     assert figures["n"] == 100000 and figures["egdnp_normal_s"] > 0
 
@@ -135,3 +137,41 @@ def test_readme_snippet_runs(tmp_path, index):
                          cwd=tmp_path)
     assert res.returncode == 0, f"README snippet {name!r} failed:\n{code}\n{res.stdout}\n{res.stderr}"
     assert "test accuracy" in res.stdout
+
+
+DOC_PAGES = ["quickstart.md", "validating-a-port.md", "noise.md", "benchmarks.md"]
+
+
+@pytest.mark.parametrize("page", DOC_PAGES)
+def test_doc_page_python_snippets_run_in_order(page, tmp_path, monkeypatch, capsys):
+    """The ```python blocks of a docs page, run one after the other as a reader would paste them.
+
+    In-process (egdnp is already imported, so this takes a second), in a scratch directory:
+    the pages write bundles to relative paths such as ``ref/``.
+    """
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / page).read_text(), re.S)
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "__main__"}
+    for i, code in enumerate(blocks):
+        try:
+            exec(compile(code, f"docs/{page} python block {i + 1}", "exec"), namespace)  # noqa: S102 - our own docs
+        except Exception as exc:  # noqa: BLE001 - report which block is stale
+            pytest.fail(f"docs/{page} python block {i + 1} is stale: {type(exc).__name__}: {exc}\n{code}")
+    capsys.readouterr()
+
+
+def test_validating_a_port_scenario_table_lists_every_scenario():
+    from egdnp import reference
+
+    text = (ROOT / "docs" / "validating-a-port.md").read_text()
+    listed = set(re.findall(r"`(\w+)`", text))
+    assert set(reference.SCENARIOS) <= listed, sorted(set(reference.SCENARIOS) - listed)
+
+
+def test_quickstart_doc_shows_the_current_help():
+    """docs/quickstart.md's "Options" block is what ``--help`` prints (argparse's wording aside)."""
+    text = (ROOT / "docs" / "quickstart.md").read_text()
+    documented = set(re.findall(r"^  (--[a-z-]+)", text, re.M))
+    res = run_example("quickstart.py", "--help", timeout=60)
+    actual = set(re.findall(r"^  (--[a-z-]+)", res.stdout, re.M))
+    assert documented == actual, (sorted(documented ^ actual))

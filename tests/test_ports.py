@@ -141,3 +141,17 @@ def test_port_command_line_and_compare_command_line(tmp_path):
     assert (out / "outputs" / "logits.npy").is_file()
     cmp_ = run("-m", "egdnp.reference", "compare", str(ref), str(out), "--rtol", "1e-10", "--atol", "1e-12")
     assert cmp_.returncode == 0 and "PASS" in cmp_.stdout, cmp_.stdout + cmp_.stderr
+
+
+@pytest.mark.parametrize("module,framework", [("torch_eggroll", "torch"), ("torch_egd_cycle", "torch"), ("torch_noise", "torch"),
+                                              ("jax_eggroll", "jax"), ("jax_egd_cycle", "jax")])
+def test_port_scripts_take_help(module, framework, monkeypatch, capsys):
+    """Each port script has an argparse command line (run in-process: importing JAX again would take seconds)."""
+    import runpy
+
+    pytest.importorskip(framework, reason=f"{framework} is not installed; the {module} port needs it")
+    monkeypatch.setattr(sys, "argv", [f"{module}.py", "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(PORTS / f"{module}.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "usage:" in out and "bundle" in out and "out" in out

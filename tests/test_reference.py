@@ -158,3 +158,71 @@ def test_command_line_generate_and_compare(tmp_path):
     assert missing.returncode == 2 and "error" in missing.stderr
     unknown = _cli("generate", "nope", "--out", str(tmp_path / "x"))
     assert unknown.returncode == 2 and "unknown scenario" in unknown.stderr
+
+
+def test_unreadable_or_incomplete_manifest_is_refused_clearly(tmp_path):
+    path = reference.save_bundle(tmp_path / "b", "demo", {"outputs/y": np.ones(3)})
+    (path / "manifest.json").write_text("{ not json")
+    with pytest.raises(ValueError, match="manifest.json is not valid JSON"):
+        reference.load_bundle(path)
+    (path / "manifest.json").write_text(json.dumps({"format": 1, "arrays": {}}))
+    with pytest.raises(ValueError, match="lacks the field.*scenario"):
+        reference.load_bundle(path)
+    bad = _cli("compare", str(path), str(path / "arrays.npz"))
+    assert bad.returncode == 2 and "scenario" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_missing_arrays_file_and_empty_port_output_are_refused(tmp_path):
+    path = reference.save_bundle(tmp_path / "b", "demo", {"outputs/y": np.ones(3)})
+    (path / "arrays.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="no arrays.npz"):
+        reference.load_bundle(path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no .npy files"):
+        reference.load_arrays(tmp_path / "empty")
+    inputs_only = reference.save_bundle(tmp_path / "inputs_only", "demo", {"inputs/x": np.ones(2)})
+    with pytest.raises(ValueError, match="no expected arrays"):
+        reference.compare(inputs_only, {"outputs/y": np.ones(3)})
+
+
+def test_command_line_generate_refuses_an_unusable_backend_without_a_traceback(tmp_path):
+    run = _cli("generate", "noise", "--out", str(tmp_path / "x"), "--backend", "nope")
+    assert run.returncode == 2 and "backend='nope'" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "x").exists()  # nothing half-written
+    run = _cli("generate", "noise", "--out", str(tmp_path / "x"), "--seed", "-1")
+    assert run.returncode == 2 and "seed=-1" in run.stderr
+
+
+def test_compare_accepts_framework_tensors_directly():
+    torch = pytest.importorskip("torch")
+    expected = {"outputs/a": np.array([1.0, 2.0])}
+    assert reference.compare(expected, {"outputs/a": torch.tensor([1.0, 2.0], requires_grad=True)}).ok
+    assert not reference.compare(expected, {"outputs/a": torch.tensor([1.0, 2.5])}).ok
+
+
+def test_cupy_agrees_with_numpy_within_the_port_tolerance():
+    """On a usable GPU every scenario matches NumPy within the float32 port tolerance (docs/validating-a-port.md):
+    integers bitwise (Philox words are integer arithmetic), floats within the normals' tolerance plus
+    the rounding of cuBLAS vs OpenBLAS products."""
+    from egdnp import _backend
+
+    if not _backend.cupy_available():
+        pytest.skip("no usable CuPy/GPU here")
+    failures = []
+    for name in sorted(reference.SCENARIOS):
+        fast, _ = reference.generate(name, backend="numpy", dtype="float32", seed=3)
+        gpu, _ = reference.generate(name, backend="cupy", dtype="float32", seed=3)
+        report = reference.compare(fast, gpu, rtol=1e-5, atol=1e-5)
+        if not report.ok:
+            failures.append(f"{name}:\n{report.format()}")
+        for key in fast:
+            if fast[key].dtype.kind in "ui" and not np.array_equal(fast[key], gpu[key]):
+                failures.append(f"{name}: integer array {key} differs")
+    assert not failures, "\n".join(failures)
+
+
+def test_integer_arrays_are_exact_even_when_the_port_writes_floats():
+    expected = {"outputs/elite_indices": np.array([0, 3, 5], dtype=np.int64)}
+    assert reference.compare(expected, {"outputs/elite_indices": np.array([0.0, 3.0, 5.0])}, rtol=1e-3, atol=1e-3).ok
+    report = reference.compare(expected, {"outputs/elite_indices": np.array([0.0, 3.0001, np.nan])}, rtol=1e-3, atol=1e-3)
+    assert not report.ok and report.arrays[0].mismatches == 2 and report.arrays[0].first_mismatch == (1,)

@@ -8,10 +8,13 @@ optimiser update), same shapes, same machine:
 * CNN (conv 1->16 3x3 p1, ReLU, maxpool 2, conv 16->32 3x3 p1, ReLU,
   maxpool 2, linear 1568->10), batch 64: ratio <= 2.0.
 
-``track_ratio_to_torch`` reports the ratio directly: the median over 15
-rounds of adjacent egdnp/torch timings, to damp the noise of a shared machine.  The torch side
-exists only where torch is installed (NotImplementedError -> skipped
-otherwise); for the CuPy backend torch runs on CUDA when it can.
+``track_ratio_to_torch`` reports the ratio directly: each side timed in a
+fresh process of its own (best of 15 blocks of consecutive steps), because
+torch's OpenMP pool and Numba's/OpenBLAS's pools slow each other when they
+share a process.  ``TrainingStep.time_step`` and ``TorchTrainingStep.time_step``
+give the same comparison in asv's own timings.  The torch side exists only
+where torch is installed (NotImplementedError -> skipped otherwise); for the
+CuPy backend torch runs on CUDA when it can.
 """
 
 from __future__ import annotations
@@ -52,8 +55,20 @@ def _torch_model(torch, name):
     )
 
 
+def _data(model):
+    shape = SHAPES[model]
+    host = np.random.default_rng(0)
+    x = host.standard_normal((shape["batch"],) + shape["input"]).astype(np.float32)
+    y = host.integers(0, 10, shape["batch"])
+    return x, y
+
+
 class TrainingStep:
-    """One float32 forward + backward of the MLP (batch 128) or the CNN (batch 64)."""
+    """One float32 forward + backward of the MLP (batch 128) or the CNN (batch 64), egdnp.
+
+    torch is never imported here: its OpenMP pool would share the cores with
+    Numba's and OpenBLAS's (see :func:`._common.isolated_time`).
+    """
 
     params = (["mlp", "cnn"], BACKENDS)
     param_names = ["model", "backend"]
@@ -61,64 +76,31 @@ class TrainingStep:
 
     def setup(self, model, backend):
         self.xp = namespace_or_skip(backend)
-        shape = SHAPES[model]
-        host = np.random.default_rng(0)
-        x = host.standard_normal((shape["batch"],) + shape["input"]).astype(np.float32)
-        y = host.integers(0, 10, shape["batch"])
+        x, y = _data(model)
         self.model = _egdnp_model(model)
         self.params = self.model.init(0, xp=self.xp)
         self.x = _backend.to_device(x, self.xp)
         self.y = _backend.to_device(y, self.xp)
         self.sync = lambda: _backend.synchronize(self.xp)
-        self.egdnp_step = lambda: self.model.loss_and_grad(self.params, self.x, self.y)
-        self.egdnp_step()  # compile / cache the Numba kernels outside the timing
-        self.sync()
-        self.torch_step = None
-        try:
-            torch = _torch_or_skip()
-        except NotImplementedError:
-            return
-        device = "cpu"
-        if _backend.is_cupy(self.xp):
-            if not torch.cuda.is_available():
-                return
-            device = "cuda"
-        tmodel = _torch_model(torch, model).to(device)
-        tx, ty = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        loss_fn = torch.nn.CrossEntropyLoss()
-
-        def torch_step():
-            tmodel.zero_grad(set_to_none=True)
-            loss_fn(tmodel(tx), ty).backward()
-            if device == "cuda":
-                torch.cuda.synchronize()
-
-        self.torch_step = torch_step
-        torch_step()
-
-    def _need_torch(self):
-        if self.torch_step is None:
-            raise NotImplementedError("torch (or torch with CUDA for the cupy backend) is not available")
-
-    def time_egdnp_step(self, model, backend):
-        self.egdnp_step()
+        self.step = lambda: self.model.loss_and_grad(self.params, self.x, self.y)
+        self.step()  # compile / cache the Numba kernels outside the timing
         self.sync()
 
-    def time_torch_step(self, model, backend):
-        self._need_torch()
-        self.torch_step()
+    def time_step(self, model, backend):
+        self.step()
+        self.sync()
 
     def track_ratio_to_torch(self, model, backend):
         """egdnp time / torch time (target: <= 1.0 for the MLP, <= 2.0 for the CNN).
 
         Each side is timed in a process of its own (best of 15 blocks of
-        consecutive steps): see :func:`._common.isolated_time` for why the two
-        libraries' thread pools must not share a process while timed.
+        consecutive steps), egdnp with :class:`TrainingStep`, torch with
+        :class:`TorchTrainingStep`.
         """
-        self._need_torch()
+        _torch_or_skip()
         steps = 50 if model == "mlp" else 10
-        ours = isolated_time("benchmarks.bench_nn", "TrainingStep", (model, backend), "egdnp_step", number=steps)
-        theirs = isolated_time("benchmarks.bench_nn", "TrainingStep", (model, backend), "torch_step", number=steps)
+        ours = isolated_time("benchmarks.bench_nn", type(self).__name__, (model, backend), "step", number=steps)
+        theirs = isolated_time("benchmarks.bench_nn", "TorchTrainingStep", (model, backend), "step", number=steps)
         return ours / theirs
 
     track_ratio_to_torch.unit = "x"
@@ -135,6 +117,39 @@ class TrainingStepKeepFreedMemory(TrainingStep):
         if not nn.keep_freed_memory():
             raise NotImplementedError("not glibc: mallopt is unavailable")
         super().setup(model, backend)
+
+
+class TorchTrainingStep:
+    """The same step in PyTorch eager (CPU; CUDA for the cupy row where torch has it)."""
+
+    params = (["mlp", "cnn"], BACKENDS)
+    param_names = ["model", "backend"]
+    timeout = 300
+
+    def setup(self, model, backend):
+        namespace_or_skip(backend)
+        torch = _torch_or_skip()
+        device = "cpu"
+        if backend == "cupy":
+            if not torch.cuda.is_available():
+                raise NotImplementedError("torch has no CUDA here")
+            device = "cuda"
+        x, y = _data(model)
+        tmodel = _torch_model(torch, model).to(device)
+        tx, ty = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def step():
+            tmodel.zero_grad(set_to_none=True)
+            loss_fn(tmodel(tx), ty).backward()
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        self.step = step
+        self.step()
+
+    def time_step(self, model, backend):
+        self.step()
 
 
 class PopulationForward:

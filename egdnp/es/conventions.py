@@ -123,6 +123,15 @@ def get_convention(convention) -> Convention:
     ------
     ValueError
         Unknown name; the message lists the known ones.
+
+    Parameters
+    ----------
+    convention : str or Convention
+        ``"egdnp"``, ``"hyperscalees-torch"``, ``"hyperscalees-jax"`` or a Convention.
+
+    Returns
+    -------
+    Convention
     """
     if isinstance(convention, Convention):
         return convention
@@ -138,6 +147,15 @@ def noise_generation(generation: int, noise_reuse: int | None) -> int:
     ``noise_reuse=0``: ``0`` -- the SAME noise for every generation (the JAX
     noiser's behaviour; almost never what you want).
     ``noise_reuse=K >= 1``: ``generation // K`` (new noise every K generations).
+
+    Parameters
+    ----------
+    generation : int
+    noise_reuse : int or None
+
+    Returns
+    -------
+    int
     """
     generation = int(generation)
     if generation < 0:

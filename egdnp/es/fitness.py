@@ -42,7 +42,26 @@ METHODS = ("zscore", "zscore_ddof1", "zscore_var_eps", "group_zscore", "centered
 
 
 def check_fitness(f, pop_size: int | None = None):
-    """Raise unless ``f`` is a 1-D array of finite floats (of length ``pop_size``)."""
+    """Raise unless ``f`` is a 1-D array of finite floats (of length ``pop_size``).
+
+    Parameters
+    ----------
+    f : array, shape (N,)
+    pop_size : int, optional
+        The expected length N.
+
+    Returns
+    -------
+    module
+        The array namespace of ``f``.
+
+    Raises
+    ------
+    TypeError
+        Not an array, or not real floats.
+    ValueError
+        Not 1-D, of another length, or holding NaN/inf.
+    """
     if not hasattr(f, "shape") or not hasattr(f, "dtype"):
         raise TypeError(f"fitness must be an array of shape (pop,), got {type(f).__name__}")
     xp = _backend.array_namespace(f)
@@ -87,7 +106,19 @@ def _groups(xp, f, group_size):
 
 
 def zscore(f, *, ddof: int = 0, eps: float = 1e-8):
-    """``(f - mean(f)) / (std(f, ddof) + eps)``; shape (N,) -> (N,)."""
+    """``(f - mean(f)) / (std(f, ddof) + eps)``; shape (N,) -> (N,).
+
+    Parameters
+    ----------
+    f : array, shape (N,)
+    ddof : int
+        0 (population std) or 1 (sample std, the PyTorch port's).
+    eps : float
+
+    Returns
+    -------
+    array, shape (N,)
+    """
     xp = check_fitness(f)
     ddof = _check_ddof(ddof, int(f.shape[0]))
     eps = _check_eps(eps)
@@ -101,6 +132,16 @@ def zscore_var_eps(f, *, eps: float = 1e-5, group_size: int = 0):
     ``group_size == G``: ``(f[g] - mean(f[g])) / sqrt(var(f) + eps)`` per group
     of G consecutive members -- the group mean is subtracted but the variance is
     the global one of the raw scores.
+
+    Parameters
+    ----------
+    f : array, shape (N,)
+    eps : float
+    group_size : int
+
+    Returns
+    -------
+    array, shape (N,)
     """
     xp = check_fitness(f)
     eps = _check_eps(eps)
@@ -112,7 +153,20 @@ def zscore_var_eps(f, *, eps: float = 1e-5, group_size: int = 0):
 
 
 def group_zscore(f, group_size: int, *, ddof: int = 0, eps: float = 1e-8):
-    """Per-group z-score: ``(f[g] - mean(f[g])) / (std(f[g], ddof) + eps)`` for groups of G consecutive members."""
+    """Per-group z-score: ``(f[g] - mean(f[g])) / (std(f[g], ddof) + eps)`` for groups of G consecutive members.
+
+    Parameters
+    ----------
+    f : array, shape (N,)
+    group_size : int
+        G; must divide N.
+    ddof : int
+    eps : float
+
+    Returns
+    -------
+    array, shape (N,)
+    """
     xp = check_fitness(f)
     g = _groups(xp, f, group_size)
     ddof = _check_ddof(ddof, int(g.shape[1]))
@@ -122,7 +176,18 @@ def group_zscore(f, group_size: int, *, ddof: int = 0, eps: float = 1e-8):
 
 
 def centered_ranks(f):
-    """``rank_i / (N - 1) - 0.5`` with ties averaged (:func:`egdnp.rng.centered_ranks`)."""
+    """``rank_i / (N - 1) - 0.5`` with ties averaged (:func:`egdnp.rng.centered_ranks`).
+
+    Parameters
+    ----------
+    f : array, shape (N,)
+        Raw fitness, finite floats.
+
+    Returns
+    -------
+    array, shape (N,)
+        In [-0.5, 0.5], summing to zero; tied values get equal weights.
+    """
     check_fitness(f)
     return _rng.centered_ranks(f)
 

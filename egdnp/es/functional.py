@@ -49,6 +49,17 @@ def get_weight_shapes(params: dict, convention=_DEFAULT) -> dict:
     to (C_out, C_in*kh*kw)), full-rank vectors with their own shape.
 
     With ``"hyperscalees-torch"`` only ``*weight*`` parameters with 2 or 4 dims appear.
+
+    Parameters
+    ----------
+    params : dict of str to array
+    convention : str or Convention
+        Decides which parameters are perturbed.
+
+    Returns
+    -------
+    dict of str to tuple of int
+        (m, n) per low-rank matrix, the parameter's shape per full-rank vector.
     """
     plan = plan_parameters(params, convention=convention)
     out = {}
@@ -64,7 +75,28 @@ def get_weight_shapes(params: dict, convention=_DEFAULT) -> dict:
 def generate_perturbations(shapes: dict, population_size: int, rank: int, sigma: float, seed: int = 0,
                            dtype="float32", *, generation: int = 0, convention=_DEFAULT, antithetic: bool = True,
                            factors: dict | None = None, xp=None) -> Perturbations:
-    """Perturbations for ``shapes`` (from :func:`get_weight_shapes`); see :func:`egdnp.es.perturbations.generate`."""
+    """Perturbations for ``shapes`` (from :func:`get_weight_shapes`); see :func:`egdnp.es.perturbations.generate`.
+
+    Parameters
+    ----------
+    shapes : dict of str to tuple of int
+        (m, n) per low-rank matrix, the own shape per full-rank vector.
+    population_size, rank : int
+    sigma : float
+    seed : int
+    dtype : {"float32", "float64"}
+    generation : int
+    convention : str or Convention
+    antithetic : bool
+    factors : dict, optional
+        Raw noise to use instead of egdnp's own (see :meth:`Eggroll.ask`).
+    xp : namespace, optional
+
+    Returns
+    -------
+    Perturbations
+        Factors ``A`` (P, m, r), ``B`` (P, n, r) or ``eps`` (P, *shape) per key.
+    """
     return generate(shapes, pop_size=population_size, rank=rank, sigma=sigma, seed=seed, generation=generation,
                     convention=convention, antithetic=antithetic, factors=factors, xp=xp, dtype=dtype)
 
@@ -78,24 +110,86 @@ def perturbed_forward(x, W, b, perts: Perturbations, key: str, *, members=None):
 
     ``key`` is the weight's key in ``perts``; the bias is perturbed only when
     ``perts`` holds full-rank noise for the matching ``*bias`` key.
+
+    Parameters
+    ----------
+    x : array, shape (pop, batch, n_in) or (batch, n_in)
+    W : array, shape (n_out, n_in)
+    b : array, shape (n_out,), or None
+    perts : Perturbations
+    key : str
+    members : (start, stop), optional
+        Evaluate only these members.
+
+    Returns
+    -------
+    array, shape (stop - start, batch, n_out)
     """
     return _layers.perturbed_linear(x, W, b, perts, weight_key=key, bias_key=_bias_key(key), members=members)
 
 
 def perturbed_conv2d(x, W, perts: Perturbations, key: str, stride=1, padding=0, *, bias=None, dilation=1, members=None):
-    """Perturbed conv2d: x (pop, batch, C, H, W) or shared (batch, C, H, W) -> (pop, batch, C_out, H', W')."""
+    """Perturbed conv2d: x (pop, batch, C, H, W) or shared (batch, C, H, W) -> (pop, batch, C_out, H', W').
+
+    Parameters
+    ----------
+    x : array, shape (pop, batch, C_in, H, W) or (batch, C_in, H, W)
+    W : array, shape (C_out, C_in, kh, kw)
+    perts : Perturbations
+    key : str
+        The weight's key in ``perts``.
+    stride, padding, dilation : int or pair of int
+    bias : array, shape (C_out,), optional
+    members : (start, stop), optional
+        Evaluate only these members.
+
+    Returns
+    -------
+    array, shape (stop - start, batch, C_out, H', W')
+    """
     return _layers.perturbed_conv2d(x, W, bias, perts, weight_key=key, bias_key=_bias_key(key), stride=stride,
                                     padding=padding, dilation=dilation, members=members)
 
 
 def normalize_fitnesses(fitnesses, *, convention=_DEFAULT, method: str | None = None, group_size: int = 0):
-    """Shape raw fitness with the convention's method (or ``method``); (pop,) -> (pop,)."""
+    """Shape raw fitness with the convention's method (or ``method``); (pop,) -> (pop,).
+
+    Parameters
+    ----------
+    fitnesses : array, shape (pop,)
+        Raw fitness (higher is better).
+    convention : str or Convention
+    method : str, optional
+        One of :data:`egdnp.es.fitness.METHODS`, overriding the convention's.
+    group_size : int
+        Members per group for the grouped methods (0: one group).
+
+    Returns
+    -------
+    array, shape (pop,)
+    """
     conv = get_convention(convention)
     return shape_fitness(fitnesses, conv.fitness if method is None else method, group_size=group_size)
 
 
 def compute_gradients(fitnesses, perts: Perturbations, population_size: int | None = None) -> dict:
-    """Ascent directions ``g`` (the port's ``grads``) from shaped fitness; keyed like ``perts.noise``."""
+    """Ascent directions ``g`` (the port's ``grads``) from shaped fitness; keyed like ``perts.noise``.
+
+    Parameters
+    ----------
+    fitnesses : array, shape (N,)
+        Shaped fitness.
+    perts : Perturbations
+    population_size : int, optional
+        Checked against ``perts.pop_size``.
+
+    Returns
+    -------
+    dict of str to array
+        ``g`` per perturbed key, of the shape the perturbations were drawn for
+        (``(m, n)`` for the matrices of :func:`get_weight_shapes`, conv weights
+        flattened; a vector's own shape).
+    """
     if population_size is not None and int(population_size) != perts.pop_size:
         raise ValueError(f"population_size={population_size} but perts hold {perts.pop_size} members")
     return es_gradient(fitnesses, perts)
@@ -105,6 +199,18 @@ def update_params(params: dict, grads: dict, lr: float) -> dict:
     """``p + lr * g`` for every key of ``grads`` (ascent, the port's rule); returns a NEW dict.
 
     A gradient of the flattened shape of a conv weight is reshaped to the weight.
+
+    Parameters
+    ----------
+    params : dict of str to array
+    grads : dict of str to array
+        Ascent directions, keyed like (a subset of) ``params``.
+    lr : float
+
+    Returns
+    -------
+    dict of str to array
+        New arrays for the keys of ``grads``; the other params are passed through.
     """
     lr = float(lr)
     out = dict(params)

@@ -55,7 +55,18 @@ def _size(shape) -> int:
 
 
 def pair_weights(f_hat, perts: Perturbations):
-    """``w_k = sum_{i in pair k} s_i f_hat_i``; shape (N,) -> (P,)."""
+    """``w_k = sum_{i in pair k} s_i f_hat_i``; shape (N,) -> (P,).
+
+    Parameters
+    ----------
+    f_hat : array, shape (N,)
+    perts : Perturbations
+
+    Returns
+    -------
+    array, shape (P,)
+        ``f_hat`` itself without antithetic sampling.
+    """
     xp = check_fitness(f_hat, perts.pop_size)
     if perts.layout == "none":
         return f_hat
@@ -112,14 +123,39 @@ def lowrank_weighted_sum(weights, A, B, *, impl: str = "auto"):
 
 
 def factorised_shortcut(weights, A, B):
-    """``(sum_k w_k A_k) (sum_k w_k B_k)^T`` -- the WRONG "equivalent" of the algorithm notes (tests only)."""
+    """``(sum_k w_k A_k) (sum_k w_k B_k)^T`` -- the WRONG "equivalent" of the algorithm notes (tests only).
+
+    Parameters
+    ----------
+    weights : array, shape (P,)
+    A : array, shape (P, m, r)
+    B : array, shape (P, n, r)
+
+    Returns
+    -------
+    array, shape (m, n)
+        Not the ES gradient: a rank-r product of the weighted sums, kept to show
+        (in the tests) how far it is from :func:`lowrank_weighted_sum`.
+    """
     xp = _backend.array_namespace(weights, A, B)
     w = xp.reshape(weights, (int(weights.shape[0]), 1, 1))
     return xp.matmul(xp.sum(w * A, axis=0), xp.sum(w * B, axis=0).T)
 
 
 def gradient_scale(perts: Perturbations, convention=None) -> float:
-    """The convention's ``c`` in ``g = c * sum_i f_hat_i E_i``."""
+    """The convention's ``c`` in ``g = c * sum_i f_hat_i E_i``.
+
+    Parameters
+    ----------
+    perts : Perturbations
+    convention : str or Convention, optional
+        Default: the one ``perts`` was drawn in.
+
+    Returns
+    -------
+    float
+        ``1 / sqrt(N)`` (HyperscaleES) or ``1 / (N sigma)`` (egdnp).
+    """
     conv = get_convention(perts.convention if convention is None else convention)
     if conv.grad_scale == "sqrt_n":
         return 1.0 / math.sqrt(perts.pop_size)
@@ -179,6 +215,19 @@ def loss_gradients(f_hat, perts: Perturbations, params: dict, *, convention=None
 
     Feed it to any :mod:`egdnp.optim` optimiser: ``opt.update(grads, state, params)``
     descends the loss, i.e. ascends the fitness.
+
+    Parameters
+    ----------
+    f_hat : array, shape (N,)
+        Shaped fitness.
+    perts : Perturbations
+    params : dict of str to array
+    convention : str or Convention, optional
+
+    Returns
+    -------
+    dict of str to array or None
+        ``-g`` of each perturbed parameter's own shape; None for frozen ones.
     """
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict[str, array], got {type(params).__name__}")

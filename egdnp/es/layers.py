@@ -52,7 +52,18 @@ __all__ = [
 
 
 def member_range(perts: Perturbations, members) -> tuple[int, int]:
-    """Validate ``members`` (None, or ``(start, stop)``) against the population."""
+    """Validate ``members`` (None, or ``(start, stop)``) against the population.
+
+    Parameters
+    ----------
+    perts : Perturbations
+    members : None or (int, int)
+
+    Returns
+    -------
+    (int, int)
+        ``(start, stop)``; ``(0, pop_size)`` for None.
+    """
     n = perts.pop_size
     if members is None:
         return 0, n
@@ -373,6 +384,21 @@ def dense_perturbed_params(params: dict, perts: Perturbations, member: int) -> d
     """Explicit ``W + A_i B_i^T`` (reshaped to the parameter) and ``v + s_i eps`` of one member.
 
     For tests and small models only: it forms the full perturbed matrices.
+
+    Parameters
+    ----------
+    params : dict of str to array
+        The unperturbed parameters.
+    perts : Perturbations
+        Their perturbations.
+    member : int
+        Member index in ``0 .. pop_size - 1``.
+
+    Returns
+    -------
+    dict of str to array
+        A new dict: perturbed keys get new arrays of the parameter's shape,
+        the others are the given arrays.
     """
     xp = _backend.array_namespace(*params.values())
     p, s = perts.pair[member], perts.sign[member]

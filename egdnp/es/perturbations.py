@@ -127,6 +127,7 @@ class Perturbations(NamedTuple):
 
     @property
     def n_pairs(self) -> int:
+        """Number of distinct noise draws P (N/2 with antithetic sampling, else N)."""
         return len(set(self.pair)) if self.pair else 0
 
 
@@ -153,7 +154,16 @@ def _as_sigma(sigma) -> float:
 
 
 def matrix_shape(shape) -> tuple[int, int] | None:
-    """(m, n) of a 2-D parameter, (C_out, C_in*kh*kw) of a 4-D one, else None."""
+    """(m, n) of a 2-D parameter, (C_out, C_in*kh*kw) of a 4-D one, else None.
+
+    Parameters
+    ----------
+    shape : tuple of int
+
+    Returns
+    -------
+    (int, int) or None
+    """
     shape = tuple(int(s) for s in shape)
     if len(shape) == 2:
         return shape
@@ -163,7 +173,23 @@ def matrix_shape(shape) -> tuple[int, int] | None:
 
 
 def check_rank(rank, shapes: dict[str, tuple[int, int]]) -> int:
-    """Validate ``1 <= rank <= min(m, n)`` for every matrix; return the rank as int."""
+    """Validate ``1 <= rank <= min(m, n)`` for every matrix; return the rank as int.
+
+    Parameters
+    ----------
+    rank : int
+    shapes : dict of str to (int, int)
+        Matrix shapes (m, n) of the low-rank parameters.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not an int, < 1, or larger than a matrix allows.
+    """
     if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
         raise TypeError(f"rank={rank!r} must be an int >= 1")
     rank = int(rank)
@@ -219,6 +245,17 @@ def member_layout(pop_size: int, *, antithetic: bool, layout: str) -> tuple[tupl
     ``i + N/2`` is ``(-, pair i)``.  ``layout="interleaved"``: member ``2k`` is
     ``(+, pair k)``, ``2k+1`` is ``(-, pair k)``.  Without antithetic sampling
     member ``i`` is ``(+, pair i)``.
+
+    Parameters
+    ----------
+    pop_size : int
+    antithetic : bool
+    layout : {"halves", "interleaved"}
+
+    Returns
+    -------
+    pair : tuple of int, length pop_size
+    sign : tuple of float, length pop_size
     """
     pop_size = _as_int("pop_size", pop_size, 1)
     if not antithetic:
@@ -242,6 +279,21 @@ def pair_normals(n_pairs: int, size: int, *, seed: int, stream, generation: int,
     Returns an array of shape (n_pairs, size).  NumPy uses one Numba kernel
     launch for all pairs (bitwise the same values); other namespaces call
     :func:`egdnp.rng.normal` per pair.
+
+    Parameters
+    ----------
+    n_pairs, size : int
+    seed : int
+    stream : int or str
+    generation : int
+    dtype : {"float32", "float64"}
+    xp : namespace
+    device : optional
+    impl : {"auto", "numba", "cupy", "array_api"}
+
+    Returns
+    -------
+    array, shape (n_pairs, size)
     """
     if impl not in ("auto", "numba", "array_api"):
         raise ValueError(f"impl={impl!r} must be 'auto', 'numba' or 'array_api'")

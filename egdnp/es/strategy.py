@@ -114,7 +114,23 @@ class Eggroll:
                 f"convention={self.convention.name!r}, antithetic={self.antithetic}, fitness={self.fitness!r})")
 
     def sigma_at(self, generation: int) -> float:
-        """The noise scale of ``generation`` (a Python float)."""
+        """The noise scale of ``generation`` (a Python float).
+
+        Parameters
+        ----------
+        generation : int
+            0-based generation.
+
+        Returns
+        -------
+        float
+            ``sigma`` itself, or ``sigma(generation)`` when ``sigma`` is a schedule.
+
+        Raises
+        ------
+        ValueError
+            The schedule returned a non-finite or non-positive value.
+        """
         if not callable(self.sigma):
             return self.sigma
         value = float(self.sigma(int(generation)))
@@ -126,6 +142,26 @@ class Eggroll:
         """First state: copies of nothing -- ``params`` is referenced, never mutated.
 
         Raises if a perturbed matrix is smaller than the rank.
+
+        Parameters
+        ----------
+        params : dict of str to array
+            Initial parameters (``"fc1.weight"`` (n_out, n_in), ...); float32 or float64.
+        seed : int
+            In [0, 2**64 - 1]; addresses all of this run's noise.
+
+        Returns
+        -------
+        EggrollState
+            ``params`` (a new dict of the same arrays), the optimiser's initial
+            state, ``generation=0`` and ``seed``.
+
+        Raises
+        ------
+        TypeError
+            ``params`` is not a non-empty dict.
+        ValueError
+            The rank exceeds ``min(m, n)`` of a perturbed matrix, or the seed is out of range.
         """
         if not isinstance(params, dict) or not params:
             raise TypeError("params must be a non-empty dict[str, array]")
@@ -137,7 +173,26 @@ class Eggroll:
         return EggrollState(params=dict(params), opt_state=self.optimizer.init(params), generation=0, seed=seed)
 
     def ask(self, state: EggrollState, *, factors: dict | None = None) -> Perturbations:
-        """Perturbations of ``state.generation`` (see :func:`egdnp.es.perturbations.generate`)."""
+        """Perturbations of ``state.generation`` (see :func:`egdnp.es.perturbations.generate`).
+
+        Parameters
+        ----------
+        state : EggrollState
+            The current state; its ``generation``, ``seed`` and params (their
+            namespace, device and dtype) address and place the noise.
+        factors : dict, optional
+            Raw noise supplied by the caller instead of egdnp's own: per perturbed
+            key ``(A~ (P, m, r), B (P, n, r))`` for matrices or ``eps (P, *shape)``
+            for vectors, ``P`` the number of pairs (the layout of a reference
+            bundle's ``inputs/factors``).
+
+        Returns
+        -------
+        Perturbations
+            ``pop_size`` members: low-rank factors ``A`` (P, m, r) (already scaled by
+            ``sigma / sqrt(rank)``) and ``B`` (P, n, r), or ``eps`` (P, *shape)
+            (scaled by ``sigma``), with every member's pair and sign.
+        """
         ref = next(iter(state.params.values()))
         xp = _backend.array_namespace(ref)
         dtype = "float64" if ref.dtype == xp.float64 else "float32"
@@ -149,7 +204,18 @@ class Eggroll:
         )
 
     def shape(self, fitness):
-        """Shaped fitness of raw ``fitness`` (N,) with this strategy's method."""
+        """Shaped fitness of raw ``fitness`` (N,) with this strategy's method.
+
+        Parameters
+        ----------
+        fitness : array, shape (N,)
+            Raw fitness of every member (higher is better), finite floats.
+
+        Returns
+        -------
+        array, shape (N,)
+            The shaped fitness (z-score, centered ranks, ... as configured).
+        """
         return shape_fitness(fitness, self.fitness, group_size=self.group_size)
 
     def tell(self, state: EggrollState, perts: Perturbations, fitness) -> tuple[EggrollState, dict]:

@@ -158,6 +158,16 @@ def save_state(path: Any, state: Any) -> None:
     Arrays are copied to the host; Python floats are stored as JSON (exact
     round trip of float64 via ``repr``), so :func:`load_state` gives back a
     state that resumes bit for bit.
+
+    Parameters
+    ----------
+    path : str or path-like
+    state : NamedTuple
+        ``SGDState``, ``AdamState``, ``EGDState``, ...
+
+    Returns
+    -------
+    None
     """
     if not hasattr(state, "_fields"):
         raise TypeError(f"state must be an optimiser state NamedTuple; got {type(state).__name__}")

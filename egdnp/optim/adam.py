@@ -140,5 +140,17 @@ def adamw(lr: Any = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: f
     """AdamW (``torch.optim.AdamW``): decoupled decay ``p *= 1 - lr * weight_decay``.
 
     Parameters and return value as in :func:`adam` (default ``weight_decay=1e-2``).
+
+    Parameters
+    ----------
+    lr : float or callable
+    betas : (float, float)
+    eps : float
+    weight_decay : float
+    amsgrad : bool
+
+    Returns
+    -------
+    Optimizer
     """
     return _make(lr, betas, eps, weight_decay, amsgrad, decoupled=True, name="adamw")

@@ -94,7 +94,24 @@ ACCEPT = ("always", "if_better")
 
 @dataclasses.dataclass(frozen=True)
 class EGDConfig:
-    """Static hyper-parameters of EGD (validated by :func:`egd`); see :func:`egd` for their meaning."""
+    """Static hyper-parameters of EGD (validated by :func:`egd`); see :func:`egd` for their meaning.
+
+    Attributes
+    ----------
+    lr, momentum, nesterov, weight_decay :
+        The SGD step.
+    evo_interval, pop_size, elite_frac, sigma, sigma_decay, sigma_schedule :
+        When evolution cycles run, how many members, how many elites, the mutation scale.
+    recombine, temperature, accept, rescore_elites, reset_momentum_on_evo :
+        What a cycle does with its elites.
+    population_storage, offload_population_to_cpu, mutation, rank, mutate_filter :
+        How mutants are stored and drawn.
+    seed, loss_reduce, callback :
+        Noise seed, closure-result reduction, per-cycle report hook.
+
+    Every field is the keyword argument of :func:`egd` of the same name, with its
+    default and meaning.
+    """
 
     lr: Any = 1e-2
     momentum: float = 0.0
@@ -509,12 +526,34 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
 
 
 def save(path, state: EGDState) -> None:
-    """Write an :class:`EGDState` to one ``.npz`` file (momentum, sigma, step, cycle, seed)."""
+    """Write an :class:`EGDState` to one ``.npz`` file (momentum, sigma, step, cycle, seed).
+
+    Parameters
+    ----------
+    path : str or path-like
+    state : EGDState
+
+    Returns
+    -------
+    None
+    """
     _save_state(path, state)
 
 
 def load(path, *, xp: Any = "numpy", device: Any = None) -> EGDState:
-    """Read an :class:`EGDState` written by :func:`save`; resuming from it is bit-identical."""
+    """Read an :class:`EGDState` written by :func:`save`; resuming from it is bit-identical.
+
+    Parameters
+    ----------
+    path : str or path-like
+    xp : namespace or {"numpy", "cupy"}
+        Where to put the momentum buffers.
+    device : optional
+
+    Returns
+    -------
+    EGDState
+    """
     return _load_state(path, EGDState, xp=xp, device=device)
 
 
@@ -544,14 +583,29 @@ class EGD:
 
     @property
     def config(self) -> EGDConfig:
+        """The static hyper-parameters (:class:`EGDConfig`)."""
         return self.opt.config
 
     @property
     def sigma(self) -> float:
+        """The current mutation scale (a Python float; decays after every cycle)."""
         return self.state.sigma
 
     def step(self, grads: dict | None, closure: Callable | None = None) -> float | None:
-        """One SGD step (+ evolution cycle on every ``evo_interval``-th step); see :func:`egd`."""
+        """One SGD step (+ evolution cycle on every ``evo_interval``-th step); see :func:`egd`.
+
+        Parameters
+        ----------
+        grads : dict of str to array, or None
+            Gradients keyed like ``params``, each of its parameter's shape.
+        closure : callable, optional
+            ``closure(params) -> loss``; needed on evolution steps.
+
+        Returns
+        -------
+        float or None
+            The loss after recombination on evolution steps, else None.
+        """
         params, state, report = self.opt.update(grads, self.state, self.params, closure=closure)
         self.params, self.state = params, state
         if report is not None:
@@ -560,18 +614,48 @@ class EGD:
         return None
 
     def evolve(self, closure: Callable) -> EvolutionReport:
-        """Run one evolution cycle now (no SGD step)."""
+        """Run one evolution cycle now (no SGD step).
+
+        Parameters
+        ----------
+        closure : callable
+            ``closure(params) -> loss`` (forward only), as for :func:`egd`.
+
+        Returns
+        -------
+        EvolutionReport
+            Also kept as ``last_report``; ``params`` and ``state`` are replaced.
+        """
         params, state, report = self.opt.evolve(self.state, self.params, closure)
         self.params, self.state, self.last_report = params, state, report
         return report
 
     def save(self, path) -> None:
-        """Save the optimiser state and the parameters to one ``.npz`` file."""
+        """Save the optimiser state and the parameters to one ``.npz`` file.
+
+        Parameters
+        ----------
+        path : str or path-like
+
+        Returns
+        -------
+        None
+        """
         _save_state(path, _Checkpoint(self.state.step, self.state.cycle, self.state.sigma, self.state.seed,
                                       self.state.momentum, self.params))
 
     def load(self, path) -> None:
-        """Load what :meth:`save` wrote (onto the namespace/device of the current params)."""
+        """Load what :meth:`save` wrote (onto the namespace/device of the current params).
+
+        Parameters
+        ----------
+        path : str or path-like
+
+        Returns
+        -------
+        None
+            ``params`` and ``state`` are replaced by the file's.
+        """
         first = next(iter(self.params.values()))
         xp = _backend.array_namespace(first)
         device = None if _backend.is_numpy(xp) or _backend.is_cupy(xp) else _backend.device_of(first)

@@ -53,7 +53,17 @@ def _check_step_arg(step) -> int:
 
 
 def constant(value: float) -> Callable[[int], float]:
-    """``f(step) = value``."""
+    """``f(step) = value``.
+
+    Parameters
+    ----------
+    value : float
+
+    Returns
+    -------
+    callable
+        ``f(step: int) -> float``.
+    """
     value = check_float("value", value, low=0.0)
 
     def schedule(step: int) -> float:
@@ -64,7 +74,19 @@ def constant(value: float) -> Callable[[int], float]:
 
 
 def step_decay(init_value: float, step_size: int, gamma: float = 0.1) -> Callable[[int], float]:
-    """``f(step) = init_value * gamma ** (step // step_size)`` (``torch.optim.lr_scheduler.StepLR``)."""
+    """``f(step) = init_value * gamma ** (step // step_size)`` (``torch.optim.lr_scheduler.StepLR``).
+
+    Parameters
+    ----------
+    init_value : float
+    step_size : int
+    gamma : float
+
+    Returns
+    -------
+    callable
+        ``f(step: int) -> float``.
+    """
     init_value = check_float("init_value", init_value, low=0.0)
     step_size = _check_steps("step_size", step_size)
     if step_size == 0:
@@ -78,7 +100,19 @@ def step_decay(init_value: float, step_size: int, gamma: float = 0.1) -> Callabl
 
 
 def multi_step(init_value: float, milestones, gamma: float = 0.1) -> Callable[[int], float]:
-    """``f(step) = init_value * gamma ** (number of milestones <= step)`` (``MultiStepLR``)."""
+    """``f(step) = init_value * gamma ** (number of milestones <= step)`` (``MultiStepLR``).
+
+    Parameters
+    ----------
+    init_value : float
+    milestones : sequence of int
+    gamma : float
+
+    Returns
+    -------
+    callable
+        ``f(step: int) -> float``.
+    """
     init_value = check_float("init_value", init_value, low=0.0)
     gamma = check_float("gamma", gamma, low=0.0)
     ms = sorted(_check_steps("milestones[i]", m) for m in milestones)
@@ -91,7 +125,17 @@ def multi_step(init_value: float, milestones, gamma: float = 0.1) -> Callable[[i
 
 
 def exponential(init_value: float, gamma: float) -> Callable[[int], float]:
-    """``f(step) = init_value * gamma ** step`` (``ExponentialLR``)."""
+    """``f(step) = init_value * gamma ** step`` (``ExponentialLR``).
+
+    Parameters
+    ----------
+    init_value, gamma : float
+
+    Returns
+    -------
+    callable
+        ``f(step: int) -> float``.
+    """
     init_value = check_float("init_value", init_value, low=0.0)
     gamma = check_float("gamma", gamma, low=0.0)
 
@@ -106,6 +150,18 @@ def cosine(init_value: float, decay_steps: int, alpha: float = 0.0) -> Callable[
 
     ``f(step) = init_value * ((1 - alpha) * 0.5 * (1 + cos(pi * min(step, T) / T)) + alpha)``
     (optax ``cosine_decay_schedule``; ``CosineAnnealingLR`` with ``eta_min = alpha * init_value``).
+
+    Parameters
+    ----------
+    init_value : float
+    decay_steps : int
+        T.
+    alpha : float
+
+    Returns
+    -------
+    callable
+        ``f(step: int) -> float``.
     """
     init_value = check_float("init_value", init_value, low=0.0)
     decay_steps = _check_steps("decay_steps", decay_steps)
@@ -121,7 +177,18 @@ def cosine(init_value: float, decay_steps: int, alpha: float = 0.0) -> Callable[
 
 
 def linear_warmup(init_value: float, peak_value: float, warmup_steps: int) -> Callable[[int], float]:
-    """Linear ramp from ``init_value`` to ``peak_value`` over ``warmup_steps``, then ``peak_value``."""
+    """Linear ramp from ``init_value`` to ``peak_value`` over ``warmup_steps``, then ``peak_value``.
+
+    Parameters
+    ----------
+    init_value, peak_value : float
+    warmup_steps : int
+
+    Returns
+    -------
+    callable
+        ``f(step: int) -> float``.
+    """
     init_value = check_float("init_value", init_value, low=0.0)
     peak_value = check_float("peak_value", peak_value, low=0.0)
     warmup_steps = _check_steps("warmup_steps", warmup_steps)
@@ -137,7 +204,19 @@ def linear_warmup(init_value: float, peak_value: float, warmup_steps: int) -> Ca
 
 def warmup_cosine(peak_value: float, warmup_steps: int, decay_steps: int, init_value: float = 0.0,
                   end_value: float = 0.0) -> Callable[[int], float]:
-    """Linear warm-up to ``peak_value`` then cosine decay to ``end_value`` (``decay_steps`` counts both)."""
+    """Linear warm-up to ``peak_value`` then cosine decay to ``end_value`` (``decay_steps`` counts both).
+
+    Parameters
+    ----------
+    peak_value : float
+    warmup_steps, decay_steps : int
+    init_value, end_value : float
+
+    Returns
+    -------
+    callable
+        ``f(step: int) -> float``.
+    """
     peak_value = check_float("peak_value", peak_value, low=0.0)
     warmup_steps = _check_steps("warmup_steps", warmup_steps)
     decay_steps = _check_steps("decay_steps", decay_steps)
@@ -158,7 +237,18 @@ def warmup_cosine(peak_value: float, warmup_steps: int, decay_steps: int, init_v
 
 
 def piecewise(boundaries, values) -> Callable[[int], float]:
-    """``values[i]`` for ``boundaries[i-1] <= step < boundaries[i]`` (``len(values) == len(boundaries) + 1``)."""
+    """``values[i]`` for ``boundaries[i-1] <= step < boundaries[i]`` (``len(values) == len(boundaries) + 1``).
+
+    Parameters
+    ----------
+    boundaries : sequence of int
+    values : sequence of float
+
+    Returns
+    -------
+    callable
+        ``f(step: int) -> float``.
+    """
     bs = [_check_steps("boundaries[i]", b) for b in boundaries]
     if bs != sorted(bs):
         raise ValueError(f"Invalid boundaries={bs!r}: must be increasing")
@@ -174,7 +264,18 @@ def piecewise(boundaries, values) -> Callable[[int], float]:
 
 
 def sigma_from(schedule: Callable[[int], float]) -> Callable[[int, float], float]:
-    """Turn ``f(step)`` into the EGD hook ``sigma_schedule(step, sigma) -> f(step)`` (ignores the current sigma)."""
+    """Turn ``f(step)`` into the EGD hook ``sigma_schedule(step, sigma) -> f(step)`` (ignores the current sigma).
+
+    Parameters
+    ----------
+    schedule : callable
+        ``f(step) -> float``.
+
+    Returns
+    -------
+    callable
+        ``sigma_schedule(step, sigma) -> float`` for :func:`egdnp.optim.egd.egd`.
+    """
     if not callable(schedule):
         raise TypeError(f"schedule={schedule!r} must be callable(step) -> float")
 

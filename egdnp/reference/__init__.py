@@ -93,12 +93,25 @@ def generate(name: str, *, backend="numpy", dtype: str = "float32", seed: int = 
     backend : str or namespace
         ``"numpy"``, ``"cupy"``, ``"array_api_strict"`` or a namespace.
     dtype : {"float32", "float64"}
+        Float dtype of every input, parameter and output (integer arrays stay
+        uint32 / int64).
     seed : int
+        In [0, 2**64 - 1]; every input and all noise derive from it.
 
     Returns
     -------
     arrays : dict of str to numpy.ndarray
+        Host copies, named as in the module docstring of
+        :mod:`egdnp.reference.scenarios` (``params/fc1.weight`` (7, 5), ...).
     hyperparameters : dict
+        JSON-serialisable: every setting and a sentence on each formula.
+
+    Raises
+    ------
+    ValueError
+        Unknown scenario, dtype, backend name or seed.
+    RuntimeError
+        ``backend="cupy"`` without a usable CuPy/GPU.
     """
     if name not in SCENARIOS:
         raise ValueError(f"scenario={name!r} is not known; choose one of {sorted(SCENARIOS)}")
@@ -110,12 +123,40 @@ def generate(name: str, *, backend="numpy", dtype: str = "float32", seed: int = 
 
 
 def bundle_dir_name(name: str, dtype: str, seed: int) -> str:
-    """Directory name of a checked-in test bundle."""
+    """Directory name of a checked-in test bundle.
+
+    Parameters
+    ----------
+    name : str
+        Scenario name.
+    dtype : {"float32", "float64"}
+    seed : int
+
+    Returns
+    -------
+    str
+        ``"<name>-<dtype>-seed<seed>"``.
+    """
     return f"{name}-{dtype}-seed{seed}"
 
 
 def regenerate_test_bundles(directory="tests/reference_bundles") -> list[Path]:
-    """Rewrite every bundle of :data:`TEST_BUNDLES` under ``directory`` (NumPy backend)."""
+    """Rewrite every bundle of :data:`TEST_BUNDLES` under ``directory`` (NumPy backend).
+
+    Run it (``python -m egdnp.reference regenerate-test-bundles``) only after
+    an intended numerical change: the drift test compares against these files.
+
+    Parameters
+    ----------
+    directory : path
+        Where the bundles live (default ``tests/reference_bundles``, relative
+        to the current directory).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The bundle directories written.
+    """
     paths = []
     for name, dtype, seed in TEST_BUNDLES:
         arrays, hyper = generate(name, dtype=dtype, seed=seed)

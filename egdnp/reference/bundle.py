@@ -25,6 +25,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+__all__ = ["Bundle", "checksum", "to_numpy_arrays", "save_bundle", "load_bundle", "load_arrays", "dump_arrays",
+           "platform_fingerprint", "MANIFEST", "ARRAYS", "FORMAT_VERSION"]
+
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
 FORMAT_VERSION = 1
@@ -36,6 +39,12 @@ def platform_fingerprint() -> dict:
     BLAS kernels and NumPy's SIMD loops are chosen at run time from the CPU's
     features, so a bundle reproduces bit for bit only where this fingerprint
     is the same; elsewhere floats agree to rounding (see docs/validating-a-port.md).
+
+    Returns
+    -------
+    dict
+        ``machine``, ``system``, ``numpy``, ``numba``, ``blas`` (name and
+        version) and ``simd_found`` (the CPU features NumPy dispatches on).
     """
     import platform
 
@@ -55,7 +64,18 @@ def platform_fingerprint() -> dict:
 
 
 def checksum(array: np.ndarray) -> str:
-    """SHA-256 of an array's dtype, shape and C-order bytes (hex)."""
+    """SHA-256 of an array's dtype, shape and C-order bytes.
+
+    Parameters
+    ----------
+    array : numpy.ndarray, any shape and dtype
+
+    Returns
+    -------
+    str
+        64 hex digits; changes when any value, the shape or the dtype
+        (including byte order) changes.
+    """
     a = np.ascontiguousarray(array)
     h = hashlib.sha256()
     h.update(a.dtype.str.encode())
@@ -105,6 +125,8 @@ class Bundle:
     manifest : dict
         The manifest (scenario, versions, hyper-parameters, array table).
     arrays : dict of str to numpy.ndarray
+        Every array of the bundle by name (``"inputs/x"``, ``"outputs/logits"``),
+        with the shapes and dtypes the manifest lists.
     """
 
     manifest: dict
@@ -112,18 +134,30 @@ class Bundle:
 
     @property
     def scenario(self) -> str:
+        """The scenario name recorded in the manifest (``"egd_cycle"``, ...)."""
         return self.manifest["scenario"]
 
     @property
     def params(self) -> dict:
+        """The scenario's hyper-parameters (the manifest's ``"hyperparameters"``)."""
         return self.manifest.get("hyperparameters", {})
 
     def inputs(self) -> dict[str, np.ndarray]:
-        """Arrays a port reads: names under ``inputs/`` and ``params/``."""
+        """Arrays a port reads: names under ``inputs/`` and ``params/``.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+        """
         return {k: v for k, v in self.arrays.items() if k.startswith(("inputs/", "params/"))}
 
     def expected(self) -> dict[str, np.ndarray]:
-        """Arrays a port must reproduce: every name not under ``inputs/`` or ``params/``."""
+        """Arrays a port must reproduce: every name not under ``inputs/`` or ``params/``.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+        """
         return {k: v for k, v in self.arrays.items() if not k.startswith(("inputs/", "params/"))}
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -207,13 +241,26 @@ def save_bundle(
 def load_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
     """Load a bundle directory and verify every checksum.
 
+    Parameters
+    ----------
+    directory : path
+        A directory holding ``manifest.json`` and ``arrays.npz``.
+    verify : bool
+        Check every array's shape, dtype and SHA-256 against the manifest
+        (default); ``False`` only skips those checks.
+
+    Returns
+    -------
+    Bundle
+
     Raises
     ------
     FileNotFoundError
         The directory, its manifest or its arrays file is missing.
     ValueError
-        A checksum, shape or dtype differs from the manifest, or arrays are
-        missing from / extra to the manifest.
+        The manifest is not valid JSON or lacks a required field; a checksum,
+        shape or dtype differs from the manifest, or arrays are missing from /
+        extra to the manifest.
     """
     directory = Path(directory)
     manifest_path = directory / MANIFEST
@@ -222,7 +269,15 @@ def load_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
             f"{directory} is not a reference bundle: {MANIFEST} is missing; "
             "create bundles with `python -m egdnp.reference generate SCENARIO --out DIR` or egdnp.reference.save_bundle"
         )
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{manifest_path} is not valid JSON ({exc}); regenerate the bundle") from None
+    required = ("scenario", "arrays")
+    absent = [key for key in required if key not in manifest] if isinstance(manifest, dict) else list(required)
+    if absent or not isinstance(manifest.get("arrays"), dict):
+        raise ValueError(f"{manifest_path} lacks the field(s) {absent or ['arrays']} of a bundle manifest "
+                         f"(format {FORMAT_VERSION}); regenerate the bundle with egdnp.reference")
     arrays_path = directory / ARRAYS
     if not arrays_path.is_file():
         raise FileNotFoundError(f"bundle {directory} has a manifest but no {ARRAYS}")
@@ -254,6 +309,22 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     In a directory of ``.npy`` files, nested folders give ``/``-separated names
     (``outputs/logits.npy`` -> ``"outputs/logits"``).
+
+    Parameters
+    ----------
+    path : path
+        A bundle directory (checksums verified), a ``.npz`` file, or a
+        directory tree of ``.npy`` files.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Every array found, by name; a bundle gives its inputs too.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` is none of these, or a directory without any ``.npy`` file.
     """
     path = Path(path)
     if path.is_dir() and (path / MANIFEST).is_file():
@@ -275,6 +346,19 @@ def dump_arrays(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:
     ``path`` ending in ``.npz`` gives one ``.npz`` file; otherwise a directory
     of ``.npy`` files (``"outputs/logits"`` -> ``outputs/logits.npy``).  Values
     are converted by plain NumPy conversion (torch/JAX CPU tensors included).
+
+    Parameters
+    ----------
+    path : path
+        ``something.npz``, or a directory (created if missing).
+    arrays : mapping of str to array-like
+        Names as in the bundle (``"outputs/logits"``, ``"grads/fc1.weight"``)
+        to arrays or tensors of any shape; converted with :func:`to_numpy_arrays`.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``, to hand to :func:`egdnp.reference.compare`.
     """
     path = Path(path)
     host = to_numpy_arrays(arrays)

@@ -17,12 +17,31 @@ from typing import Mapping
 
 import numpy as np
 
-from .bundle import Bundle, load_arrays
+from .bundle import Bundle, load_arrays, to_numpy_arrays
+
+__all__ = ["compare", "CompareReport", "ArrayReport"]
 
 
 @dataclass
 class ArrayReport:
-    """Comparison of one array."""
+    """Comparison of one expected array with the port's array of the same name.
+
+    Attributes
+    ----------
+    name : str
+        The array's name (``"outputs/logits"``).
+    shape : tuple of int
+        Its shape (equal in both).
+    max_abs_err, max_rel_err : float
+        ``max |a - e|`` and ``max |a - e| / |e|`` over all elements (0 for no
+        elements; ``inf`` where exactly one of ``a``, ``e`` is NaN).
+    mismatches : int
+        Number of elements outside ``atol + rtol * |e|``.
+    first_mismatch : tuple of int or None
+        Index of the first such element in C order.
+    expected_value, actual_value : float or int or None
+        The two values at ``first_mismatch``.
+    """
 
     name: str
     shape: tuple
@@ -35,12 +54,27 @@ class ArrayReport:
 
     @property
     def ok(self) -> bool:
+        """True when every element matched."""
         return self.mismatches == 0
 
 
 @dataclass
 class CompareReport:
-    """Result of :func:`compare`; ``ok`` is True only if every expected array matched."""
+    """Result of :func:`compare`; ``ok`` is True only if every expected array matched.
+
+    Attributes
+    ----------
+    rtol, atol : float
+        The tolerances used.
+    arrays : list of ArrayReport
+        One per expected array present in the port's output with the right shape.
+    missing : list of str
+        Expected arrays absent from the port's output (each a failure).
+    extra : list of str
+        Port arrays the reference does not have (reported, ignored).
+    shape_mismatch : dict of str to (expected shape, actual shape)
+        Expected arrays present with another shape (each a failure).
+    """
 
     rtol: float
     atol: float
@@ -51,10 +85,18 @@ class CompareReport:
 
     @property
     def ok(self) -> bool:
+        """True when nothing is missing or misshapen and every array matched."""
         return not self.missing and not self.shape_mismatch and all(a.ok for a in self.arrays)
 
     def format(self) -> str:
-        """A human-readable table, one line per array, then the verdict."""
+        """A human-readable table, one line per array, then the verdict.
+
+        Returns
+        -------
+        str
+            Lines ``name  shape  max abs err  max rel err  ok|FAIL: ...``, then the
+            missing, misshapen and extra arrays, then ``PASS`` or ``FAIL: k of n ...``.
+        """
         lines = [f"rtol={self.rtol:g} atol={self.atol:g}"]
         width = max([len(a.name) for a in self.arrays] + [len(n) for n in self.missing] + [10])
         lines.append(f"{'array':<{width}}  {'shape':<16} {'max abs err':>12} {'max rel err':>12}  result")
@@ -78,8 +120,8 @@ class CompareReport:
 def _as_arrays(source) -> dict[str, np.ndarray]:
     if isinstance(source, Bundle):
         return source.expected()
-    if isinstance(source, Mapping):
-        return {k: np.asarray(v) for k, v in source.items()}
+    if isinstance(source, Mapping):  # NumPy arrays, or tensors of any framework (plain conversion)
+        return to_numpy_arrays(source)
     if isinstance(source, (str, os.PathLike)):
         return load_arrays(source)
     raise TypeError(f"cannot compare {type(source).__name__}; pass a bundle, a path or a dict of arrays")
@@ -92,6 +134,15 @@ def _compare_one(name: str, want: np.ndarray, got: np.ndarray, rtol: float, atol
         bad = w != g
         abs_err = np.abs(w.astype(np.float64) - g.astype(np.float64))
         rel_err = abs_err / np.maximum(np.abs(w.astype(np.float64)), np.finfo(np.float64).tiny)
+    elif want.dtype.kind in "biu":
+        # Integers (words, indices, labels) are exact whatever the tolerance, even when a port
+        # writes them as floats: index 3 vs 3.00001 is a different member, not a rounding error.
+        w = want.astype(np.float64)
+        g = got.astype(np.float64)
+        bad = ~(w == g)  # a NaN never matches an integer
+        with np.errstate(invalid="ignore"):
+            abs_err = np.where(np.isnan(g), np.inf, np.abs(w - g))
+        rel_err = abs_err / np.maximum(np.abs(w), np.finfo(np.float64).tiny)
     else:
         w = want.astype(np.float64)
         g = got.astype(np.float64)
@@ -132,10 +183,12 @@ def compare(expected, actual, *, rtol: float = 1e-5, atol: float = 1e-6, names=N
         expected), a bundle directory, a ``.npz``, a directory of ``.npy``
         files, or a dict.
     actual : path or dict of arrays
-        The port's outputs, in any of the same forms.
+        The port's outputs, in any of the same forms (dict values may be
+        torch tensors, JAX or CuPy arrays: converted as by :func:`dump_arrays`).
     rtol, atol : float
         Element ``i`` matches when ``|a_i - e_i| <= atol + rtol * |e_i|``.
-        Integer arrays (noise words, labels, indices) must match exactly.
+        Integer expected arrays (noise words, labels, indices) must match
+        exactly, whatever the dtype the port wrote them in.
     names : iterable of str, optional
         Compare only these expected arrays.
 

@@ -41,9 +41,22 @@ from typing import Callable
 from .. import _backend, rng
 
 
+__all__ = ["SCENARIOS", "Scenario", "scenario"]
+
+
 @dataclass(frozen=True)
 class Scenario:
-    """A registered scenario: its function and a one-line description."""
+    """A registered scenario: its function and a one-line description.
+
+    Attributes
+    ----------
+    fn : callable
+        ``fn(xp, dtype, seed) -> (arrays, hyperparameters)``: ``arrays`` a dict
+        of names to arrays of namespace ``xp``, ``hyperparameters`` a
+        JSON-serialisable dict.
+    description : str
+        What a port reproduces (``python -m egdnp.reference list``).
+    """
 
     fn: Callable
     description: str
@@ -53,7 +66,20 @@ SCENARIOS: dict[str, Scenario] = {}
 
 
 def scenario(name: str, description: str):
-    """Decorator registering a scenario function under ``name``."""
+    """Decorator registering a scenario function under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The scenario's name; must not be registered yet.
+    description : str
+        One line on what a port reproduces.
+
+    Returns
+    -------
+    callable
+        The decorator; it returns the function unchanged.
+    """
 
     def register(fn):
         if name in SCENARIOS:

@@ -191,8 +191,28 @@ def random_bits(shape, *, seed, stream=0, member=0, generation=0, xp=None, devic
 def uniform(shape, *, seed, stream=0, member=0, generation=0, dtype="float32", xp=None, device=None, impl="auto"):
     """Uniform floats in [0, 1): ``(word >> 8) * 2**-24`` (exact in both dtypes).
 
-    Parameters are those of :func:`random_bits`, plus ``dtype`` ("float32" or
-    "float64").  Returns an array of shape ``shape``.
+    Parameters
+    ----------
+    shape : int or tuple of int
+    seed : int
+        64-bit seed (the Philox key).
+    stream : int or str
+        Stream id, or a parameter name hashed with :func:`stream_id`.
+    member, generation : int
+        Population member and generation (counter words 2 and 3).
+    dtype : {"float32", "float64"}
+    xp : namespace or {"numpy", "cupy"}, optional
+        Where to compute; NumPy by default.
+    device : optional
+        Device of ``xp`` for the result.
+    impl : {"auto", "numba", "cupy", "array_api"}
+        Force one implementation (tests); "auto" picks by namespace.
+
+    Returns
+    -------
+    array, shape ``shape``, ``dtype``
+        Element ``j`` is ``(random_bits(...)[j] >> 8) * 2**-24``: a multiple of
+        ``2**-24`` in [0, 1), bitwise equal on every backend.
     """
     seed = _check_seed(seed)
     stream, member, generation = _check_stream(stream), _check_word("member", member), _check_word("generation", generation)

@@ -47,6 +47,19 @@ NORMAL_ATOL = {"float32": 4e-6, "float64": 1e-13}
 def stream_id(name: str) -> int:
     """The stream id of a parameter name: CRC-32 of its UTF-8 bytes (zlib.crc32).
 
+    Parameters
+    ----------
+    name : str
+        A parameter name (``"fc1.weight"``) or any other stream label
+        (``"data/batches"``, ``"init/fc1.weight"``).
+
+    Returns
+    -------
+    int
+        In [0, 2**32 - 1]; the ``stream`` counter word of the noise functions.
+
+    Examples
+    --------
     >>> stream_id("fc1.weight")
     980894944
     """

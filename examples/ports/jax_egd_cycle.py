@@ -17,8 +17,8 @@ Works for ``egd_cycle`` (mean) and ``egd_cycle_softmax``.
 
 from __future__ import annotations
 
+import argparse
 import math
-import sys
 from functools import partial
 
 import jax
@@ -83,6 +83,9 @@ def run(bundle_dir, out_path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python examples/ports/jax_egd_cycle.py BUNDLE_DIR OUT(.npz or directory)")
-    print(f"wrote {run(sys.argv[1], sys.argv[2])}")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="scenarios: egd_cycle, egd_cycle_softmax; see docs/validating-a-port.md")
+    parser.add_argument("bundle", help="reference bundle directory (python -m egdnp.reference generate SCENARIO --out DIR)")
+    parser.add_argument("out", help="where to write the port's outputs: a .npz file, or a directory of .npy files")
+    args = parser.parse_args()
+    print(f"wrote {run(args.bundle, args.out)}")

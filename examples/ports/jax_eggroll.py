@@ -20,8 +20,8 @@ float64 bundles need ``jax_enable_x64`` (set below); float32 inputs stay float32
 
 from __future__ import annotations
 
+import argparse
 import math
-import sys
 from functools import partial
 
 import jax
@@ -158,6 +158,9 @@ def run(bundle_dir, out_path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python examples/ports/jax_eggroll.py BUNDLE_DIR OUT(.npz or directory)")
-    print(f"wrote {run(sys.argv[1], sys.argv[2])}")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="scenarios: eggroll_hyperscalees_jax, eggroll_egdnp, eggroll_hyperscalees_torch; see docs/validating-a-port.md")
+    parser.add_argument("bundle", help="reference bundle directory (python -m egdnp.reference generate SCENARIO --out DIR)")
+    parser.add_argument("out", help="where to write the port's outputs: a .npz file, or a directory of .npy files")
+    args = parser.parse_args()
+    print(f"wrote {run(args.bundle, args.out)}")

@@ -23,6 +23,7 @@ the way a port runs without egdnp at hand.
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from pathlib import Path
@@ -202,7 +203,11 @@ def run(bundle_dir, out_path, *, own_noise: bool = False):
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--own-noise"]
-    if len(args) != 2:
-        sys.exit("usage: python examples/ports/torch_eggroll.py BUNDLE_DIR OUT(.npz or directory) [--own-noise]")
-    print(f"wrote {run(args[0], args[1], own_noise='--own-noise' in sys.argv)}")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="scenarios: eggroll_hyperscalees_torch, eggroll_egdnp, eggroll_hyperscalees_jax; see docs/validating-a-port.md")
+    parser.add_argument("bundle", help="reference bundle directory (python -m egdnp.reference generate SCENARIO --out DIR)")
+    parser.add_argument("out", help="where to write the port's outputs: a .npz file, or a directory of .npy files")
+    parser.add_argument("--own-noise", action="store_true",
+                        help="regenerate the factors from their addresses (torch_noise.py) instead of reading them")
+    args = parser.parse_args()
+    print(f"wrote {run(args.bundle, args.out, own_noise=args.own_noise)}")
