@@ -358,3 +358,21 @@ def test_cross_entropy_numba_matches_array_api(dtype, reduction):
     assert g1.dtype == dtype and np.asarray(l1).dtype == dtype
     with pytest.raises(ValueError, match=r"labels range over \[\d+, 6\]"):
         losses.softmax_cross_entropy_with_grad(logits, np.where(labels == labels[0], 6, labels), reduction)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layouts", ["CC", "FF", "CF", "FC", "strided"])
+def test_numba_tanh_backward_equals_the_array_api_expression_bitwise(dtype, layouts):
+    r = np.random.default_rng(3)
+    for shape in [(128, 256), (3, 5, 7), (1000,)]:
+        d = r.standard_normal(shape).astype(dtype)
+        o = np.tanh(r.standard_normal(shape)).astype(dtype)
+        if layouts == "strided":
+            d = d[::-1]
+        else:
+            d = np.asfortranarray(d) if layouts[0] == "F" else d
+            o = np.asfortranarray(o) if layouts[1] == "F" else o
+        got = F.tanh_backward(d, o)
+        expected = d * (1.0 - o * o)  # the array-API branch, in NumPy
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)

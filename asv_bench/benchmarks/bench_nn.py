@@ -110,7 +110,9 @@ class TrainingStepKeepFreedMemory(TrainingStep):
     """:class:`TrainingStep` after ``egdnp.nn.keep_freed_memory()`` (glibc keeps freed blocks).
 
     A separate benchmark so that asv runs it in its own process: the malloc
-    setting is process-wide.
+    setting is process-wide.  Since ``loss_and_grad`` serves its temporaries
+    from the per-thread step scratch, the default step has no page faults
+    either; this class shows that the process-wide setting adds nothing.
     """
 
     def setup(self, model, backend):

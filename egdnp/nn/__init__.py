@@ -73,6 +73,20 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 <
 
     return _keep(mmap_threshold, trim_threshold)
 
+
+def release_step_scratch() -> None:
+    """Free the calling thread's step scratch block (NumPy backend).
+
+    :meth:`Serial.loss_and_grad` on NumPy serves its kernel temporaries (im2col
+    columns, padded inputs, pooled maps and their gradients) from one per-thread
+    block that is reused every step, so steady-state steps allocate no fresh
+    pages.  The block stays as large as the largest step so far; call this after
+    training to hand it back.  The next step grows a new one.  No arrays involved.
+    """
+    from ._cpu import release_step_scratch as _release
+
+    _release()
+
 __all__ = [
     "functional",
     "init",
@@ -106,4 +120,5 @@ __all__ = [
     "mlp",
     "cnn",
     "keep_freed_memory",
+    "release_step_scratch",
 ]

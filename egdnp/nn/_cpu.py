@@ -16,6 +16,10 @@ after a GEMM measured 5-10x slower than the serial one (see docs/nn.md).
 
 from __future__ import annotations
 
+import contextlib
+import math
+import threading
+
 import numba
 import numpy as np
 from numba import prange
@@ -25,6 +29,120 @@ _PARALLEL = dict(nopython=True, parallel=True, cache=True, nogil=True)
 
 #: Output size (elements) from which kernels split the batch over threads.
 PARALLEL_MIN_ELEMENTS = 1 << 23
+
+
+# ----------------------------------------------------------------------------
+# step scratch: the temporaries of one forward + backward, reused every step
+# ----------------------------------------------------------------------------
+class StepScratch:
+    """A bump allocator over one reusable byte block, for one training step.
+
+    A CNN step allocates ~30 MB of short-lived arrays (padded inputs, im2col
+    columns, wide GEMM outputs, pooled maps and their gradients).  Fresh from
+    malloc they are fresh pages each step -- 2300-3300 page faults, about 30% of
+    the step on the 2-core VM.  Handing them out of one block that lives as long
+    as the thread makes the second and later steps fault-free without touching
+    the process's malloc settings (compare :func:`keep_freed_memory`).
+
+    Arrays from :meth:`empty` are valid until the next :meth:`reset`: only
+    intermediates that die inside the step may come from here, never an array
+    the step returns.  The first step (or a step larger than every earlier one)
+    records how many bytes it wanted and falls back to ``np.empty``; the block
+    grows to that size at the next :meth:`reset`.
+    """
+
+    ALIGN = 64  # bytes: a cache line, also what AVX-512 loads like
+
+    def __init__(self):
+        self.block = np.empty(0, dtype=np.uint8)
+        self.offset = 0  # bytes handed out since the last reset
+        self.wanted = 0  # largest offset reached since the last reset
+
+    def reset(self) -> None:
+        """Start a new step; grow the block if the last step wanted more."""
+        if self.wanted > self.block.size:
+            raw = np.empty(self.wanted + self.ALIGN, dtype=np.uint8)
+            start = -raw.ctypes.data % self.ALIGN
+            self.block = raw[start : start + self.wanted]
+        self.offset = 0
+        self.wanted = 0
+
+    def release(self) -> None:
+        """Give the block back to malloc."""
+        self.block = np.empty(0, dtype=np.uint8)
+        self.offset = self.wanted = 0
+
+    def empty(self, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        start = self.offset
+        # cheap on purpose (called per kernel): math.prod and ndarray(buffer=...)
+        # cost ~0.5 us where np.prod plus a view and a reshape cost ~4 us
+        self.offset = start - (-math.prod(shape) * dtype.itemsize // self.ALIGN) * self.ALIGN
+        if self.offset > self.wanted:
+            self.wanted = self.offset
+        if self.offset > self.block.size:
+            return np.empty(shape, dtype=dtype)
+        return np.ndarray(shape, dtype=dtype, buffer=self.block, offset=start)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Allocate normally inside (for code whose arrays may outlive the step)."""
+        was_active = getattr(_THREAD, "active", False)
+        _THREAD.active = False
+        try:
+            yield
+        finally:
+            _THREAD.active = was_active
+
+    def holds(self, arr) -> bool:
+        """True when ``arr`` may live in the block (then it must not leave the step)."""
+        return isinstance(arr, np.ndarray) and self.block.size > 0 and np.may_share_memory(arr, self.block)
+
+
+# .scratch: this thread's StepScratch; .in_step: inside step_scratch(); .active: _empty allocates from it
+_THREAD = threading.local()
+
+
+@contextlib.contextmanager
+def step_scratch():
+    """Serve this thread's kernel temporaries from its :class:`StepScratch` inside the block.
+
+    Yields the scratch.  Not re-entrant on purpose: a nested block (a loss
+    callable that itself trains a model) allocates normally, so the outer
+    step's arrays are never handed out twice.
+    """
+    if getattr(_THREAD, "in_step", False):  # also while the outer step is paused
+        yield None
+        return
+    scratch = getattr(_THREAD, "scratch", None)
+    if scratch is None:
+        scratch = _THREAD.scratch = StepScratch()
+    scratch.reset()
+    _THREAD.in_step = _THREAD.active = True
+    try:
+        yield scratch
+    finally:
+        _THREAD.in_step = _THREAD.active = False
+
+
+def release_step_scratch() -> None:
+    """Free this thread's step scratch block (it is re-grown by the next step)."""
+    scratch = getattr(_THREAD, "scratch", None)
+    if scratch is not None:
+        scratch.release()
+
+
+def _empty(shape, dtype) -> np.ndarray:
+    """``np.empty`` for a step temporary: from the step scratch inside :func:`step_scratch`."""
+    if getattr(_THREAD, "active", False):
+        return _THREAD.scratch.empty(shape, dtype)
+    return np.empty(shape, dtype=dtype)
+
+
+def _zeros(shape, dtype) -> np.ndarray:
+    out = _empty(shape, dtype)
+    out.fill(0)
+    return out
 
 
 def _parallel(n_elements: int) -> bool:
@@ -313,18 +431,19 @@ def conv2d_stride1_forward(x, w, b, p, d):
     if p == (0, 0):
         xpad = np.ascontiguousarray(x)
     else:
-        xpad = np.zeros((n, c, hp, wp), dtype=x.dtype)
+        xpad = _zeros((n, c, hp, wp), x.dtype)
         xpad[:, :, p[0] : p[0] + h, p[1] : p[1] + wd] = x
     ck = c * kh * kw
-    cols = np.empty((ck, n, oh * wp), dtype=x.dtype)
+    cols = _empty((ck, n, oh * wp), x.dtype)
     par = _parallel(cols.size)
     if par:
         _im2col_wide_par(xpad, kh, kw, d[0], d[1], oh, cols, numba.get_num_threads())
     else:
         _im2col_wide(xpad, kh, kw, d[0], d[1], oh, cols, 0, n)
-    wide = np.matmul(np.ascontiguousarray(w).reshape(c_out, ck), cols.reshape(ck, n * oh * wp)).reshape(c_out, n, oh * wp)
+    wide = _empty((c_out, n, oh * wp), x.dtype)
+    np.matmul(np.ascontiguousarray(w).reshape(c_out, ck), cols.reshape(ck, n * oh * wp), out=wide.reshape(c_out, n * oh * wp))
     bias = np.zeros(c_out, dtype=x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
-    out = np.empty((n, c_out, oh, ow), dtype=x.dtype)
+    out = _empty((n, c_out, oh, ow), x.dtype)
     if par:
         _wide_to_nchw_par(wide, bias, out, numba.get_num_threads())
     else:
@@ -341,8 +460,8 @@ def conv2d_stride1_backward(dout, cols, x_shape, w, p, d, has_bias, need_dx):
     oh = dout.shape[2]
     dout = np.ascontiguousarray(dout)
     # zeros in the throw-away columns make them drop out of dW and dx exactly
-    dwide = np.empty((c_out, n, oh * wp), dtype=dout.dtype)
-    sums = np.empty((n, c_out), dtype=np.float64)
+    dwide = _empty((c_out, n, oh * wp), dout.dtype)
+    sums = _empty((n, c_out), np.float64)
     par = _parallel(cols.size)
     if par:
         _nchw_to_wide_par(dout, dwide, sums, numba.get_num_threads())
@@ -355,8 +474,9 @@ def conv2d_stride1_backward(dout, cols, x_shape, w, p, d, has_bias, need_dx):
     db = sums.sum(axis=0).astype(dout.dtype) if has_bias else None
     if not need_dx:
         return None, dw, db
-    dcols = np.ascontiguousarray(w).reshape(c_out, ck).T @ d2  # (CK, N*L')
-    dxpad = np.empty((n, c, hp, wp), dtype=dout.dtype)
+    dcols = _empty((ck, n * oh * wp), dout.dtype)
+    np.matmul(np.ascontiguousarray(w).reshape(c_out, ck).T, d2, out=dcols)
+    dxpad = _empty((n, c, hp, wp), dout.dtype)
     if par:
         _col2im_wide_par(dcols, kh, kw, d[0], d[1], oh, dxpad, numba.get_num_threads())
     else:
@@ -473,6 +593,25 @@ def _relu_backward(dout, out_fwd, result, i0, i1):
         result[i] = dout[i] * (out_fwd[i] > 0)
 
 
+@numba.jit(**_SERIAL)
+def _tanh_backward_flat(dout, out_fwd, result):
+    one = np.ones(1, dtype=out_fwd.dtype)[0]  # typed 1: a float64 literal would promote float32
+    for k in range(result.shape[0]):
+        i = np.uint64(k)
+        result[i] = dout[i] * (one - out_fwd[i] * out_fwd[i])
+
+
+@numba.jit(**_SERIAL)
+def _tanh_backward_2d(dout, out_fwd, result):
+    # dout C-ordered, out_fwd any layout (a Linear output is a transposed view):
+    # the strided reads cost less than NumPy's three passes or a layout copy
+    one = np.ones(1, dtype=out_fwd.dtype)[0]
+    for i in range(result.shape[0]):
+        for j in range(result.shape[1]):
+            o = out_fwd[i, j]
+            result[i, j] = dout[i, j] * (one - o * o)
+
+
 # ----------------------------------------------------------------------------
 # parallel drivers: split [0, n) into one chunk per thread
 # ----------------------------------------------------------------------------
@@ -550,7 +689,7 @@ def im2col(x, k, s, p, d, out_hw, transposed=False):
     x = np.ascontiguousarray(x)
     n, c = x.shape[0], x.shape[1]
     length, ck = out_hw[0] * out_hw[1], c * k[0] * k[1]
-    out = np.empty((n, ck, length) if transposed else (n, length, ck), dtype=x.dtype)
+    out = _empty((n, ck, length) if transposed else (n, length, ck), x.dtype)
     args = (x, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], out_hw[0], out_hw[1], out)
     if _parallel(out.size):
         (_im2col_cols_par if transposed else _im2col_rows_par)(*args, numba.get_num_threads())
@@ -562,7 +701,7 @@ def im2col(x, k, s, p, d, out_hw, transposed=False):
 def col2im(patches, x_shape, k, s, p, d, out_hw, transposed=False):
     """Numba col2im (adjoint of :func:`im2col`); returns (N, C, H, W)."""
     patches = np.ascontiguousarray(patches)
-    out = np.empty(x_shape, dtype=patches.dtype)
+    out = _empty(x_shape, patches.dtype)
     args = (patches, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], out_hw[0], out_hw[1], out)
     if _parallel(patches.size):
         (_col2im_cols_par if transposed else _col2im_rows_par)(*args, numba.get_num_threads())
@@ -575,8 +714,8 @@ def max_pool2d(x, k, s, p, out_hw):
     """Numba max pooling; returns (out (N, C, oh, ow), argmax (N, C, oh, ow) int32 offset i*kw+j)."""
     x = np.ascontiguousarray(x)
     n, c = x.shape[0], x.shape[1]
-    out = np.empty((n, c, out_hw[0], out_hw[1]), dtype=x.dtype)
-    argmax = np.empty((n, c, out_hw[0], out_hw[1]), dtype=np.int32)
+    out = _empty((n, c, out_hw[0], out_hw[1]), x.dtype)
+    argmax = _empty((n, c, out_hw[0], out_hw[1]), np.int32)
     par = _parallel(x.size)
     if k == (2, 2) and s == (2, 2) and p == (0, 0):
         _max_pool_2x2_par(x, out, argmax, numba.get_num_threads()) if par else _max_pool_2x2(x, out, argmax, 0, n)
@@ -590,7 +729,7 @@ def max_pool2d_backward(dout, argmax, x_shape, k, s, p):
     """Numba max-pool backward; scatters ``dout`` to the recorded argmax positions."""
     dout = np.ascontiguousarray(dout)
     argmax = np.ascontiguousarray(argmax)
-    out = np.empty(x_shape, dtype=dout.dtype)
+    out = _empty(x_shape, dout.dtype)
     if k == (2, 2) and s == (2, 2) and p == (0, 0):
         if _parallel(out.size):
             _max_pool_2x2_backward_par(dout, argmax, out, numba.get_num_threads())
@@ -607,9 +746,30 @@ def relu_backward(dout, out_fwd):
     shape = dout.shape
     d = np.ascontiguousarray(dout).reshape(-1)
     o = np.ascontiguousarray(out_fwd).reshape(-1)
-    result = np.empty_like(d)
+    result = _empty(d.shape, d.dtype)
     _relu_backward_par(d, o, result, numba.get_num_threads()) if _parallel(d.size) else _relu_backward(d, o, result, 0, d.size)
     return result.reshape(shape)
+
+
+def tanh_backward(dout, out_fwd):
+    """``dout * (1 - out_fwd**2)`` in one pass, the same float operations as NumPy's expression."""
+    if dout.flags.c_contiguous and out_fwd.flags.c_contiguous:
+        d, o = dout.reshape(-1), out_fwd.reshape(-1)
+    elif dout.flags.f_contiguous and out_fwd.flags.f_contiguous:
+        d, o = dout.T.reshape(-1), out_fwd.T.reshape(-1)
+    elif dout.ndim == 2 and dout.flags.c_contiguous:
+        result = _empty(dout.shape, dout.dtype)
+        _tanh_backward_2d(dout, out_fwd, result)
+        return result
+    else:
+        d, o = np.ascontiguousarray(dout).reshape(-1), np.ascontiguousarray(out_fwd).reshape(-1)
+        result = _empty(d.shape, d.dtype)
+        _tanh_backward_flat(d, o, result)
+        return result.reshape(dout.shape)
+    result = _empty(d.shape, d.dtype)
+    _tanh_backward_flat(d, o, result)
+    # back in the layout the inputs shared
+    return result.reshape(dout.shape) if dout.flags.c_contiguous else result.reshape(dout.T.shape).T
 
 
 def normal_cdf(x):

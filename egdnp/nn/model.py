@@ -31,6 +31,8 @@ layer loops over members in Python.
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Any, Callable, NamedTuple
 
 from .. import _backend
@@ -415,15 +417,30 @@ class Serial:
         grads : dict[str, array]
         state : dict[str, array], only with ``return_state=True``
         """
-        out, cache = self.forward(params, x, state=state, train=train, seed=seed, step=step)
-        if loss == "cross_entropy":
-            value, dout = losses.softmax_cross_entropy_with_grad(out, y, "mean")
-        elif loss == "mse":
-            value, dout = losses.mse(out, y), losses.mse_grad(out, y)
-        elif callable(loss):
-            value, dout = loss(out, y)
-        else:
+        if not (loss in ("cross_entropy", "mse") or callable(loss)):
             raise ValueError(f"loss={loss!r} must be 'cross_entropy', 'mse' or a callable fn(out, y) -> (loss, dout)")
+        if not _backend.is_numpy(_backend.array_namespace(x)):
+            return self._loss_and_grad(params, x, y, loss, state, train, seed, step, return_state, None)
+        from . import _cpu
+
+        # The step's kernel temporaries come from a per-thread block reused every
+        # step (no page faults).  Nothing returned lives there: gradients are
+        # fresh GEMM outputs, and the loss runs outside the block on a copy of
+        # an output that lives in it.
+        with _cpu.step_scratch() as scratch:
+            return self._loss_and_grad(params, x, y, loss, state, train, seed, step, return_state, scratch)
+
+    def _loss_and_grad(self, params, x, y, loss, state, train, seed, step, return_state, scratch):
+        out, cache = self.forward(params, x, state=state, train=train, seed=seed, step=step)
+        if scratch is not None and scratch.holds(out):
+            out = out.copy()
+        with contextlib.nullcontext() if scratch is None else scratch.paused():
+            if loss == "cross_entropy":
+                value, dout = losses.softmax_cross_entropy_with_grad(out, y, "mean")
+            elif loss == "mse":
+                value, dout = losses.mse(out, y), losses.mse_grad(out, y)
+            else:
+                value, dout = loss(out, y)
         _, grads = self.backward(params, cache, dout, need_dx=False)
         if return_state:
             return value, grads, cache.state
