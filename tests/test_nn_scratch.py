@@ -180,3 +180,9 @@ def test_scratch_hands_out_aligned_disjoint_views_and_falls_back_when_full():
     assert np.may_share_memory(a, s.block) and np.may_share_memory(b, s.block)
     assert not np.may_share_memory(a, b) and not np.may_share_memory(c, s.block)
     assert a.shape == (3, 5) and a.dtype == np.float32 and b.dtype == np.float64
+
+
+def test_loss_and_grad_reports_a_non_array_input_like_forward():
+    model = nn.mlp((4, 3, 2))
+    with pytest.raises(TypeError, match="x must be an array, got list"):
+        model.loss_and_grad(model.init(0), [[1.0] * 4], np.array([0]))

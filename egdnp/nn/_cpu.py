@@ -753,23 +753,16 @@ def relu_backward(dout, out_fwd):
 
 def tanh_backward(dout, out_fwd):
     """``dout * (1 - out_fwd**2)`` in one pass, the same float operations as NumPy's expression."""
-    if dout.flags.c_contiguous and out_fwd.flags.c_contiguous:
-        d, o = dout.reshape(-1), out_fwd.reshape(-1)
-    elif dout.flags.f_contiguous and out_fwd.flags.f_contiguous:
-        d, o = dout.T.reshape(-1), out_fwd.T.reshape(-1)
-    elif dout.ndim == 2 and dout.flags.c_contiguous:
+    if dout.flags.f_contiguous and out_fwd.flags.f_contiguous and not dout.flags.c_contiguous:
+        return tanh_backward(dout.T, out_fwd.T).T  # both transposes are C-ordered: the flat pass
+    if dout.ndim == 2 and dout.flags.c_contiguous and not out_fwd.flags.c_contiguous:
         result = _empty(dout.shape, dout.dtype)
         _tanh_backward_2d(dout, out_fwd, result)
         return result
-    else:
-        d, o = np.ascontiguousarray(dout).reshape(-1), np.ascontiguousarray(out_fwd).reshape(-1)
-        result = _empty(d.shape, d.dtype)
-        _tanh_backward_flat(d, o, result)
-        return result.reshape(dout.shape)
+    d, o = np.ascontiguousarray(dout), np.ascontiguousarray(out_fwd)
     result = _empty(d.shape, d.dtype)
-    _tanh_backward_flat(d, o, result)
-    # back in the layout the inputs shared
-    return result.reshape(dout.shape) if dout.flags.c_contiguous else result.reshape(dout.T.shape).T
+    _tanh_backward_flat(d.reshape(-1), o.reshape(-1), result.reshape(-1))
+    return result
 
 
 def normal_cdf(x):

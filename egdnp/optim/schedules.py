@@ -33,9 +33,9 @@ __all__ = [
 ]
 
 
-def _check_steps(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"Invalid {name}={value!r}: must be an int >= 0")
+def _check_steps(name: str, value, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Invalid {name}={value!r}: must be an int >= {minimum}")
     return int(value)
 
 
@@ -88,9 +88,7 @@ def step_decay(init_value: float, step_size: int, gamma: float = 0.1) -> Callabl
         ``f(step: int) -> float``.
     """
     init_value = check_float("init_value", init_value, low=0.0)
-    step_size = _check_steps("step_size", step_size)
-    if step_size == 0:
-        raise ValueError("Invalid step_size=0: must be >= 1")
+    step_size = _check_steps("step_size", step_size, minimum=1)
     gamma = check_float("gamma", gamma, low=0.0)
 
     def schedule(step: int) -> float:
@@ -164,9 +162,7 @@ def cosine(init_value: float, decay_steps: int, alpha: float = 0.0) -> Callable[
         ``f(step: int) -> float``.
     """
     init_value = check_float("init_value", init_value, low=0.0)
-    decay_steps = _check_steps("decay_steps", decay_steps)
-    if decay_steps == 0:
-        raise ValueError("Invalid decay_steps=0: must be >= 1")
+    decay_steps = _check_steps("decay_steps", decay_steps, minimum=1)
     alpha = check_float("alpha", alpha, low=0.0, high=1.0)
 
     def schedule(step: int) -> float:
