@@ -24,6 +24,21 @@ def test_numpy_and_strict_by_name_and_by_namespace():
     assert _backend.array_namespace(strict.asarray([1.0])) is array_api_strict
 
 
+def test_array_namespace_memo_keeps_the_errors():
+    """The lookup is memoised on argument types; a failing combination must still raise every time."""
+    import array_api_compat
+    import array_api_strict
+
+    a, s = np.ones(2), array_api_strict.asarray([1.0])
+    assert _backend.array_namespace(a, a) is array_api_compat.array_namespace(a, a)
+    assert _backend.array_namespace(s) is array_api_strict
+    for _ in range(2):
+        with pytest.raises(TypeError):
+            _backend.array_namespace(a, s)
+        with pytest.raises(TypeError):
+            _backend.array_namespace([1.0, 2.0])
+
+
 @pytest.mark.parametrize("bad,exc", [("torch", ValueError), (3, TypeError), (object(), TypeError)])
 def test_unknown_backends_raise_with_the_fix(bad, exc):
     with pytest.raises(exc, match="numpy"):

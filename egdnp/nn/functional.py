@@ -79,20 +79,26 @@ __all__ = [
 
 IMPLS = ("auto", "numba", "array_api")
 
-_NAMESPACES: dict = {}
+# The namespace of some arrays (memoised in _backend on their types); the short
+# name is what every layer here calls.
+_namespace = _backend.array_namespace
 
 
-def _namespace(*arrays):
-    """``_backend.array_namespace`` memoised on the argument types.
+_KERNELS = None
 
-    The namespace depends only on the array types, and the uncached lookup
-    costs several microseconds -- a visible share of a small layer's time.
+
+def _kernels():
+    """:mod:`egdnp.nn._cpu` (the Numba kernels), imported on first use.
+
+    Lazy so that ``import egdnp`` does not load Numba; kept in a global because
+    ``from . import _cpu`` inside a hot function costs ~2 us per call.
     """
-    key = tuple(type(a) for a in arrays)
-    xp = _NAMESPACES.get(key)
-    if xp is None:
-        xp = _NAMESPACES[key] = _backend.array_namespace(*arrays)
-    return xp
+    global _KERNELS
+    if _KERNELS is None:
+        from . import _cpu
+
+        _KERNELS = _cpu
+    return _KERNELS
 
 
 # ----------------------------------------------------------------------------
@@ -229,8 +235,7 @@ def im2col(x, kh: int, kw: int, *, stride=1, padding=0, dilation=1, transposed: 
     n, c, h, w = (int(v) for v in x.shape)
     oh, ow = _check_out_hw((h, w), k, s, p, d, "im2col")
     if _use_numba(xp, impl):
-        from . import _cpu
-
+        _cpu = _kernels()
         return _cpu.im2col(x, k, s, p, d, (oh, ow), transposed), (oh, ow)
     xpad = _pad_hw(x, p[0], p[1])
     # One strided view per kernel offset (kh*kw of them), never a loop over pixels.
@@ -268,8 +273,7 @@ def col2im(patches, x_shape, kh: int, kw: int, *, stride=1, padding=0, dilation=
     if tuple(patches.shape) != expected:
         raise ValueError(f"patches has shape {tuple(patches.shape)}; expected {expected} for x_shape {tuple(x_shape)}")
     if _use_numba(xp, impl):
-        from . import _cpu
-
+        _cpu = _kernels()
         return _cpu.col2im(patches, (n, c, h, w), k, s, p, d, (oh, ow), transposed)
     cols = patches if transposed else xp.permute_dims(patches, (0, 2, 1))
     cols = xp.reshape(cols, (n, c, k[0] * k[1], oh, ow))
@@ -373,9 +377,12 @@ def linear_backward(dout, cache, *, need_dx: bool = True):
     x, w, has_bias = cache
     xp = _namespace(dout, w)
     n_out, n_in = int(w.shape[0]), int(w.shape[1])
-    rows = _prod(dout.shape[:-1])
-    d2 = xp.reshape(dout, (rows, n_out))
-    x2 = xp.reshape(x, (rows, n_in))
+    if dout.ndim == 2 and x.ndim == 2:
+        d2, x2 = dout, x
+    else:
+        rows = _prod(dout.shape[:-1])
+        d2 = xp.reshape(dout, (rows, n_out))
+        x2 = xp.reshape(x, (rows, n_in))
     # (x2.T @ d2).T equals d2.T @ x2; OpenBLAS ran it ~12% faster for the MLP shapes
     dw = xp.matmul(x2.T, d2).T
     db = xp.sum(d2, axis=0) if has_bias else None
@@ -426,8 +433,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, *, impl: str =
     s, p, d = (_pair(stride, "stride", minimum=1), _pair(padding, "padding", minimum=0), _pair(dilation, "dilation", minimum=1))
     oh, ow = _check_out_hw((h, wd), (kh, kw), s, p, d, "conv2d")
     if s == (1, 1) and _use_numba(xp, impl):
-        from . import _cpu
-
+        _cpu = _kernels()
         out4, cols = _cpu.conv2d_stride1_forward(x4, w, b, p, d)
         cache = ("wide", cols, (n, c, h, wd), tuple(x.shape), w, b is not None, (s, p, d), impl)
         return xp.reshape(out4, lead + (c_out, oh, ow)), cache
@@ -479,8 +485,7 @@ def conv2d_backward(dout, cache, *, need_dx: bool = True):
     xp = _namespace(dout, w)
     c_out, c, kh, kw = (int(v) for v in w.shape)
     if layout == "wide":  # Numba stride-1 path of conv2d_forward
-        from . import _cpu
-
+        _cpu = _kernels()
         d4 = xp.reshape(dout, (x4_shape[0], c_out) + tuple(dout.shape[-2:]))
         dx4, dw, db = _cpu.conv2d_stride1_backward(d4, cols, x4_shape, w, padding, dilation, has_bias, need_dx)
         return (None if dx4 is None else xp.reshape(dx4, x_shape)), dw, db
@@ -541,8 +546,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, *, impl: str = "a
     n = _prod(lead)
     x4 = xp.reshape(x, (n, c, h, w))
     if _use_numba(xp, impl):
-        from . import _cpu
-
+        _cpu = _kernels()
         out4, argmax = _cpu.max_pool2d(x4, k, s, p, (oh, ow))
     else:
         windows = _pool_windows(xp, x4, k, s, p, oh, ow, -math.inf)
@@ -586,8 +590,7 @@ def max_pool2d_backward(dout, cache):
     oh, ow = int(argmax.shape[-2]), int(argmax.shape[-1])
     d4 = xp.reshape(dout, (n, c, oh, ow))
     if _use_numba(xp, impl):
-        from . import _cpu
-
+        _cpu = _kernels()
         return xp.reshape(_cpu.max_pool2d_backward(d4, argmax, (n, c, h, w), k, s, p), x_shape)
     dxpad = xp.zeros((n, c, h + 2 * p[0], w + 2 * p[1]), dtype=dout.dtype, device=_backend.device_of(dout))
     zero = xp.zeros((), dtype=dout.dtype)
@@ -711,8 +714,7 @@ def relu_backward(dout, cache):
     """
     xp = _namespace(dout)
     if _backend.is_numpy(xp):
-        from . import _cpu
-
+        _cpu = _kernels()
         return _cpu.relu_backward(dout, cache)
     return dout * xp.astype(cache > 0, dout.dtype)
 
@@ -762,8 +764,7 @@ def tanh_backward(dout, cache):
     """
     xp = _namespace(dout)
     if _backend.is_numpy(xp) and dout.dtype == cache.dtype and dout.shape == cache.shape:
-        from . import _cpu
-
+        _cpu = _kernels()
         return _cpu.tanh_backward(dout, cache)
     return dout * (1.0 - cache * cache)
 
@@ -883,8 +884,7 @@ def gelu_forward(x):
     """
     xp = _namespace(x)
     if _backend.is_numpy(xp):
-        from . import _cpu
-
+        _cpu = _kernels()
         cdf = _cpu.normal_cdf(x)
     else:
         cdf = 0.5 * (1.0 + _erf(xp, x * _SQRT_HALF))

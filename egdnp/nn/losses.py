@@ -15,7 +15,7 @@ losses, i.e. each example's own gradient).
 from __future__ import annotations
 
 from .. import _backend
-from .functional import _namespace
+from .functional import _kernels, _namespace
 
 __all__ = [
     "softmax_cross_entropy",
@@ -168,18 +168,22 @@ def softmax_cross_entropy_with_grad(logits, labels, reduction: str = "mean", *, 
     if impl not in ("auto", "array_api"):
         raise ValueError(f"impl={impl!r} is not one of ('auto', 'array_api')")
     if (
-        impl == "auto" and _backend.is_numpy(xp) and len(logits.shape) == 2 and tuple(labels.shape) == tuple(logits.shape[:1])
-        and xp.isdtype(labels.dtype, "integral") and xp.isdtype(logits.dtype, "real floating") and labels.shape[0] > 0
+        impl == "auto" and _backend.is_numpy(xp) and len(logits.shape) == 2 and labels.shape == logits.shape[:1]
+        and labels.dtype.kind in "iu" and logits.dtype.kind == "f" and labels.shape[0] > 0
     ):
-        # Numba fast path for the common (batch, C) case: one pass, no one-hot matrix.
-        from . import _cpu
-
+        # Numba fast path for the common (batch, C) case of NumPy arrays (hence
+        # the NumPy dtype kinds): one pass, no one-hot matrix.
+        _cpu = _kernels()
         count = int(labels.shape[0])
         scale = 1.0 / count if reduction == "mean" else 1.0
         per_example, grad, bad = _cpu.softmax_xent(logits, labels, scale)
         if bad:
             _check_labels(xp, logits, labels)  # raises with the label range
-        return _reduce(xp, per_example, reduction), (grad if need_grad else None)
+        if reduction == "none":
+            return per_example, (grad if need_grad else None)
+        # per_example.sum() is the np.sum that _reduce's xp.sum runs, minus its wrapper
+        total = per_example.sum()
+        return (total / float(count) if reduction == "mean" else total), (grad if need_grad else None)
     n_classes = _check_labels(xp, logits, labels)
     one_hot = _one_hot(xp, labels, n_classes, logits.dtype, _backend.device_of(logits))
     shifted = logits - xp.max(logits, axis=-1, keepdims=True)

@@ -36,7 +36,7 @@ import contextlib
 from typing import Any, Callable, NamedTuple
 
 from .. import _backend
-from .functional import _namespace
+from .functional import _kernels, _namespace
 from . import layers as L
 from . import losses
 
@@ -75,7 +75,7 @@ def _dtype_str(dtype) -> str:
 
 
 def _shape(a) -> tuple[int, ...]:
-    return tuple(int(s) for s in a.shape)
+    return tuple(map(int, a.shape))
 
 
 class Serial:
@@ -421,8 +421,7 @@ class Serial:
             raise ValueError(f"loss={loss!r} must be 'cross_entropy', 'mse' or a callable fn(out, y) -> (loss, dout)")
         if not (hasattr(x, "shape") and _backend.is_numpy(_namespace(x))):  # forward reports bad x
             return self._loss_and_grad(params, x, y, loss, state, train, seed, step, return_state, None)
-        from . import _cpu
-
+        _cpu = _kernels()
         # The step's kernel temporaries come from a per-thread block reused every
         # step (no page faults).  Nothing returned lives there: gradients are
         # fresh GEMM outputs, and the loss runs outside the block on a copy of
