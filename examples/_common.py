@@ -233,11 +233,13 @@ def plot_learning_curves(histories: dict, path: str, title: str) -> bool:
     axes[2].set(xlabel="wall time of training (s)", ylabel="test accuracy", xscale="log", title="accuracy vs. time")
     for ax in axes:
         ax.grid(True, alpha=0.3)
-        ax.legend()
     for ax in axes[1:]:
         ax.set_ylim(0.0, 1.0)
+    # One legend for the three panels, below them: a legend inside a panel covers curves.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
