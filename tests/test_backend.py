@@ -37,6 +37,9 @@ def test_array_namespace_memo_keeps_the_errors():
             _backend.array_namespace(a, s)
         with pytest.raises(TypeError):
             _backend.array_namespace([1.0, 2.0])
+    # is_numpy is memoised per namespace
+    for _ in range(2):
+        assert _backend.is_numpy(_backend.array_namespace(a)) and not _backend.is_numpy(array_api_strict)
 
 
 @pytest.mark.parametrize("bad,exc", [("torch", ValueError), (3, TypeError), (object(), TypeError)])
