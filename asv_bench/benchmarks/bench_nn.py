@@ -27,12 +27,19 @@ from egdnp.nn import functional as F
 from ._common import BACKENDS, isolated_time, namespace_or_skip
 
 SHAPES = {
-    "mlp": {"batch": 128, "input": (784,)},
-    "cnn": {"batch": 64, "input": (1, 28, 28)},
+    "mlp": {"batch": 128, "input": (784,), "classes": 10},
+    "cnn": {"batch": 64, "input": (1, 28, 28), "classes": 10},
+    # a 4-4-2 tanh MLP on 2 examples: almost no arithmetic, so its step time is
+    # the library's own per-step cost (validation, dispatch, Python) -- StepOverhead
+    "overhead": {"batch": 2, "input": (4,), "classes": 2},
 }
+# consecutive steps per timed block in track_ratio_to_torch (blocks of >= ~0.5 ms)
+STEPS_PER_BLOCK = {"mlp": 50, "cnn": 10, "overhead": 2000}
 
 
 def _egdnp_model(name):
+    if name == "overhead":
+        return nn.mlp((4, 4, 2), activation="tanh")
     return nn.mlp((784, 256, 10), activation="tanh") if name == "mlp" else nn.cnn()
 
 
@@ -46,6 +53,8 @@ def _torch_or_skip():
 
 def _torch_model(torch, name):
     tnn = torch.nn
+    if name == "overhead":
+        return tnn.Sequential(tnn.Linear(4, 4), tnn.Tanh(), tnn.Linear(4, 2))
     if name == "mlp":
         return tnn.Sequential(tnn.Linear(784, 256), tnn.Tanh(), tnn.Linear(256, 10))
     return tnn.Sequential(
@@ -59,7 +68,7 @@ def _data(model):
     shape = SHAPES[model]
     host = np.random.default_rng(0)
     x = host.standard_normal((shape["batch"],) + shape["input"]).astype(np.float32)
-    y = host.integers(0, 10, shape["batch"])
+    y = host.integers(0, shape["classes"], shape["batch"])
     return x, y
 
 
@@ -98,7 +107,7 @@ class TrainingStep:
         :class:`TorchTrainingStep`.
         """
         _torch_or_skip()
-        steps = 50 if model == "mlp" else 10
+        steps = STEPS_PER_BLOCK[model]
         ours = isolated_time("benchmarks.bench_nn", type(self).__name__, (model, backend), "step", number=steps)
         theirs = isolated_time("benchmarks.bench_nn", "TorchTrainingStep", (model, backend), "step", number=steps)
         return ours / theirs
@@ -119,6 +128,18 @@ class TrainingStepKeepFreedMemory(TrainingStep):
         if not nn.keep_freed_memory():
             raise NotImplementedError("not glibc: mallopt is unavailable")
         super().setup(model, backend)
+
+
+class StepOverhead(TrainingStep):
+    """:class:`TrainingStep` of a 4-4-2 tanh MLP on 2 examples: the per-step cost of the library itself.
+
+    The arithmetic is negligible, so ``time_step`` is what egdnp adds to every
+    step (parameter and input checks, namespace dispatch, caches, the Numba
+    calls' entry); ``track_ratio_to_torch`` sets it against torch eager's own
+    per-step cost.  No target: it tracks regressions between versions.
+    """
+
+    params = (["overhead"], BACKENDS)
 
 
 class TorchTrainingStep:
