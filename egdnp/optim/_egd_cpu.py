@@ -38,7 +38,7 @@ import math
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from ..rng._cpu import CHUNK_BLOCKS, _key, _normal_chunk
+from ..rng._cpu import CHUNK_BLOCKS, _key, _normal_chunk, _weighted_chunk
 
 __all__ = ["mutant_into", "MutantPlan", "LowRankPlan", "seed_recombine_into", "mix_into", "lowrank_mutant_into",
            "mean_square", "PARALLEL_FROM", "set_parallel_from"]
@@ -196,32 +196,12 @@ class MutantPlan:
 def _seed_mix_run(c0, c1, out, base, weights, members, k0, k1, s1, s3, o, fbuf, ebuf, z, tmp, acc):
     n = out.shape[0]
     nblocks = (n + 3) // 4
-    a0 = acc[0]
-    a1 = acc[1]
-    a2 = acc[2]
-    a3 = acc[3]
     for b in range(c0 * CHUNK_BLOCKS, min(c1 * CHUNK_BLOCKS, nblocks), CHUNK_BLOCKS):
         nb = min(CHUNK_BLOCKS, nblocks - b)
-        a0[:nb] = 0.0
-        a1[:nb] = 0.0
-        a2[:nb] = 0.0
-        a3[:nb] = 0.0
-        for m in range(members.shape[0]):
-            w = weights[m]
-            _normal_chunk(b, nb, k0, k1, s1, members[m], s3, o[0], o[1], o[2], o[3], fbuf, ebuf,
-                          z[0], z[1], z[2], z[3])
-            z0 = z[0]
-            z1 = z[1]
-            z2 = z[2]
-            z3 = z[3]
-            for i in range(nb):
-                a0[i] += w * z0[i]
-                a1[i] += w * z1[i]
-                a2[i] += w * z2[i]
-                a3[i] += w * z3[i]
+        _weighted_chunk(b, nb, weights, members, k0, k1, s1, s3, o, fbuf, ebuf, z, acc)
         # weighted_noise_sum rounds the float64 sum to the dtype (the stores into tmp do
         # exactly that), then the cycle adds the base
-        _interleave(nb, a0, a1, a2, a3, tmp)
+        _interleave(nb, acc[0], acc[1], acc[2], acc[3], tmp)
         j0 = 4 * b
         j1 = min(n, j0 + 4 * nb)
         _add_rounded(out[j0:j1], base[j0:j1], tmp)

@@ -477,8 +477,12 @@ def normal(n, seed, stream, member, generation, dtype):
 # fused weighted noise sum
 # ----------------------------------------------------------------------------
 @njit(inline="always")
-def _weighted_sum_blocks(out, blo, bhi, weights, members, k0, k1, c1, c3, o, fbuf, ebuf, z, acc):
-    """Weighted sums of blocks blo .. bhi-1 into ``out`` (clipped at its length), chunk by chunk."""
+def _weighted_chunk(b0, nb, weights, members, k0, k1, c1, c3, o, fbuf, ebuf, z, acc):
+    """acc[w, :nb] = sum_m weights[m] * word-w normals of blocks b0 .. b0+nb-1 of member m (float64).
+
+    The one accumulation of the fused weighted sum; EGD's seed-storage mix
+    (optim/_egd_cpu.py) runs it too, so both give the same bits.
+    """
     a0 = acc[0]
     a1 = acc[1]
     a2 = acc[2]
@@ -487,21 +491,27 @@ def _weighted_sum_blocks(out, blo, bhi, weights, members, k0, k1, c1, c3, o, fbu
     z1 = z[1]
     z2 = z[2]
     z3 = z[3]
+    a0[:nb] = 0.0
+    a1[:nb] = 0.0
+    a2[:nb] = 0.0
+    a3[:nb] = 0.0
+    for m in range(members.shape[0]):
+        w = weights[m]
+        _normal_chunk(b0, nb, k0, k1, c1, members[m], c3, o[0], o[1], o[2], o[3], fbuf, ebuf, z0, z1, z2, z3)
+        for i in range(nb):
+            a0[i] += w * z0[i]
+            a1[i] += w * z1[i]
+            a2[i] += w * z2[i]
+            a3[i] += w * z3[i]
+
+
+@njit(inline="always")
+def _weighted_sum_blocks(out, blo, bhi, weights, members, k0, k1, c1, c3, o, fbuf, ebuf, z, acc):
+    """Weighted sums of blocks blo .. bhi-1 into ``out`` (clipped at its length), chunk by chunk."""
     for b0 in range(blo, bhi, CHUNK_BLOCKS):
         nb = min(CHUNK_BLOCKS, bhi - b0)
-        a0[:nb] = 0.0
-        a1[:nb] = 0.0
-        a2[:nb] = 0.0
-        a3[:nb] = 0.0
-        for m in range(members.shape[0]):
-            w = weights[m]
-            _normal_chunk(b0, nb, k0, k1, c1, members[m], c3, o[0], o[1], o[2], o[3], fbuf, ebuf, z0, z1, z2, z3)
-            for i in range(nb):
-                a0[i] += w * z0[i]
-                a1[i] += w * z1[i]
-                a2[i] += w * z2[i]
-                a3[i] += w * z3[i]
-        _store4(out, b0, nb, a0, a1, a2, a3)
+        _weighted_chunk(b0, nb, weights, members, k0, k1, c1, c3, o, fbuf, ebuf, z, acc)
+        _store4(out, b0, nb, acc[0], acc[1], acc[2], acc[3])
 
 
 @njit(parallel=True, cache=True)
