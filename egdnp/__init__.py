@@ -47,6 +47,7 @@ Example
 """
 
 from ._backend import BufferPool, array_namespace, get_namespace, synchronize, to_device, to_host
+from ._files import atomic_write
 
 __version__ = "0.1.0"
 
@@ -58,4 +59,5 @@ __all__ = [
     "to_host",
     "synchronize",
     "BufferPool",
+    "atomic_write",
 ]

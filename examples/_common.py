@@ -17,7 +17,7 @@ import time
 import tracemalloc
 from typing import Iterator
 
-from egdnp import _backend
+from egdnp import _backend, atomic_write
 from egdnp import data as _data
 
 
@@ -84,9 +84,20 @@ def output_dir(path: str) -> str:
 
 
 def write_json(path: str, obj) -> None:
-    with open(path, "w") as fh:
-        json.dump(obj, fh, indent=2)
-        fh.write("\n")
+    """Write ``obj`` as indented JSON, atomically (a failed write keeps the previous file)."""
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` atomically (temporary file, fsync, rename)."""
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+
+
+def save_figure(fig, path: str, dpi: int = 110) -> None:
+    """Save a matplotlib figure as PNG, atomically."""
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format="png", dpi=dpi)
 
 
 # ----------------------------------------------------------------------------
@@ -240,7 +251,7 @@ def plot_learning_curves(histories: dict, path: str, title: str) -> bool:
     fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 

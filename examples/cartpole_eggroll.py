@@ -173,7 +173,7 @@ def plot_returns(history, solved_at, path) -> bool:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _common.save_figure(fig, path)
     plt.close(fig)
     return True
 

@@ -28,7 +28,7 @@ import math
 import os
 import sys
 
-from egdnp import _backend, optim
+from egdnp import _backend, atomic_write, optim
 from egdnp.optim.egd import egd
 
 DIM = 8
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     steps = 150 if args.fast else args.steps
     result = run(steps=steps, seed=args.seed, xp=args.backend)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "curves.csv"), "w", newline="") as fh:
+    with atomic_write(os.path.join(args.out, "curves.csv"), "w") as fh:
         writer = csv.writer(fh)
         writer.writerow(["step", "sgd_loss", "egd_loss", "egd_if_better_loss"])
         for t, (a, b, c) in enumerate(zip(result["sgd"], result["egd"], result["egd_if_better"]), start=1):
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         "cycles": len(reports),
         "cycles_accepted_lower": sum(1 for r in reports if r.loss < r.base_loss),
     }
-    with open(os.path.join(args.out, "summary.json"), "w") as fh:
+    with atomic_write(os.path.join(args.out, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
     print(json.dumps(summary, indent=2))
     if not args.no_plot:
@@ -148,7 +148,8 @@ def main(argv=None) -> int:
             ax_rep.set_title("EGD evolution report, cycle by cycle")
             ax_rep.legend(loc="upper right", fontsize=8)
             fig.tight_layout()
-            fig.savefig(os.path.join(args.out, "plateau.png"), dpi=120)
+            with atomic_write(os.path.join(args.out, "plateau.png")) as fh:
+                fig.savefig(fh, format="png", dpi=120)
             plt.close(fig)
     print(f"outputs written to {os.path.abspath(args.out)}")
     return 0

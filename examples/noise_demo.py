@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from egdnp import _backend, rng
+from egdnp import _backend, atomic_write, rng
 
 
 def best_of(fn, repeat=5):
@@ -63,7 +63,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     figures = {"backend": args.backend, "n": n, "egdnp_normal_s": t_egdnp, "numpy_normal_s": t_numpy,
                "speedup": t_numpy / t_egdnp, "weighted_sum_64x1e6_s": t_sum}
-    (out / "noise_demo.json").write_text(json.dumps(figures, indent=2) + "\n")
+    with atomic_write(out / "noise_demo.json", "w") as fh:
+        fh.write(json.dumps(figures, indent=2) + "\n")
     print(f"wrote {out / 'noise_demo.json'}")
     print(f"outputs written to {out}")
 

@@ -199,8 +199,7 @@ def run_all(runs, out, title, plot=True):
     table = _common.format_table(rows)
     print()
     print(table)
-    with open(os.path.join(out, "table.md"), "w") as fh:
-        fh.write(table + "\n")
+    _common.write_text(os.path.join(out, "table.md"), table + "\n")
     rss = _common.max_rss_mib()
     print(f"process peak resident memory (all three runs, Python and libraries included): {rss:.0f} MiB")
     _common.write_json(os.path.join(out, "results.json"),

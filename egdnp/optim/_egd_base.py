@@ -20,6 +20,7 @@ import numbers
 from typing import Any, Callable, NamedTuple
 
 from .. import _backend
+from .._files import atomic_write
 
 __all__ = [
     "Optimizer",
@@ -180,7 +181,7 @@ def save_state(path: Any, state: Any) -> None:
     payload = {f"a{i}": arr for i, arr in enumerate(arrays.values())}
     meta["__arrays__"] = list(arrays)
     payload["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    with open(path, "wb") as fh:
+    with atomic_write(path) as fh:  # a failed save never costs the previous file
         np.savez(fh, **payload)
 
 

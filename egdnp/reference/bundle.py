@@ -25,6 +25,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .._files import atomic_write
+
 __all__ = ["Bundle", "checksum", "to_numpy_arrays", "save_bundle", "load_bundle", "load_arrays", "dump_arrays",
            "platform_fingerprint", "MANIFEST", "ARRAYS", "FORMAT_VERSION"]
 
@@ -227,14 +229,12 @@ def save_bundle(
             name: {"shape": list(a.shape), "dtype": a.dtype.str, "sha256": checksum(a)} for name, a in sorted(host.items())
         },
     }
-    # Write to temporary names, then rename: a failed write never leaves a half bundle.
-    tmp_npz = directory / (ARRAYS + ".tmp")
-    with open(tmp_npz, "wb") as fh:
-        np.savez(fh, **host)
-    tmp_manifest = directory / (MANIFEST + ".tmp")
-    tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp_npz, directory / ARRAYS)
-    os.replace(tmp_manifest, directory / MANIFEST)
+    # Both files are written in full to temporary names before either replaces the old one, so a
+    # failed write leaves the previous bundle as it was (and no temporary file behind).
+    with atomic_write(directory / ARRAYS) as fh_arrays:
+        np.savez(fh_arrays, **host)
+        with atomic_write(directory / MANIFEST, "w") as fh_manifest:
+            fh_manifest.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return directory
 
 
@@ -364,11 +364,12 @@ def dump_arrays(path: str | os.PathLike, arrays: Mapping[str, Any]) -> Path:
     host = to_numpy_arrays(arrays)
     if path.suffix == ".npz":
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
+        with atomic_write(path) as fh:
             np.savez(fh, **host)
         return path
     for name, a in host.items():
         target = path / (name + ".npy")
         target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, a, allow_pickle=False)
+        with atomic_write(target) as fh:
+            np.save(fh, a, allow_pickle=False)
     return path
