@@ -255,3 +255,47 @@ class Eggroll:
             "grad_norm": math.sqrt(norm2),
         }
         return EggrollState(params, opt_state, state.generation + 1, state.seed), info
+
+    def save(self, path, state: EggrollState) -> None:
+        """Write ``state`` and this strategy's noise settings to one ``.npz`` file, atomically.
+
+        See :func:`egdnp.es.checkpoint.save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+        state : EggrollState
+
+        Returns
+        -------
+        None
+        """
+        from . import checkpoint
+
+        checkpoint.save(path, self, state)
+
+    def load(self, path, *, like: dict | None = None, xp: Any = None, device: Any = None) -> EggrollState:
+        """Read a checkpoint of :meth:`save`; the run resumes bit for bit.
+
+        See :func:`egdnp.es.checkpoint.load`.
+
+        Parameters
+        ----------
+        path : str or path-like
+        like : dict of str to array, optional
+            The model's params; keys, shapes and dtypes must match the file's.
+        xp : namespace or name, optional
+        device : optional
+
+        Returns
+        -------
+        EggrollState
+
+        Raises
+        ------
+        ValueError
+            The file's noise settings, parameters or optimiser state do not fit this strategy.
+        """
+        from . import checkpoint
+
+        return checkpoint.load(path, self, like=like, xp=xp, device=device)
