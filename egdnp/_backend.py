@@ -33,6 +33,8 @@ __all__ = [
     "synchronize",
     "pinned_empty",
     "numpy_dtype",
+    "device_count",
+    "use_device",
 ]
 
 _CUPY_HELP = (
@@ -479,3 +481,52 @@ class BufferPool:
 
     def __len__(self) -> int:
         return len(self._buffers)
+
+
+def device_count(xp: types.ModuleType) -> int:
+    """Number of devices the namespace can compute on: GPUs for CuPy, 1 for host namespaces.
+
+    Parameters
+    ----------
+    xp : module
+        An array-API namespace (NumPy, CuPy, array-api-strict, ...).
+
+    Returns
+    -------
+    int
+        ``cupy.cuda.runtime.getDeviceCount()`` for CuPy, else 1.
+    """
+    if is_cupy(xp):
+        return int(_import_cupy().cuda.runtime.getDeviceCount())
+    return 1
+
+
+def use_device(xp: types.ModuleType, index: int) -> Any:
+    """Make device ``index`` the current device of ``xp`` (CuPy: ``cupy.cuda.Device(index).use()``).
+
+    Parameters
+    ----------
+    xp : module
+        An array-API namespace.
+    index : int
+        In ``[0, device_count(xp))``.
+
+    Returns
+    -------
+    device
+        The selected device (``"cpu"`` for host namespaces, where ``index`` must be 0).
+
+    Raises
+    ------
+    ValueError
+        ``index`` is out of range.
+    """
+    count = device_count(xp)
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+        raise ValueError(f"device index={index!r} is out of range: {backend_name(xp)} has {count} device(s); "
+                         f"pass an index in [0, {count})")
+    if is_cupy(xp):
+        device = _import_cupy().cuda.Device(index)
+        device.use()
+        return device
+    return "cpu"
