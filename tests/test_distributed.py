@@ -174,3 +174,32 @@ def test_member_parallel_on_one_process_is_the_closure():
     assert wrapped({}, member=3, cycle=0, phase="score") == 1.5 and calls == [3]
     with pytest.raises(TypeError, match="callable"):
         distributed.member_parallel(3, one())
+
+
+@pytest.mark.parametrize("convention, antithetic", [("egdnp", True), ("hyperscalees-torch", True), ("egdnp", False)])
+def test_a_window_of_pairs_is_the_local_view_of_the_whole_draw(convention, antithetic):
+    """ask(state, pairs=...) draws exactly what local_view slices from the whole population, and the ES gradient
+    of every window (fused regeneration of a >= 4096-entry vector included) sums to the whole one."""
+    model = nn.mlp((70, 64, 3))  # fc1.bias (64,) is small; add a large vector parameter below
+    params = dict(model.init(seed=0), big=np.zeros(5000, np.float32))
+    pop = 10 if antithetic else 9
+    strategy = es.Eggroll(pop_size=pop, rank=2, convention=convention, antithetic=antithetic)
+    state = strategy.init(params, seed=4)
+    whole = strategy.ask(state)
+    f_hat = strategy.shape(np.linspace(-1.0, 2.0, pop).astype(np.float32))
+    total = {k: np.zeros(v.shape, np.float64) for k, v in es.es_gradient(f_hat, whole).items()}
+    for block in distributed.partition(pop, 3, antithetic=antithetic, layout=strategy.convention.layout):
+        window = strategy.ask(state, pairs=block.pairs)
+        view = distributed.local_view(whole, block)
+        assert window.pair == view.pair and window.sign == view.sign and window.first_pair == block.pairs[0]
+        for k, item in window.noise.items():
+            for a, b in zip(item[:-1], view.noise[k][:-1]):
+                np.testing.assert_array_equal(a, b)
+        part = es.es_gradient(f_hat[block.members], window)
+        scale = es.gradient.gradient_scale(whole) / es.gradient.gradient_scale(window)
+        for k in total:
+            total[k] += part[k] * scale
+    for k, g in es.es_gradient(f_hat, whole).items():
+        np.testing.assert_allclose(total[k], g, rtol=1e-5, atol=1e-7, err_msg=k)
+    with pytest.raises(ValueError, match="0 <= lo < hi"):
+        strategy.ask(state, pairs=(3, 3))

@@ -4,7 +4,8 @@ With addressed noise a rank needs only the other ranks' fitness values, never
 their perturbations, to apply the same update.  One generation on every rank:
 
 1. ``strategy.ask(state)``: the perturbations of the whole population, regenerated
-   from ``(seed, name, pair, generation)`` -- the same numbers on every rank;
+   from ``(seed, name, pair, generation)`` -- the same numbers on every rank
+   (in the ``"allreduce"`` mode only this rank's pairs: ``ask(state, pairs=...)``);
 2. score this rank's block of pairs (:func:`partition`: contiguous blocks of
    antithetic pairs, never split; sizes differ by at most one pair) with the
    ordinary perturbed forwards on :func:`local_view`, a population of just
@@ -127,9 +128,8 @@ def local_view(perts: _es.Perturbations, block: Block) -> _es.Perturbations:
     Returns
     -------
     Perturbations
-        ``pop_size = len(block.members)``; its noise is marked as supplied
-        (``external``), so :func:`egdnp.es.es_gradient` contracts the stored
-        slices instead of regenerating pairs ``0 ..`` from the seed.
+        ``pop_size = len(block.members)``, ``first_pair = lo``: the same
+        object as ``strategy.ask(state, pairs=block.pairs)`` draws directly.
     """
     lo, hi = block.pairs
     noise = {}
@@ -144,7 +144,7 @@ def local_view(perts: _es.Perturbations, block: Block) -> _es.Perturbations:
         pair=tuple(int(perts.pair[m]) - lo for m in members),
         sign=tuple(perts.sign[m] for m in members),
         pop_size=len(members),
-        external=frozenset(noise),
+        first_pair=perts.first_pair + lo,
     )
 
 
@@ -248,10 +248,15 @@ class DistributedEggroll:
         Returns
         -------
         perts : Perturbations
-            All ``N`` members (pass to :meth:`tell`).
+            What :meth:`tell` needs: all ``N`` members in the ``"fitness"``
+            mode; in the ``"allreduce"`` mode only this rank's pairs (drawn
+            alone: noise generation is split across ranks too).
         local : Perturbations
             This rank's members (:func:`local_view`): score these.
         """
+        if self.mode == "allreduce":
+            local = self.strategy.ask(state, pairs=self.block.pairs)
+            return local, local
         perts = self.strategy.ask(state)
         return perts, local_view(perts, self.block)
 
@@ -283,7 +288,7 @@ class DistributedEggroll:
         ----------
         state : EggrollState
         perts : Perturbations
-            The whole population's, from :meth:`ask`.
+            The first value :meth:`ask` returned.
         local_fitness : array, shape (n_local,)
             This rank's members' raw fitness (higher is better).
 
@@ -325,15 +330,21 @@ class DistributedEggroll:
         perts, local = self.ask(state)
         return self.tell(state, perts, score(local))
 
-    def _tell_allreduce(self, state, perts, fitness):
+    def _tell_allreduce(self, state, local, fitness):
         strategy = self.strategy
+        if not isinstance(local, _es.Perturbations) or local.pop_size != len(self.block.members):
+            raise ValueError(f"perts must be what ask() returned in the 'allreduce' mode (this rank's "
+                             f"{len(self.block.members)} members); call ask(state) again")
+        if local.generation != state.generation:
+            raise ValueError(f"perts are for generation {local.generation} but the state is at {state.generation}; "
+                             "call ask(state) again")
         xp = _es.fitness.check_fitness(fitness, strategy.pop_size)
         f_hat = strategy.shape(fitness)
-        local = local_view(perts, self.block)
         idx = xp.asarray(self.block.members.tolist(), dtype=xp.int64, device=_backend.device_of(fitness))
         # this rank's terms of sum_i f_hat_i E_i, scaled by the WHOLE population's c
         part = _es.es_gradient(xp.take(f_hat, idx, axis=0), local)
-        rescale = _es.gradient.gradient_scale(perts) / _es.gradient.gradient_scale(local)
+        whole = local._replace(pop_size=strategy.pop_size)
+        rescale = _es.gradient.gradient_scale(whole) / _es.gradient.gradient_scale(local)
         keys = list(part)
         ref = state.params[keys[0]]
         pxp = _backend.array_namespace(ref)
@@ -354,7 +365,7 @@ class DistributedEggroll:
         grads = {k: grads.get(k) for k in state.params}
         params, opt_state = strategy.optimizer.update(grads, state.opt_state, state.params)
         info = {"fitness_mean": float(xp.mean(fitness)), "fitness_max": float(xp.max(fitness)),
-                "sigma": perts.sigma, "grad_norm": math.sqrt(norm2)}
+                "sigma": local.sigma, "grad_norm": math.sqrt(norm2)}
         return _es.EggrollState(params, opt_state, state.generation + 1, state.seed), info
 
     def check_identical(self, params: dict) -> int:
