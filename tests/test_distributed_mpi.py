@@ -8,6 +8,7 @@ Skipped, with the reason, only when ``mpiexec`` (or mpi4py) is absent.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -122,3 +123,38 @@ def test_one_rank_failing_ends_the_whole_job_quickly(tmp_path):
     assert elapsed < 30, elapsed
     assert "injected failure in the fitness function at generation 3" in res.stderr
     assert "rank 1 of 2 failed" in res.stderr
+
+
+def _example(args, n=None, timeout=120):
+    launcher = [] if n is None else [MPIEXEC, "-n", str(n)]
+    res = subprocess.run([*launcher, sys.executable, *map(str, args)], capture_output=True, text=True,
+                         env=dict(ENV, MPLBACKEND="Agg"), timeout=timeout, cwd=ROOT)
+    assert res.returncode == 0, f"{args} on {n} ranks failed:\n{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+def test_eggroll_mpi_example_prints_the_one_process_accuracy(tmp_path):
+    """examples/eggroll_mpi.py --fast: 2 ranks (resuming on 3 from the 2-rank checkpoint) print the accuracy and
+    parameter checksum of the one-process run, and only rank 0 prints."""
+    script = ROOT / "examples" / "eggroll_mpi.py"
+    alone = _example([script, "--fast", "--no-progress", "--out", tmp_path / "one"])
+    two = _example([script, "--fast", "--no-progress", "--out", tmp_path / "two", "--check"], n=2)
+    pick = lambda text: [l for l in text.splitlines() if l.startswith(("test accuracy", "parameters CRC"))]  # noqa: E731
+    assert pick(alone)[0] == pick(two)[0] and pick(alone)[0].startswith("test accuracy 0.")
+    assert pick(alone)[1].split(" on ")[0] == pick(two)[1].split(" on ")[0]
+    assert two.count("test accuracy") == 1  # rank 1 stays quiet
+    ck = tmp_path / "ck.npz"
+    _example([script, "--fast", "--no-progress", "--out", tmp_path / "a", "--checkpoint", ck, "--epochs", "1"], n=2)
+    resumed = _example([script, "--fast", "--no-progress", "--out", tmp_path / "b", "--checkpoint", ck], n=3)
+    assert "resumed from" in resumed and pick(resumed)[0] == pick(alone)[0]
+
+
+def test_cartpole_mpi_mode_matches_the_one_process_run(tmp_path):
+    pytest.importorskip("gymnasium")
+    script = ROOT / "examples" / "cartpole_eggroll.py"
+    _example([script, "--fast", "--no-plot", "--no-progress", "--out", tmp_path / "one"])
+    text = _example([script, "--fast", "--no-plot", "--no-progress", "--mpi", "--out", tmp_path / "two"], n=2)
+    assert text.count("| EGGROLL") == 1
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert one["history"] == two["history"]
