@@ -60,7 +60,7 @@ def test_one_process_comm_runs_the_same_code_path():
     buf = np.ones(4)
     assert comm.allreduce_sum(buf) is buf
     assert comm.bcast_float(2.5, 0) == 2.5 and comm.allgather_object("x") == ["x"] and comm.bcast_object(7) == 7
-    assert comm.bytes_sent == 3 * 8 + 4 * 8 + 8
+    assert comm.bytes_sent == 0  # one process sends nothing
     with pytest.raises(ValueError, match="counts"):
         comm.allgatherv(np.arange(2.0), [3])
     grads = {"a": np.ones((2, 2), np.float32), "b": None}
@@ -97,7 +97,7 @@ def test_distributed_eggroll_on_one_process_equals_plain_eggroll():
             state, info = dist.step(state, lambda p, s=state: es.population_fitness(MODEL, s.params, x, p, fit))
             perts = strategy.ask(ref)
             ref, _ = strategy.tell(ref, perts, es.population_fitness(MODEL, ref.params, x, perts, fit))
-        assert info["bytes_sent"] == 16 * 4 + (0 if mode == "fitness" else 4 * sum(v.size for v in params.values()))
+        assert info["bytes_sent"] == 0
         for k in params:
             np.testing.assert_array_equal(state.params[k], ref.params[k])
 

@@ -82,6 +82,8 @@ def test_eggroll_across_ranks_matches_one_process(tmp_path, eggroll_reference, n
     # rank 0's payload in the default mode: its members' fitness, 8 bytes each in float64
     blocks = distributed.partition(22, n, layout="interleaved")
     assert int(got["egdnp-fitness/bytes"]) == 8 * len(blocks[0].members)
+    n_params = sum(v.size for v in S.params64().values())  # plus one float64 gradient of every parameter
+    assert int(got["egdnp-allreduce/bytes"]) == 8 * len(blocks[0].members) + 8 * n_params
 
 
 def test_checkpoint_from_2_ranks_resumes_on_3_ranks(tmp_path):

@@ -11,8 +11,8 @@ Only a handful of collectives are used, each on one contiguous host buffer
 (or a device buffer when MPI is CUDA-aware, see :func:`cuda_aware`):
 ``Allgatherv`` of the fitness vector, ``Allreduce`` of one flat gradient,
 ``Bcast`` of one float, and pickled ``allgather``/``bcast`` of tiny objects
-(checksums, the checkpoint's outcome).  Every call counts the payload bytes
-this process contributes in :attr:`Comm.bytes_sent`.
+(checksums, the checkpoint's outcome).  The buffer collectives count the
+payload bytes this process sends in :attr:`Comm.bytes_sent`.
 
 Faults: an exception on one rank must not leave the others waiting in a
 collective forever.  Run the body of a script inside :func:`abort_on_error`
@@ -53,7 +53,8 @@ class Comm:
     bytes_sent : int
         Payload bytes this process has contributed to collectives so far
         (its block of an all-gather, its buffer of an all-reduce, the root's
-        buffer of a broadcast).
+        buffer of a broadcast); nothing is sent, and nothing counted, when
+        ``size == 1``.
     """
 
     def __init__(self, mpi_comm: Any = None):
@@ -122,9 +123,9 @@ class Comm:
             raise ValueError(f"rank {self.rank}: send has shape {send.shape} but counts[{self.rank}] = "
                              f"{counts[self.rank] if len(counts) == self.size else '?'} (counts {list(counts)}, "
                              f"size {self.size}); every rank must pass the same counts")
-        self.bytes_sent += send.nbytes
-        if self.mpi is None:
+        if self.size == 1:
             return send.copy()
+        self.bytes_sent += send.nbytes
         out = np.empty(int(sum(counts)), dtype=send.dtype)
         displs = [int(sum(counts[:r])) for r in range(self.size)]
         self.mpi.Allgatherv(send, [out, ([int(c) for c in counts], displs)])
@@ -143,10 +144,10 @@ class Comm:
         array
             ``buf``, now holding the sum (identical on every rank).
         """
-        self.bytes_sent += int(buf.nbytes)
-        if self.mpi is not None and self.size > 1:
+        if self.size > 1:
             from mpi4py import MPI
 
+            self.bytes_sent += int(buf.nbytes)
             self.mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
         return buf
 
@@ -165,9 +166,8 @@ class Comm:
             ``root``'s value, on every rank.
         """
         buf = np.array([np.nan if value is None else float(value)], dtype=np.float64)
-        if self.rank == root:
-            self.bytes_sent += 8
-        if self.mpi is not None and self.size > 1:
+        if self.size > 1:
+            self.bytes_sent += 8 if self.rank == root else 0
             self.mpi.Bcast(buf, root=root)
         return float(buf[0])
 
