@@ -61,6 +61,9 @@ def test_one_process_comm_runs_the_same_code_path():
     assert comm.allreduce_sum(buf) is buf
     assert comm.bcast_float(2.5, 0) == 2.5 and comm.allgather_object("x") == ["x"] and comm.bcast_object(7) == 7
     assert comm.bytes_sent == 0  # one process sends nothing
+    x = np.arange(6.0).reshape(2, 3)[:, ::2]
+    h = comm.host_buffer(x, "k")
+    assert h.flags.c_contiguous and np.array_equal(h, x) and not np.shares_memory(h, x)
     with pytest.raises(ValueError, match="counts"):
         comm.allgatherv(np.arange(2.0), [3])
     grads = {"a": np.ones((2, 2), np.float32), "b": None}

@@ -63,6 +63,7 @@ class Comm:
         self.size = 1 if mpi_comm is None else int(mpi_comm.Get_size())
         self.bytes_sent = 0
         self._local_rank: int | None = None
+        self._pools: dict = {}  # page-locked host buffers for device arrays, reused every generation
 
     def __repr__(self) -> str:
         kind = "single process (no MPI)" if self.mpi is None else "MPI"
@@ -102,6 +103,30 @@ class Comm:
         if self.is_root:
             kwargs.setdefault("flush", True)
             print(*args, **kwargs)
+
+    def host_buffer(self, x: Any, key: str) -> np.ndarray:
+        """``x`` as contiguous host memory for a collective: page-locked (pinned) for CuPy arrays.
+
+        Parameters
+        ----------
+        x : array
+            Any backend, any shape.
+        key : str
+            Names a reused buffer (``"fitness"``, ``"gradient"``): a CuPy array
+            is copied into the same pinned buffer every time (fast transfers,
+            no allocation after the first call).
+
+        Returns
+        -------
+        numpy.ndarray, shape of ``x``
+            A fresh copy for host arrays; the pinned buffer for CuPy (valid
+            until the next call with the same ``key``).
+        """
+        xp = _backend.array_namespace(x)
+        if _backend.is_cupy(xp):
+            pool = self._pools.setdefault(_backend.backend_name(xp), _backend.BufferPool(xp))
+            return _backend.to_host(x, out=pool.get(key, tuple(int(s) for s in x.shape), x.dtype))
+        return np.ascontiguousarray(_backend.to_host(x))
 
     def allgatherv(self, send: np.ndarray, counts: list[int]) -> np.ndarray:
         """Concatenate every rank's 1-D block, in rank order (``MPI_Allgatherv``).

@@ -70,8 +70,8 @@ def average_gradients(grads: dict, comm: Comm | None = None) -> dict:
     if cuda_aware(xp):
         total = comm.allreduce_sum(flat)
     else:
-        host = np.ascontiguousarray(_backend.to_host(flat))
-        total = _backend.to_device(comm.allreduce_sum(host), xp, device=_backend.device_of(flat))
+        host = comm.allreduce_sum(comm.host_buffer(flat, "gradients"))
+        total = _backend.to_device(host, xp, device=_backend.device_of(flat))
     total = total / float(comm.size)
     out, offset = dict(grads), 0
     for k in keys:

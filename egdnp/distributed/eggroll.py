@@ -275,8 +275,7 @@ class DistributedEggroll:
         """
         n_local = len(self.block.members)
         xp = _es.fitness.check_fitness(local_fitness, n_local)
-        host = _backend.to_host(local_fitness)
-        gathered = self.comm.allgatherv(np.ascontiguousarray(host.reshape(-1)), self._counts)
+        gathered = self.comm.allgatherv(self.comm.host_buffer(local_fitness, "fitness"), self._counts)
         full = np.empty_like(gathered)
         full[self._order] = gathered
         return _backend.to_device(full, xp, device=_backend.device_of(local_fitness))
@@ -352,8 +351,8 @@ class DistributedEggroll:
         if cuda_aware(pxp):
             total = self.comm.allreduce_sum(flat)
         else:
-            host = np.ascontiguousarray(_backend.to_host(flat))
-            total = _backend.to_device(self.comm.allreduce_sum(host), pxp, device=_backend.device_of(ref))
+            host = self.comm.allreduce_sum(self.comm.host_buffer(flat, "gradient"))
+            total = _backend.to_device(host, pxp, device=_backend.device_of(ref))
         grads, offset, norm2 = {}, 0, 0.0
         for k in keys:
             shape = tuple(int(s) for s in part[k].shape)
