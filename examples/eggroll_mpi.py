@@ -6,9 +6,10 @@ strategy and draws the same batches; rank r scores only its contiguous block
 of antithetic pairs; one MPI_Allgatherv of the fitness vector (4 bytes a
 member) is the generation's communication; every rank then forms the whole
 update itself from the addressed noise.  So every rank holds bitwise the same
-parameters, and the final accuracy is the same on 1, 2 or 4 processes
-(``--mode allreduce``: each rank forms only its pairs' gradient and one
-all-reduce sums them -- equal up to float rounding).
+parameters, and the final accuracy is the same on 1, 2 or 4 processes (the
+parameters agree up to BLAS rounding: the shared batch's x B product is one
+GEMM over the pairs a process scores; ``--mode allreduce``: each rank forms
+only its pairs' gradient and one all-reduce sums them).
 
 Only rank 0 prints and writes files.  ``--checkpoint PATH`` saves after every
 epoch (rank 0, atomically) and resumes from PATH when it exists, on any number

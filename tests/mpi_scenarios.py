@@ -34,13 +34,20 @@ def make_strategy(convention, antithetic=True, pop=22):
                       convention=convention, antithetic=antithetic)
 
 
-def run_eggroll(dist, state, generations, fail_rank=None, fail_at=None):
+def run_eggroll(dist, state, generations, fail_rank=None, fail_at=None, inputs="shared"):
+    """``inputs="shared"``: one data batch for all members (the first layer's x B product is one GEMM over the
+    scored pairs, whose rounding can depend on how many pairs a rank scores); ``"member"``: every member gets
+    its own copy of the batch, and with these narrow layers each member is computed on its own (bitwise the
+    same in any slice of the population)."""
     for _ in range(generations):
         xb, yb = batch(state.generation)
 
         def score(local, g=state.generation, params=state.params, xb=xb, yb=yb):
             if dist.comm.rank == fail_rank and g == fail_at:
                 raise RuntimeError(f"injected failure in the fitness function at generation {g}")
+            if inputs == "member":
+                xm = np.ascontiguousarray(np.broadcast_to(xb, (local.pop_size,) + xb.shape))
+                return es.classification_fitness(es.perturbed_model_forward(MODEL, params, xm, local), yb)
             return es.population_fitness(MODEL, params, xb, local, lambda out: es.classification_fitness(out, yb),
                                          chunk_size=4)
 
@@ -49,18 +56,19 @@ def run_eggroll(dist, state, generations, fail_rank=None, fail_at=None):
 
 
 def eggroll_cases():
-    """(name, convention, antithetic, mode) of every EGGROLL case."""
-    cases = [(f"{c}-{m}", c, True, m) for c in CONVENTIONS for m in distributed.MODES]
-    cases.append(("noanti-fitness", "egdnp", False, "fitness"))
+    """(name, convention, antithetic, mode, inputs) of every EGGROLL case."""
+    cases = [(f"{c}-{m}-{i}", c, True, m, i) for c in CONVENTIONS for m in distributed.MODES
+             for i in ("shared", "member")]
+    cases.append(("noanti-fitness-member", "egdnp", False, "fitness", "member"))
     return cases
 
 
 def eggroll(comm=None, generations=10):
     """Every case for ``generations`` generations, float64; params by case name."""
     out = {}
-    for name, conv, anti, mode in eggroll_cases():
+    for name, conv, anti, mode, inputs in eggroll_cases():
         dist = distributed.DistributedEggroll(make_strategy(conv, anti), comm, mode=mode, check=True)
-        state, info = run_eggroll(dist, dist.init(params64(), seed=11), generations)
+        state, info = run_eggroll(dist, dist.init(params64(), seed=11), generations, inputs=inputs)
         for k, v in state.params.items():
             out[f"{name}/{k}"] = v
         out[f"{name}/bytes"] = np.array(info["bytes_sent"])
@@ -69,7 +77,7 @@ def eggroll(comm=None, generations=10):
 
 def checkpoint_first(path, comm=None):
     dist = distributed.DistributedEggroll(make_strategy("egdnp"), comm, check=True)
-    state, _ = run_eggroll(dist, dist.init(params64(), seed=5), 3)
+    state, _ = run_eggroll(dist, dist.init(params64(), seed=5), 3, inputs="member")
     dist.save(path, state)
     return {}
 
@@ -77,7 +85,7 @@ def checkpoint_first(path, comm=None):
 def checkpoint_resume(path, comm=None):
     dist = distributed.DistributedEggroll(make_strategy("egdnp"), comm, check=True)
     state = dist.load(path, like=params64())
-    state, _ = run_eggroll(dist, state, 3)
+    state, _ = run_eggroll(dist, state, 3, inputs="member")
     return {f"resumed/{k}": v for k, v in state.params.items()} | {"generation": np.array(state.generation)}
 
 

@@ -61,29 +61,28 @@ def eggroll_reference():
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_eggroll_across_ranks_matches_one_process(tmp_path, eggroll_reference, n):
-    """fitness mode: bitwise the single-process run (all conventions, with and without antithetic pairs);
-    allreduce mode: within float64 rel 1e-12 after 10 generations; check=True verified every rank agrees."""
+    """check=True verified after every generation that all ranks hold bitwise the same parameters.
+    Against the single-process run (all three conventions; with and without antithetic pairs):
+    fitness mode with per-member inputs (each member computed on its own): bitwise equal;
+    fitness mode with a shared batch (one x B GEMM over the scored pairs: BLAS rounding may depend on
+    the number of pairs) and the allreduce mode: float64 rel 1e-12 after 10 generations."""
     out = tmp_path / "out.npz"
     mpirun(n, "eggroll", out)
     got = np.load(out)
     assert int(got["size"]) == n
-    for name, _, _, mode in S.eggroll_cases():
+    for name, _, _, mode, inputs in S.eggroll_cases():
         for k in S.MODEL.init(seed=0):
             key = f"{name}/{k}"
-            if key not in eggroll_reference:  # frozen (hyperscalees-torch biases) are still saved
-                continue
             ref = eggroll_reference[key]
-            if mode == "fitness":
+            if mode == "fitness" and inputs == "member":
                 np.testing.assert_array_equal(got[key], ref, err_msg=key)
             else:
                 np.testing.assert_allclose(got[key], ref, rtol=1e-12, atol=1e-14, err_msg=key)
-                assert not np.array_equal(got[key], eggroll_reference[f"{name.replace('allreduce', 'fitness')}/{k}"]) \
-                    or k.endswith("bias")  # the all-reduce really ran its own arithmetic
     # rank 0's payload in the default mode: its members' fitness, 8 bytes each in float64
     blocks = distributed.partition(22, n, layout="interleaved")
-    assert int(got["egdnp-fitness/bytes"]) == 8 * len(blocks[0].members)
+    assert int(got["egdnp-fitness-shared/bytes"]) == 8 * len(blocks[0].members)
     n_params = sum(v.size for v in S.params64().values())  # plus one float64 gradient of every parameter
-    assert int(got["egdnp-allreduce/bytes"]) == 8 * len(blocks[0].members) + 8 * n_params
+    assert int(got["egdnp-allreduce-shared/bytes"]) == 8 * len(blocks[0].members) + 8 * n_params
 
 
 def test_checkpoint_from_2_ranks_resumes_on_3_ranks(tmp_path):
@@ -95,7 +94,7 @@ def test_checkpoint_from_2_ranks_resumes_on_3_ranks(tmp_path):
     mpirun(3, "checkpoint_resume", out, path)
     got = np.load(out)
     dist = distributed.DistributedEggroll(S.make_strategy("egdnp"), one_process())
-    ref, _ = S.run_eggroll(dist, dist.init(S.params64(), seed=5), 6)
+    ref, _ = S.run_eggroll(dist, dist.init(S.params64(), seed=5), 6, inputs="member")
     assert int(got["generation"]) == 6
     for k, v in ref.params.items():
         np.testing.assert_array_equal(got[f"resumed/{k}"], v, err_msg=k)
@@ -136,14 +135,13 @@ def _example(args, n=None, timeout=120):
 
 
 def test_eggroll_mpi_example_prints_the_one_process_accuracy(tmp_path):
-    """examples/eggroll_mpi.py --fast: 2 ranks (resuming on 3 from the 2-rank checkpoint) print the accuracy and
-    parameter checksum of the one-process run, and only rank 0 prints."""
+    """examples/eggroll_mpi.py --fast: 2 ranks (and 3 ranks resuming from the 2-rank checkpoint) print the
+    one-process run's test accuracy, and only rank 0 prints."""
     script = ROOT / "examples" / "eggroll_mpi.py"
     alone = _example([script, "--fast", "--no-progress", "--out", tmp_path / "one"])
     two = _example([script, "--fast", "--no-progress", "--out", tmp_path / "two", "--check"], n=2)
-    pick = lambda text: [l for l in text.splitlines() if l.startswith(("test accuracy", "parameters CRC"))]  # noqa: E731
-    assert pick(alone)[0] == pick(two)[0] and pick(alone)[0].startswith("test accuracy 0.")
-    assert pick(alone)[1].split(" on ")[0] == pick(two)[1].split(" on ")[0]
+    pick = lambda text: [l for l in text.splitlines() if l.startswith("test accuracy")]  # noqa: E731
+    assert pick(alone) == pick(two) and pick(alone)[0].startswith("test accuracy 0.")
     assert two.count("test accuracy") == 1  # rank 1 stays quiet
     ck = tmp_path / "ck.npz"
     _example([script, "--fast", "--no-progress", "--out", tmp_path / "a", "--checkpoint", ck, "--epochs", "1"], n=2)
