@@ -116,8 +116,14 @@ def test_distributed_eggroll_bad_input():
     with pytest.raises(TypeError, match="Comm"):
         distributed.DistributedEggroll(strategy, comm=object())
     dist = distributed.DistributedEggroll(strategy, one())
-    with pytest.raises(ValueError, match="16 members"):
+    with pytest.raises(ValueError, match="local_fitness has shape \\(15,\\).*16 members"):
         dist.gather_fitness(np.zeros(15, np.float32))
+    with pytest.raises(TypeError, match="dtype"):
+        dist.gather_fitness(np.zeros(16, np.int32))
+    state = dist.init(MODEL.init(seed=0), seed=0)
+    perts, _ = dist.ask(state)
+    with pytest.raises(ValueError, match="finite|NaN|inf"):  # refused after the exchange, on every rank
+        dist.tell(state, perts, np.full(16, np.nan, np.float32))
 
 
 def test_checkpoint_save_failure_reaches_every_rank_and_load_checks(tmp_path):

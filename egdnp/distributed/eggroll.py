@@ -284,7 +284,15 @@ class DistributedEggroll:
             In member order, same namespace, device and dtype as ``local_fitness``.
         """
         n_local = len(self.block.members)
-        xp = _es.fitness.check_fitness(local_fitness, n_local)
+        if not hasattr(local_fitness, "shape") or not hasattr(local_fitness, "dtype"):
+            raise TypeError(f"local_fitness must be an array of shape ({n_local},), got {type(local_fitness).__name__}")
+        xp = _backend.array_namespace(local_fitness)
+        if tuple(int(s) for s in local_fitness.shape) != (n_local,):
+            raise ValueError(f"local_fitness has shape {tuple(local_fitness.shape)} but rank {self.comm.rank} scores "
+                             f"{n_local} members; return one fitness per member of the local population")
+        if not xp.isdtype(local_fitness.dtype, "real floating"):
+            raise TypeError(f"local_fitness has dtype {local_fitness.dtype}; pass float32 or float64 fitness")
+        # non-finite values are refused after the exchange, by every rank at once (no rank is left waiting)
         gathered = self.comm.allgatherv(self.comm.host_buffer(local_fitness, "fitness"), self._counts)
         full = np.empty_like(gathered)
         full[self._order] = gathered
