@@ -212,3 +212,23 @@ def test_a_window_of_pairs_is_the_local_view_of_the_whole_draw(convention, antit
         np.testing.assert_allclose(total[k], g, rtol=1e-5, atol=1e-7, err_msg=k)
     with pytest.raises(ValueError, match="0 <= lo < hi"):
         strategy.ask(state, pairs=(3, 3))
+
+
+def test_nothing_below_imports_distributed():
+    """egdnp.distributed is a top floor: no other egdnp module imports it."""
+    import ast
+    import pathlib
+
+    import egdnp
+
+    root = pathlib.Path(egdnp.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if "distributed" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+            module = node.module or "" if isinstance(node, ast.ImportFrom) else ""
+            if "distributed" in module or any("distributed" in n for n in names):
+                offenders.append(str(path.relative_to(root)))
+    assert not offenders, offenders

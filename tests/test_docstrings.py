@@ -157,3 +157,11 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_the_walk_finds_the_distributed_package():
+    names = public_callables()
+    for expected in ("egdnp.distributed.DistributedEggroll", "egdnp.distributed.DistributedEggroll.step",
+                     "egdnp.distributed.Comm.allgatherv", "egdnp.distributed.average_gradients",
+                     "egdnp.es.checkpoint.load", "egdnp.es.Eggroll.save"):
+        assert expected in names, expected
