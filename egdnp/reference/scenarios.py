@@ -123,7 +123,8 @@ def noise(xp, dtype, seed):
         "weighted_sum_address": dict(seed=seed, stream="fc1.weight", members=list(range(len(weights))), generation=3),
         "weighted_sum": "noise/weighted_sum (6, 5) = sum_i weights[i] * normal((6, 5), seed, stream='fc1.weight', member=i, "
                         "generation=3) for members i = 0..4 (address a's stream and generation, not its member 17); "
-                        "the normals are drawn and summed in float64, cast to the dtype at the end",
+                        "summed in float64 and cast to the dtype at the end (egdnp's CPU kernel draws each member's normals "
+                        "in the dtype, the array-API oracle in float64: they agree within egdnp.rng.NORMAL_ATOL)",
         "streams": "a str stream is crc32(name.encode('utf-8')) (address a: 'fc1.weight' -> 980894944); "
                    "an int stream is used as is, without crc32 (address b: stream 7 is the word 7)",
         "uniform": "24-bit uniforms: (word >> 8) * 2**-24, in [0, 1)",
