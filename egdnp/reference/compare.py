@@ -271,8 +271,7 @@ class CompareReport:
             if a.dtype_differs:
                 verdict += f" [dtype {a.actual_dtype}, reference {a.expected_dtype}{': FAIL (strict dtype)' if self.strict_dtype else ''}]"
             rel = "-" if math.isnan(a.max_rel_err) else f"{a.max_rel_err:.3e}"
-            rows[a.name] = f"{a.max_abs_err:>12.3e} {rel:>12}  {verdict}"
-            rows[a.name] = f"{str(a.shape):<16} " + rows[a.name]
+            rows[a.name] = f"{str(a.shape):<16} {a.max_abs_err:>12.3e} {rel:>12}  {verdict}"
         for name, (want, got) in self.shape_mismatch.items():
             rows[name] = f"FAIL: shape {got} but expected {want}"
         for name in self.missing:
