@@ -294,3 +294,18 @@ def test_explain_command_line_states_the_conventions():
     assert "weighted_sum_address" in run.stdout and "without crc32" in run.stdout
     bad = _cli("explain", "nope")
     assert bad.returncode == 2 and "unknown scenario" in bad.stderr
+
+
+def test_truncated_npy_and_foreign_files_are_refused_naming_the_file(tmp_path):
+    folder = reference.dump_arrays(tmp_path / "dir", {"outputs/a": np.ones(3), "outputs/b": np.zeros(2)})
+    npy = folder / "outputs" / "a.npy"
+    npy.write_bytes(npy.read_bytes()[:-5])
+    with pytest.raises(ValueError, match=r"a\.npy cannot be read: the file is truncated"):
+        reference.load_arrays(folder)
+    (tmp_path / "foreign.npz").write_bytes(b"not written by numpy")
+    with pytest.raises(ValueError, match=r"foreign\.npz cannot be read"):
+        reference.compare({"outputs/a": np.ones(3)}, tmp_path / "foreign.npz")
+    np.save(tmp_path / "single.npy", np.ones(2))
+    (tmp_path / "single.npy").rename(tmp_path / "single.npz")
+    with pytest.raises(ValueError, match="a single .npy array, not an .npz archive"):
+        reference.load_arrays(tmp_path / "single.npz")

@@ -373,8 +373,8 @@ def _read_npz(path: Path, what: str = "the arrays file") -> dict[str, np.ndarray
         with data:
             return {name: data[name] for name in data.files}
     except (EOFError, ValueError, OSError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
+        if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise  # not a content problem: the caller's message says what it is
         raise _unreadable(path, what, exc) from None
 
 
@@ -382,7 +382,7 @@ def _read_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (EOFError, ValueError, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
+        if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
             raise
         raise _unreadable(path, "the array file", exc) from None
 
