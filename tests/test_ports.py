@@ -1,6 +1,7 @@
 """The worked ports in examples/ports/ reproduce the checked-in reference bundles.
 
-Each port (PyTorch and JAX; MLP + EGGROLL generation and one EGD cycle) reads a bundle's inputs,
+Each port (PyTorch, JAX and optax: MLP + EGGROLL generation, one EGD cycle, the CNN layer by layer, the
+optimiser steps, the noise) reads a bundle's inputs,
 writes its outputs with egdnp.reference.dump_arrays, and the comparator must accept them at the
 tolerances documented in docs/validating-a-port.md:
 

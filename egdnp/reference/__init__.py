@@ -20,7 +20,7 @@ noise addresses.  :mod:`egdnp.testing` wraps the comparison for a port's own
 test suite.
 
 Scenarios (``python -m egdnp.reference list``): ``noise``; ``mlp``/``cnn``
-forward and backward; ``sgd_steps``, ``nesterov_steps``, ``adam_steps``,
+forward and backward, layer by layer; ``sgd_steps``, ``nesterov_steps``, ``adam_steps``,
 ``adamw_steps``; ``egd_cycle`` (mean / ``_softmax``); ``eggroll_egdnp``,
 ``eggroll_hyperscalees_torch``, ``eggroll_hyperscalees_jax``; ``train_<sgd|nesterov|
 adam|adamw|egd|eggroll>`` trajectories.  Worked PyTorch and JAX ports that pass
@@ -72,7 +72,7 @@ __all__ = [
 
 # The bundles checked into tests/reference_bundles: (scenario, dtype, seed).  The core scenarios
 # in float32, and in float64 where a port is tested against them (tests/test_ports.py) or the
-# model code has float64-specific paths; 4-30 kB each (~350 kB in all).
+# model code has float64-specific paths; 10-52 kB each (~520 kB in all).
 TEST_BUNDLES = [
     ("noise", "float32", 42),
     ("noise", "float64", 42),
