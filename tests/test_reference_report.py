@@ -195,6 +195,10 @@ def test_default_tolerances_come_from_the_bundle_dtype():
     # a plain dict: float32 when any expected float array is float32
     assert reference.compare({"o": np.ones(2, np.float32)}, {"o": np.ones(2)}).dtype == "float32"
     assert reference.compare({"o": np.ones(2)}, {"o": np.ones(2)}).atol == 1e-12
+    assert reference.compare({"o": np.ones(2)}, {"o": np.ones(2)}, dtype="float32").atol == 2e-5
+    with pytest.raises(ValueError, match="dtype='float16' must be 'float32' or 'float64'"):
+        reference.compare({"o": np.ones(2)}, {"o": np.ones(2)}, dtype="float16")
+    assert reference.compare({"i": np.arange(3)}, {"i": np.arange(3)}).dtype is None  # integers only: exact anyway
 
 
 def test_a_float32_step_hidden_in_a_float64_port_fails_the_defaults():

@@ -446,10 +446,12 @@ def compare(expected, actual, *, rtol: float | None = None, atol: float | None =
 
         if os.path.isfile(os.path.join(expected, MANIFEST)):
             expected = load_bundle(expected)
+    if dtype is not None and dtype not in DEFAULT_TOLERANCES:
+        raise ValueError(f"dtype={dtype!r} must be 'float32' or 'float64' (the reference's dtype), or left out")
     scenario = None
     if isinstance(expected, Bundle):
         scenario = expected.scenario
-        dtype = dtype or expected.dtype
+        dtype = dtype or (expected.dtype if expected.dtype in DEFAULT_TOLERANCES else None)
         data_flow = expected.data_flow if data_flow is None else data_flow
     want_all = _as_arrays(expected)
     got_all = _as_arrays(actual)
@@ -463,9 +465,9 @@ def compare(expected, actual, *, rtol: float | None = None, atol: float | None =
         raise ValueError("the reference holds no expected arrays; nothing would be checked")
     dtype = dtype or _infer_dtype(want_all)
     sources = []
-    if rtol is None or atol is None:
-        d_rtol, d_atol = default_tolerances(dtype if dtype in DEFAULT_TOLERANCES else "float64")
-        label = f"{dtype if dtype in DEFAULT_TOLERANCES else 'float64'} default"
+    if rtol is None or atol is None:  # no float arrays at all (dtype None): integers are exact anyway
+        d_rtol, d_atol = default_tolerances(dtype or "float64")
+        label = f"{dtype or 'float64'} default"
         sources = [f"rtol {'given' if rtol is not None else label}", f"atol {'given' if atol is not None else label}"]
         rtol = d_rtol if rtol is None else rtol
         atol = d_atol if atol is None else atol
