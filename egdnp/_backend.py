@@ -33,6 +33,8 @@ __all__ = [
     "synchronize",
     "pinned_empty",
     "numpy_dtype",
+    "device_count",
+    "select_device",
 ]
 
 _CUPY_HELP = (
@@ -75,6 +77,63 @@ def cupy_available() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def device_count() -> int:
+    """Number of GPUs CuPy can use in this process; 0 where CuPy or a GPU is missing (never raises).
+
+    Returns
+    -------
+    int
+        ``cupy.cuda.runtime.getDeviceCount()`` when a GPU is usable, else 0.
+    """
+    try:
+        cupy = _import_cupy()
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # noqa: BLE001 - no CuPy, no driver, no device: none usable
+        return 0
+
+
+def select_device(index: int) -> Any:
+    """Make GPU ``index`` the current CuPy device of the calling thread.
+
+    Every CuPy array, kernel launch, stream and pinned copy that egdnp makes
+    afterwards in this thread goes to that device.  One process per GPU picks
+    its own, e.g. ``select_device(local_rank % device_count())``.
+
+    Parameters
+    ----------
+    index : int
+        A device ordinal in ``[0, device_count())`` (as CUDA numbers them,
+        after ``CUDA_VISIBLE_DEVICES``).
+
+    Returns
+    -------
+    cupy.cuda.Device
+        The device now current.
+
+    Raises
+    ------
+    TypeError
+        ``index`` is not an int.
+    ValueError
+        ``index`` is outside ``[0, device_count())``.
+    RuntimeError
+        CuPy cannot be imported or no GPU is usable.
+    """
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"index={index!r} must be an int GPU ordinal, e.g. local_rank % device_count()")
+    cupy = _import_cupy()
+    count = int(cupy.cuda.runtime.getDeviceCount())
+    index = int(index)
+    if not 0 <= index < count:
+        raise ValueError(
+            f"index={index} is not a GPU of this process: CuPy sees {count} device(s), ordinals "
+            f"0..{count - 1}; pass index % device_count() or check CUDA_VISIBLE_DEVICES"
+        )
+    device = cupy.cuda.Device(index)
+    device.use()
+    return device
 
 
 def get_namespace(backend: Any = "numpy") -> types.ModuleType:
