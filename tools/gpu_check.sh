@@ -33,8 +33,9 @@ if [ $# -ne 1 ] || [ -z "$1" ]; then
 fi
 mkdir -p "$1" || exit 2
 OUT=$(cd "$1" && pwd)
-exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+
+run_all() {  # (not indented: it holds a heredoc)
 PY=${PYTHON:-python3}
 TESTS_S=${GPU_CHECK_TESTS_S:-170}
 BENCH_S=${GPU_CHECK_BENCH_S:-200}
@@ -47,7 +48,7 @@ if [ "$DRY" = 1 ]; then
 elif ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
     echo "gpu_check: no NVIDIA GPU on this machine (nvidia-smi is missing or lists no device): nothing to check."
     echo "gpu_check: run it on a GPU machine through the device tool (docs/gpu.md)."
-    "$PY" tools/gpu_bench.py "$OUT" --no-gpu-reason "nvidia-smi found no GPU on $(hostname)"
+    "$PY" tools/gpu_bench.py "$OUT" --no-gpu-reason "nvidia-smi found no GPU on $(uname -n)"
     exit 0
 fi
 [ "$DRY" = 1 ] || nvidia-smi
@@ -117,3 +118,8 @@ fi
 
 echo "== gpu_check done in $(( $(date +%s) - t_start )) s: tests rc=$tests_rc, benchmarks rc=$bench_rc; results in $OUT"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+}
+
+# everything printed also goes to the log; the pipeline ends only when tee has written it all
+run_all 2>&1 | tee -a "$OUT/gpu_check.log"
+exit "${PIPESTATUS[0]}"
