@@ -206,6 +206,19 @@ def test_grid_stride_loop_and_tails(host, fake_cupy):
                                   np.uint32(generation)))
         np.testing.assert_array_equal(out[:n], want)
         assert np.all(out[n:] == 7.0)
+    bits = np.zeros(n + 5, dtype=np.uint32)
+    host.launch("egdnp_bits", 3, 32, (bits[:n], np.int64(n), k0, k1, np.uint32(stream), np.uint32(member),
+                                      np.uint32(generation)))
+    np.testing.assert_array_equal(bits[:n], _gpu.random_bits(n, seed, stream, member, generation))
+    assert np.all(bits[n:] == 0)
+    w, m = np.array([0.5, -1.25, 2.0]), np.array([3, 9, 4], dtype=np.uint32)
+    for dtype, expr in (("float32", "egdnp_weighted_sum<float>"), ("float64", "egdnp_weighted_sum<double>")):
+        want = _gpu.weighted_noise_sum(w, m, n, seed, stream, generation, dtype)
+        out = np.full(n + 5, 7.0, dtype=dtype)
+        host.launch(expr, 3, 32, (out[:n], np.int64(n), w, m, np.int32(3), k0, k1, np.uint32(stream),
+                                  np.uint32(generation)))
+        np.testing.assert_array_equal(out[:n], want)
+        assert np.all(out[n:] == 7.0)
     for n in (1, 2, 3, 4, 5, 7, 9):
         np.testing.assert_array_equal(_gpu.random_bits(n, seed, stream, member, generation),
                                       _cpu.random_bits(n, seed, stream, member, generation))
