@@ -86,8 +86,17 @@ tests_rc=0
 tests_args=()
 if [ "${GPU_CHECK_SKIP_TESTS:-0}" != 1 ]; then
     echo "== CuPy side of the test suite (limit ${TESTS_S} s)"
+    # pytest-timeout (on the GPU image): no test may hang, and with >= 2.3 the session stops
+    # itself before the limit so that the junit file is still written
     extra=()
-    if "$PY" -c "import pytest_timeout" 2>/dev/null; then extra=(--timeout=120); fi
+    ptt=$("$PY" -c "import importlib.metadata as m; print(m.version('pytest-timeout'))" 2>/dev/null)
+    if [ -n "$ptt" ]; then
+        extra=(--timeout=120)
+        if "$PY" -c "import sys; sys.exit(tuple(map(int, '$ptt'.split('.')[:2])) < (2, 3))"; then
+            extra+=(--session-timeout=$(( TESTS_S - 40 )))
+        fi
+    fi
+    echo "pytest-timeout: ${ptt:-not installed} ${extra[*]}"
     t0=$(date +%s)
     timeout -k 10 "$TESTS_S" "$PY" -m pytest -q -rfEs -p no:cacheprovider "${extra[@]}" tests \
         -k "cupy and not test_cupy_path_without_gpu" --junitxml="$OUT/pytest_cupy.xml"
