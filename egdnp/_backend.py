@@ -124,16 +124,26 @@ def select_device(index: int) -> Any:
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
         raise TypeError(f"index={index!r} must be an int GPU ordinal, e.g. local_rank % device_count()")
     cupy = _import_cupy()
+    device = cupy.cuda.Device(_gpu_ordinal(cupy, index, "index"))
+    device.use()
+    return device
+
+
+def _gpu_ordinal(cupy: Any, device: Any, what: str = "device") -> int:
+    """The ordinal of a GPU given as an int or a ``cupy.cuda.Device``; errors name the fix."""
+    index = getattr(device, "id", device)
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise TypeError(
+            f"{what}={device!r} is not a GPU: pass an int ordinal or a cupy.cuda.Device (e.g. device_of(x))"
+        )
     count = int(cupy.cuda.runtime.getDeviceCount())
     index = int(index)
     if not 0 <= index < count:
         raise ValueError(
-            f"index={index} is not a GPU of this process: CuPy sees {count} device(s), ordinals "
+            f"{what}={index} is not a GPU of this process: CuPy sees {count} device(s), ordinals "
             f"0..{count - 1}; pass index % device_count() or check CUDA_VISIBLE_DEVICES"
         )
-    device = cupy.cuda.Device(index)
-    device.use()
-    return device
+    return index
 
 
 def get_namespace(backend: Any = "numpy") -> types.ModuleType:
@@ -323,7 +333,10 @@ def to_device(
     xp : module
         Target namespace.
     device : optional
-        Target device of ``xp`` (default: its default device).
+        Target device of ``xp`` (default: its default device).  CuPy: a GPU
+        ordinal or a ``cupy.cuda.Device``; default the current device, and a
+        CuPy array already there is returned as it is (one on another GPU is
+        copied through the host).
     stream : optional
         CuPy stream for the copy; ignored on CPU backends.
     non_blocking : bool
@@ -338,6 +351,15 @@ def to_device(
     """
     if is_cupy(xp):
         cupy = _import_cupy()
+        if device is not None:
+            index = _gpu_ordinal(cupy, device)
+            if out is not None and out.device.id != index:
+                raise ValueError(f"out lives on GPU {out.device.id}, not on device={index}; pass an out on that GPU")
+            if isinstance(x, cupy.ndarray) and x.device.id != index:
+                x = to_host(x)  # between GPUs through the host: simple, and rare in egdnp
+            if index != cupy.cuda.Device().id:
+                with cupy.cuda.Device(index):
+                    return to_device(x, xp, stream=stream, non_blocking=non_blocking, out=out)
         src = np.asarray(x) if not isinstance(x, cupy.ndarray) else x
         if isinstance(src, cupy.ndarray):
             if out is not None:

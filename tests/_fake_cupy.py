@@ -97,7 +97,7 @@ def make_fake_cupy(n_devices=1, available=True):
         ndim = property(lambda self: self._data.ndim)
         nbytes = property(lambda self: self._data.nbytes)
         size = property(lambda self: self._data.size)
-        device = property(lambda self: f"fake-gpu:{self.device_id}")
+        device = property(lambda self: Device(self.device_id))
 
         def __array__(self, *a, **k):
             raise TypeError("Implicit conversion to a NumPy array is not allowed (fake CuPy, as real CuPy)")
@@ -144,6 +144,14 @@ def make_fake_cupy(n_devices=1, available=True):
         def use(self):
             world.current = self.id
             world.log.append(("use", self.id))
+
+        def __enter__(self):
+            self._saved = world.current
+            world.current = self.id
+            return self
+
+        def __exit__(self, *exc):
+            world.current = self._saved
 
         def synchronize(self):
             for r in world.streams:

@@ -46,6 +46,28 @@ def test_select_device_makes_the_ordinal_current(fake):
         assert _backend.select_device(rank % _backend.device_count()).id == rank % 4
 
 
+def test_to_device_honours_the_device(fake):
+    """to_device(..., device=) puts CuPy arrays on that GPU and leaves the current device alone."""
+    fake.world.current = 0
+    host = np.arange(5, dtype=np.float32)
+    a = _backend.to_device(host, fake, device=2)
+    assert a.device_id == 2 and fake.world.current == 0
+    np.testing.assert_array_equal(a._data, host)
+    b = _backend.to_device(host, fake, device=fake.cuda.Device(3))
+    assert b.device_id == 3 and fake.world.current == 0
+    assert _backend.to_device(a, fake, device=a.device) is a  # already there: no copy
+    c = _backend.to_device(a, fake, device=1)  # another GPU: a copy there
+    assert c is not a and c.device_id == 1
+    np.testing.assert_array_equal(c._data, host)
+    assert _backend.to_device(host, fake).device_id == 0  # default: the current device
+    with pytest.raises(ValueError, match=r"device=7 is not a GPU.*4 device\(s\)"):
+        _backend.to_device(host, fake, device=7)
+    with pytest.raises(TypeError, match="not a GPU"):
+        _backend.to_device(host, fake, device="cpu")
+    with pytest.raises(ValueError, match="out lives on GPU 2"):
+        _backend.to_device(host, fake, device=1, out=a)
+
+
 @pytest.mark.parametrize("bad,exc,match", [
     (4, ValueError, r"CuPy sees 4 device\(s\), ordinals 0..3.*index % device_count\(\)"),
     (-1, ValueError, "index=-1 is not a GPU"),
