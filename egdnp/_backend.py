@@ -34,7 +34,7 @@ __all__ = [
     "pinned_empty",
     "numpy_dtype",
     "device_count",
-    "use_device",
+    "select_device",
 ]
 
 _CUPY_HELP = (
@@ -77,6 +77,73 @@ def cupy_available() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def device_count() -> int:
+    """Number of GPUs CuPy can use in this process; 0 where CuPy or a GPU is missing (never raises).
+
+    Returns
+    -------
+    int
+        ``cupy.cuda.runtime.getDeviceCount()`` when a GPU is usable, else 0.
+    """
+    try:
+        cupy = _import_cupy()
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # noqa: BLE001 - no CuPy, no driver, no device: none usable
+        return 0
+
+
+def select_device(index: int) -> Any:
+    """Make GPU ``index`` the current CuPy device of the calling thread.
+
+    Every CuPy array, kernel launch, stream and pinned copy that egdnp makes
+    afterwards in this thread goes to that device.  One process per GPU picks
+    its own, e.g. ``select_device(local_rank % device_count())``.
+
+    Parameters
+    ----------
+    index : int
+        A device ordinal in ``[0, device_count())`` (as CUDA numbers them,
+        after ``CUDA_VISIBLE_DEVICES``).
+
+    Returns
+    -------
+    cupy.cuda.Device
+        The device now current.
+
+    Raises
+    ------
+    TypeError
+        ``index`` is not an int.
+    ValueError
+        ``index`` is outside ``[0, device_count())``.
+    RuntimeError
+        CuPy cannot be imported or no GPU is usable.
+    """
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"index={index!r} must be an int GPU ordinal, e.g. local_rank % device_count()")
+    cupy = _import_cupy()
+    device = cupy.cuda.Device(_gpu_ordinal(cupy, index, "index"))
+    device.use()
+    return device
+
+
+def _gpu_ordinal(cupy: Any, device: Any, what: str = "device") -> int:
+    """The ordinal of a GPU given as an int or a ``cupy.cuda.Device``; errors name the fix."""
+    index = getattr(device, "id", device)
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise TypeError(
+            f"{what}={device!r} is not a GPU: pass an int ordinal or a cupy.cuda.Device (e.g. device_of(x))"
+        )
+    count = int(cupy.cuda.runtime.getDeviceCount())
+    index = int(index)
+    if not 0 <= index < count:
+        raise ValueError(
+            f"{what}={index} is not a GPU of this process: CuPy sees {count} device(s), ordinals "
+            f"0..{count - 1}; pass index % device_count() or check CUDA_VISIBLE_DEVICES"
+        )
+    return index
 
 
 def get_namespace(backend: Any = "numpy") -> types.ModuleType:
@@ -266,7 +333,10 @@ def to_device(
     xp : module
         Target namespace.
     device : optional
-        Target device of ``xp`` (default: its default device).
+        Target device of ``xp`` (default: its default device).  CuPy: a GPU
+        ordinal or a ``cupy.cuda.Device``; default the current device, and a
+        CuPy array already there is returned as it is (one on another GPU is
+        copied through the host).
     stream : optional
         CuPy stream for the copy; ignored on CPU backends.
     non_blocking : bool
@@ -281,6 +351,15 @@ def to_device(
     """
     if is_cupy(xp):
         cupy = _import_cupy()
+        if device is not None:
+            index = _gpu_ordinal(cupy, device)
+            if out is not None and out.device.id != index:
+                raise ValueError(f"out lives on GPU {out.device.id}, not on device={index}; pass an out on that GPU")
+            if isinstance(x, cupy.ndarray) and x.device.id != index:
+                x = to_host(x)  # between GPUs through the host: simple, and rare in egdnp
+            if index != cupy.cuda.Device().id:
+                with cupy.cuda.Device(index):
+                    return to_device(x, xp, stream=stream, non_blocking=non_blocking, out=out)
         src = np.asarray(x) if not isinstance(x, cupy.ndarray) else x
         if isinstance(src, cupy.ndarray):
             if out is not None:
@@ -481,52 +560,3 @@ class BufferPool:
 
     def __len__(self) -> int:
         return len(self._buffers)
-
-
-def device_count(xp: types.ModuleType) -> int:
-    """Number of devices the namespace can compute on: GPUs for CuPy, 1 for host namespaces.
-
-    Parameters
-    ----------
-    xp : module
-        An array-API namespace (NumPy, CuPy, array-api-strict, ...).
-
-    Returns
-    -------
-    int
-        ``cupy.cuda.runtime.getDeviceCount()`` for CuPy, else 1.
-    """
-    if is_cupy(xp):
-        return int(_import_cupy().cuda.runtime.getDeviceCount())
-    return 1
-
-
-def use_device(xp: types.ModuleType, index: int) -> Any:
-    """Make device ``index`` the current device of ``xp`` (CuPy: ``cupy.cuda.Device(index).use()``).
-
-    Parameters
-    ----------
-    xp : module
-        An array-API namespace.
-    index : int
-        In ``[0, device_count(xp))``.
-
-    Returns
-    -------
-    device
-        The selected device (``"cpu"`` for host namespaces, where ``index`` must be 0).
-
-    Raises
-    ------
-    ValueError
-        ``index`` is out of range.
-    """
-    count = device_count(xp)
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
-        raise ValueError(f"device index={index!r} is out of range: {backend_name(xp)} has {count} device(s); "
-                         f"pass an index in [0, {count})")
-    if is_cupy(xp):
-        device = _import_cupy().cuda.Device(index)
-        device.use()
-        return device
-    return "cpu"

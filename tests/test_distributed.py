@@ -232,3 +232,17 @@ def test_nothing_below_imports_distributed():
             if "distributed" in module or any("distributed" in n for n in names):
                 offenders.append(str(path.relative_to(root)))
     assert not offenders, offenders
+
+
+def test_select_device_on_the_cupy_path(monkeypatch):
+    """With the CuPy stand-in (tests/_fake_cupy.py, 4 GPUs): a process's GPU is its local rank % 4."""
+    from _fake_cupy import make_fake_cupy
+
+    fake = make_fake_cupy(n_devices=4)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    comm = one()
+    for local_rank in (0, 1, 5, 7):
+        comm._local_rank = local_rank
+        assert distributed.select_device(fake, comm).id == local_rank % 4
+        assert fake.world.current == local_rank % 4
+    assert distributed.select_device("numpy", comm) == "cpu"

@@ -379,11 +379,13 @@ def select_device(xp: Any = "cupy", comm: Comm | None = None) -> Any:
     Returns
     -------
     device
-        The selected device.
+        The selected ``cupy.cuda.Device`` (``egdnp._backend.select_device``), or ``"cpu"``.
     """
     comm = world() if comm is None else comm
-    xp = _backend.get_namespace(xp)
-    return _backend.use_device(xp, device_index(comm.local_rank, _backend.device_count(xp)))
+    gpu = xp.lower() == "cupy" if isinstance(xp, str) else _backend.is_cupy(xp)
+    if not gpu:
+        return "cpu"  # host namespaces compute on the one host device
+    return _backend.select_device(device_index(comm.local_rank, _backend.device_count()))
 
 
 def cuda_aware(xp: Any = None) -> bool:
