@@ -165,3 +165,11 @@ def test_the_port_testing_helpers_are_covered():
     for name in ("egdnp.testing.assert_port_matches", "egdnp.testing.reference_bundle",
                  "egdnp.testing.pytest_plugin.egdnp_bundle", "egdnp.reference.explain", "egdnp.reference.Bundle.dtype"):
         assert name in names, name
+
+
+def test_the_walk_finds_the_distributed_package():
+    names = public_callables()
+    for expected in ("egdnp.distributed.DistributedEggroll", "egdnp.distributed.DistributedEggroll.step",
+                     "egdnp.distributed.Comm.allgatherv", "egdnp.distributed.average_gradients",
+                     "egdnp.es.checkpoint.load", "egdnp.es.Eggroll.save"):
+        assert expected in names, expected

@@ -14,6 +14,7 @@ egdnp.es.fitness        z-score, group, centered ranks; classification fitness
 egdnp.es.gradient       the ES gradient (true sum, never the factorised shortcut)
 egdnp.es.strategy       ``Eggroll`` with ``init`` / ``ask`` / ``tell``
 egdnp.es.functional     the PyTorch port's names (get_weight_shapes, ...)
+egdnp.es.checkpoint     save / load a whole run (atomic; resumes bit for bit)
 
 See docs/eggroll.md.
 """
@@ -33,6 +34,7 @@ from .layers import (
 )
 from .perturbations import FullNoise, LowRankNoise, Perturbations, generate, plan_parameters
 from .strategy import Eggroll, EggrollState
+from . import checkpoint  # noqa: E402  (needs strategy)
 
 __all__ = [
     "conventions",
@@ -42,6 +44,7 @@ __all__ = [
     "layers",
     "perturbations",
     "strategy",
+    "checkpoint",
     "CONVENTIONS",
     "Convention",
     "get_convention",
