@@ -33,6 +33,11 @@ __all__ = [
     "synchronize",
     "pinned_empty",
     "numpy_dtype",
+    "check_same_library",
+    "check_float_arrays",
+    "host_memory_bytes",
+    "device_memory_bytes",
+    "check_fits",
 ]
 
 _CUPY_HELP = (
@@ -142,8 +147,69 @@ def array_namespace(*arrays: Any) -> types.ModuleType:
     key = tuple(map(type, arrays))
     xp = _NAMESPACES.get(key)
     if xp is None:
-        xp = _NAMESPACES[key] = array_api_compat.array_namespace(*arrays)
+        try:
+            xp = array_api_compat.array_namespace(*arrays)
+        except TypeError:
+            raise TypeError(_mixed_message(arrays)) from None
+        _NAMESPACES[key] = xp
     return xp
+
+
+def _library_of(x: Any) -> str:
+    """A short name for the array library of one value ("numpy", "array_api_strict", ...)."""
+    try:
+        return backend_name(array_api_compat.array_namespace(x))
+    except TypeError:
+        return f"not an array ({type(x).__name__})"
+
+
+def _mixed_message(arrays) -> str:
+    names = sorted({_library_of(a) for a in arrays})
+    if len(names) == 1 and not names[0].startswith("not an array"):
+        names = sorted({type(a).__module__.split(".")[0] for a in arrays})
+    return (
+        f"arrays of different libraries were mixed in one call: {', '.join(names)}; pass arrays of one "
+        "library (move one side with egdnp.to_device(x, xp))"
+    )
+
+
+def check_same_library(value: Any, ref: Any, what: str, ref_what: str) -> None:
+    """Raise one clear TypeError unless ``value`` is an array of the same library as ``ref``.
+
+    The common case (the same array type) costs one ``type`` comparison.
+
+    Parameters
+    ----------
+    value : array
+        The argument being checked (any shape).
+    ref : array
+        An array of the library the call works in (any shape).
+    what, ref_what : str
+        How the two are called in the message (``"grads['fc1.weight']"``, ``"params"``).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        ``value`` is not an array, or belongs to another array library than ``ref``;
+        the message names both libraries and the argument.
+    """
+    if type(value) is type(ref):
+        return
+    ref_lib = _library_of(ref)
+    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        raise TypeError(
+            f"{what} is a {type(value).__name__}, not an array; pass an array of {ref_lib} like {ref_what}"
+        )
+    lib = _library_of(value)
+    if lib != ref_lib:
+        raise TypeError(
+            f"{what} is an array of {lib} but {ref_what} is of {ref_lib}; egdnp does not mix array libraries in "
+            f"one call: convert {what} with egdnp.to_device(x, xp) where xp = egdnp.array_namespace({ref_what})"
+        )
 
 
 _NAMESPACES: dict[tuple[type, ...], types.ModuleType] = {}
@@ -479,3 +545,112 @@ class BufferPool:
 
     def __len__(self) -> int:
         return len(self._buffers)
+
+
+def check_float_arrays(arrays: Any, what: str = "params", *, fix: str = "") -> None:
+    """Raise unless ``arrays`` is a dict of float32/float64 arrays of one library, keyed by str.
+
+    Costs a type comparison and two dtype comparisons per entry (no device work).
+
+    Parameters
+    ----------
+    arrays : dict[str, array]
+        Any shapes.
+    what : str
+        How the dict is called in messages.
+    fix : str
+        Extra advice for a wrong dtype.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        Not a dict, a key that is not a str, an entry that is not an array, an
+        entry of another array library than the first, or an integer, bool or
+        complex dtype.
+    """
+    if not isinstance(arrays, dict):
+        raise TypeError(f"{what} must be a dict[str, array]; got {type(arrays).__name__}")
+    ref = ref_key = f32 = f64 = None
+    for k, v in arrays.items():
+        if not isinstance(k, str):
+            raise TypeError(f"{what} keys must be str parameter names; got {k!r}")
+        if ref is None:
+            if not (hasattr(v, "shape") and hasattr(v, "dtype")):
+                raise TypeError(f"{what}[{k!r}] is a {type(v).__name__}, not an array; pass float32 or float64 arrays")
+            xp = array_namespace(v)
+            ref, ref_key, f32, f64 = v, k, xp.float32, xp.float64
+        elif type(v) is not type(ref):
+            check_same_library(v, ref, f"{what}[{k!r}]", f"{what}[{ref_key!r}]")
+        if v.dtype != f32 and v.dtype != f64:
+            raise TypeError(
+                f"{what}[{k!r}] has dtype {v.dtype}; parameters must be float32 or float64"
+                + (f"; {fix}" if fix else "; cast them, e.g. xp.astype(p, xp.float32)")
+            )
+
+
+def host_memory_bytes() -> int | None:
+    """Physical memory of this machine in bytes, or None where the OS does not say.
+
+    Returns
+    -------
+    int or None
+    """
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def device_memory_bytes(xp: types.ModuleType) -> int | None:
+    """Total memory of ``xp``'s current device: the GPU's for CuPy, the host's otherwise.
+
+    Parameters
+    ----------
+    xp : module
+        The compute namespace.
+
+    Returns
+    -------
+    int or None
+        None where it cannot be found out.
+    """
+    if is_cupy(xp):
+        try:
+            return int(_import_cupy().cuda.Device().mem_info[1])
+        except Exception:  # noqa: BLE001 - unknown is not an error
+            return None
+    return host_memory_bytes()
+
+
+def check_fits(nbytes: int, limit: int | None, what: str, fix: str) -> None:
+    """Refuse an allocation of ``nbytes`` up front when it exceeds ``limit`` bytes.
+
+    Parameters
+    ----------
+    nbytes : int
+        Bytes the caller is about to allocate.
+    limit : int or None
+        Bytes available (None: unknown, nothing is refused).
+    what, fix : str
+        What needs the memory, and what the user can change.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    MemoryError
+        ``nbytes > limit``; the message states both figures.
+    """
+    if limit is not None and nbytes > limit:
+        raise MemoryError(
+            f"{what} needs {nbytes:,} bytes ({nbytes / 2**30:.1f} GiB) but the machine has {limit:,} bytes "
+            f"({limit / 2**30:.1f} GiB); {fix}"
+        )

@@ -47,9 +47,14 @@ __all__ = [
     "centered_ranks",
     "NORMAL_ATOL",
     "IMPLEMENTATIONS",
+    "MAX_POP_SIZE",
 ]
 
 IMPLEMENTATIONS = ("auto", "numba", "cupy", "array_api")
+
+#: The largest population egdnp addresses: member (and pair) ids are the 32-bit
+#: ``member`` word of the noise address.  EGD and EGGROLL both check it at construction.
+MAX_POP_SIZE = MAX_WORD
 
 
 # ----------------------------------------------------------------------------
