@@ -208,7 +208,7 @@ def check_same_library(value: Any, ref: Any, what: str, ref_what: str) -> None:
     if lib != ref_lib:
         raise TypeError(
             f"{what} is an array of {lib} but {ref_what} is of {ref_lib}; egdnp does not mix array libraries in "
-            f"one call: convert {what} with egdnp.to_device(x, xp) where xp = egdnp.array_namespace({ref_what})"
+            f"one call: move {what} with egdnp.to_device({what}, egdnp.get_namespace({ref_lib!r}))"
         )
 
 

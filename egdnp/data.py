@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from typing import Any, Iterator, NamedTuple
 
 import numpy as np  # host-side only: the raw dataset and small index tables
@@ -141,12 +142,14 @@ def load_digits(*, size: int = 8, flat: bool | None = None, test_fraction: float
     Digits
         ``(x_train, y_train, x_test, y_test)``; labels are int64.
     """
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
+        raise TypeError(f"test_fraction={test_fraction!r} must be a float in (0, 1)")
     test_fraction = float(test_fraction)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction={test_fraction} must be in (0, 1)")
-    size = int(size)
-    if size < 8:
-        raise ValueError(f"size={size} must be >= 8 (the original resolution); use 28 for the CNN")
+    size = _check_int("size", size, 8, fix="8 is the original resolution; use 28 for the CNN")
+    if flat is not None:
+        _check_bool("flat", flat)
     if dtype not in ("float32", "float64"):
         raise TypeError(f"dtype={dtype!r} is not supported; use 'float32' or 'float64'")
     xp = _backend.get_namespace("numpy" if xp is None else xp)
@@ -200,16 +203,35 @@ def batch_indices(n: int, batch_size: int, *, seed: int, epoch: int = 0, shuffle
         possibly shorter); together a permutation of ``range(n)`` (less the
         dropped tail).
     """
-    n, batch_size = int(n), int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    n = _check_int("n", n, 0)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    epoch = _check_int("epoch", epoch, 0, fix="the epoch number (0, 1, ...) chooses the shuffle order")
+    if epoch > rng.MAX_POP_SIZE:
+        raise ValueError(f"epoch={epoch} must be <= {rng.MAX_POP_SIZE}: it is the 32-bit generation word of the shuffle noise")
+    _check_bool("shuffle", shuffle)
+    _check_bool("drop_last", drop_last)
     if shuffle:
-        words = _backend.to_host(rng.random_bits(n, seed=seed, stream="data/batches", generation=int(epoch), xp="numpy"))
+        words = _backend.to_host(rng.random_bits(n, seed=seed, stream="data/batches", generation=epoch, xp="numpy"))
         order = np.argsort(words, kind="stable")
     else:
         order = np.arange(n)
     stop = n - n % batch_size if drop_last else n
     return [order[i : min(i + batch_size, stop)] for i in range(0, stop, batch_size)]
+
+
+def _check_int(name: str, value: Any, minimum: int, fix: str = "") -> int:
+    """An integer >= minimum; a float such as 2.5 or a string such as "4" is refused, not converted."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r} must be an int >= {minimum}{'; ' + fix if fix else ''}")
+    if value < minimum:
+        raise ValueError(f"{name}={value!r} must be an int >= {minimum}{'; ' + fix if fix else ''}")
+    return int(value)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}={value!r} must be True or False")
+    return value
 
 
 def iterate_batches(x, y, batch_size: int, *, seed: int, epoch: int = 0, shuffle: bool = True,
@@ -231,11 +253,30 @@ def iterate_batches(x, y, batch_size: int, *, seed: int, epoch: int = 0, shuffle
     ------
     x_batch : array, shape (b, ...), the namespace of x
     y_batch : array, shape (b,)
+
+    Raises
+    ------
+    TypeError, ValueError
+        At the call (not at the first batch): x or y not arrays of one library,
+        of different lengths, or a bad batch_size/seed/epoch/flag.
     """
+    for name, value in (("x", x), ("y", y)):
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")) or len(value.shape) == 0:
+            raise TypeError(
+                f"{name} is a {type(value).__name__}, not an array with a leading example axis; pass an array "
+                f"(e.g. xp.asarray({name}))"
+            )
+    if type(y) is not type(x):
+        _backend.check_same_library(y, x, "y", "x")
     if int(x.shape[0]) != int(y.shape[0]):
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}; they must match")
     xp = _backend.array_namespace(x, y)
-    for idx in batch_indices(int(x.shape[0]), batch_size, seed=seed, epoch=epoch, shuffle=shuffle, drop_last=drop_last):
+    batches = batch_indices(int(x.shape[0]), batch_size, seed=seed, epoch=epoch, shuffle=shuffle, drop_last=drop_last)
+    return _batches(xp, x, y, batches)
+
+
+def _batches(xp, x, y, batches) -> Iterator[tuple[Any, Any]]:
+    for idx in batches:
         if _backend.is_numpy(xp):
             yield x[idx], y[idx]
         else:
