@@ -31,8 +31,8 @@ __all__ = [
 
 REDUCTIONS = ("mean", "sum", "none")
 
-_EMPTY = ("the batch is empty (examples of shape {shape}); a mean over no examples is undefined: pass at least "
-          "one example, or reduction='sum'")
+_EMPTY = ("{what} holds an empty batch (examples of shape {shape}); a mean over no examples is undefined: pass "
+          "at least one example, or reduction='sum'")
 
 
 def _check_reduction(reduction: str) -> None:
@@ -40,7 +40,7 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction={reduction!r} is not one of {REDUCTIONS}")
 
 
-def _reduce(xp, per_example, reduction: str):
+def _reduce(xp, per_example, reduction: str, what: str):
     if reduction == "none":
         return per_example
     total = xp.sum(per_example)
@@ -50,7 +50,7 @@ def _reduce(xp, per_example, reduction: str):
     for s in per_example.shape:
         count *= int(s)
     if count == 0:
-        raise ValueError(_EMPTY.format(shape=tuple(per_example.shape)))
+        raise ValueError(_EMPTY.format(what=what, shape=tuple(per_example.shape)))
     return total / float(count)
 
 
@@ -202,7 +202,7 @@ def softmax_cross_entropy_with_grad(logits, labels, reduction: str = "mean", *, 
     per_example = xp.squeeze(log_z - true_logit, axis=-1)
     if tuple(per_example.shape) != tuple(logits.shape[:-1]):  # labels broadcast wider than logits
         raise ValueError(f"labels of shape {tuple(labels.shape)} broadcast beyond logits' leading shape")
-    loss = _reduce(xp, per_example, reduction)
+    loss = _reduce(xp, per_example, reduction, "logits")
     if not need_grad:
         return loss, None
     grad = exp / sum_exp - one_hot
@@ -235,7 +235,7 @@ def mse(pred, target, reduction: str = "mean"):
         raise ValueError(f"pred has shape {tuple(pred.shape)}: no outputs to compare (last axis D = 0)")
     diff = pred - target
     per_example = xp.mean(diff * diff, axis=-1)
-    return _reduce(xp, per_example, reduction)
+    return _reduce(xp, per_example, reduction, "pred")
 
 
 def mse_grad(pred, target, reduction: str = "mean"):
@@ -264,7 +264,7 @@ def mse_grad(pred, target, reduction: str = "mean"):
         for s in pred.shape[:-1]:
             count *= int(s)
         if count == 0:
-            raise ValueError(_EMPTY.format(shape=tuple(pred.shape[:-1])))
+            raise ValueError(_EMPTY.format(what="pred", shape=tuple(pred.shape[:-1])))
         grad = grad / float(count)
     return xp.broadcast_to(grad, pred.shape) if tuple(grad.shape) != tuple(pred.shape) else grad
 
