@@ -387,6 +387,14 @@ def to_host(x: Any, *, out: np.ndarray | None = None, stream: Any = None, non_bl
     -------
     numpy.ndarray
     """
+    if out is not None and (not isinstance(out, np.ndarray) or out.shape != tuple(x.shape)
+                            or out.dtype != numpy_dtype(array_namespace(x), x.dtype)):
+        # np.copyto would broadcast or cast silently; a host buffer must match exactly
+        raise ValueError(
+            f"out has shape {getattr(out, 'shape', None)} and dtype {getattr(out, 'dtype', type(out).__name__)} "
+            f"but the source has shape {tuple(x.shape)} and dtype {x.dtype}; pass a NumPy host buffer of the "
+            "same shape and dtype"
+        )
     if isinstance(x, np.ndarray):
         if out is None:
             return x.copy()
@@ -396,11 +404,6 @@ def to_host(x: Any, *, out: np.ndarray | None = None, stream: Any = None, non_bl
     if mod.startswith("cupy"):
         if out is None:
             return x.get(stream=stream)
-        if out.shape != tuple(x.shape) or out.dtype != x.dtype:
-            raise ValueError(
-                f"out has shape {out.shape} and dtype {out.dtype} but the source has shape "
-                f"{tuple(x.shape)} and dtype {x.dtype}; pass a matching host buffer"
-            )
         x.get(out=out, stream=stream, blocking=not non_blocking)
         return out
     try:

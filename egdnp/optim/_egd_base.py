@@ -264,7 +264,7 @@ def load_state(path: Any, state_type: type, *, xp: Any = "numpy", device: Any = 
 
 
 class _NotAStateFile(ValueError):
-    """A readable file that is not egdnp's (its message is final)."""
+    """A readable file that is not egdnp's (its message is final; re-raised as a plain ValueError)."""
 
 
 def read_state_file(path: Any) -> tuple[dict, dict]:
@@ -300,8 +300,8 @@ def read_state_file(path: Any) -> tuple[dict, dict]:
             if not isinstance(meta, dict) or not {"__type__", "__fields__", "__arrays__"} <= meta.keys():
                 raise _NotAStateFile(f"{path!s} has a '__meta__' entry that is not egdnp's state index; pass {what}")
             arrays = {name: np.array(data[f"a{i}"]) for i, name in enumerate(meta["__arrays__"])}
-    except _NotAStateFile:
-        raise
+    except _NotAStateFile as exc:
+        raise ValueError(str(exc)) from None
     except ValueError as exc:
         raise ValueError(f"{path!s} cannot be read as {what} ({exc}); save the state again") from None
     except (OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
