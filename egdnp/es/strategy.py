@@ -23,9 +23,8 @@ reproduces every bit.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
-
 import numbers
+from typing import Any, NamedTuple
 
 from .. import _backend
 from .. import optim as _optim

@@ -40,7 +40,7 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction={reduction!r} is not one of {REDUCTIONS}")
 
 
-def _reduce(xp, per_example, reduction: str, what: str):
+def _reduce(xp, per_example, reduction: str, what: str = "logits"):
     if reduction == "none":
         return per_example
     total = xp.sum(per_example)
