@@ -584,15 +584,30 @@ def check_float_arrays(arrays: Any, what: str = "params", *, fix: str = "") -> N
         if ref is None:
             if not (hasattr(v, "shape") and hasattr(v, "dtype")):
                 raise TypeError(f"{what}[{k!r}] is a {type(v).__name__}, not an array; pass float32 or float64 arrays")
-            xp = array_namespace(v)
-            ref, ref_key, f32, f64 = v, k, xp.float32, xp.float64
+            ref, ref_key = v, k
+            f32, f64 = _float_dtypes(type(v), v)
         elif type(v) is not type(ref):
             check_same_library(v, ref, f"{what}[{k!r}]", f"{what}[{ref_key!r}]")
-        if v.dtype != f32 and v.dtype != f64:
+        dt = v.dtype
+        # identity first: NumPy's native dtypes are singletons, and this runs on every optimiser step
+        if dt is not f32 and dt is not f64 and dt != f32 and dt != f64:
             raise TypeError(
                 f"{what}[{k!r}] has dtype {v.dtype}; parameters must be float32 or float64"
                 + (f"; {fix}" if fix else "; cast them, e.g. xp.astype(p, xp.float32)")
             )
+
+
+def _float_dtypes(array_type: type, example: Any) -> tuple[Any, Any]:
+    """The float32 and float64 dtype objects of an array type (NumPy dtype instances for NumPy)."""
+    known = _FLOAT_DTYPES.get(array_type)
+    if known is None:
+        xp = array_namespace(example)
+        known = (np.dtype(np.float32), np.dtype(np.float64)) if is_numpy(xp) else (xp.float32, xp.float64)
+        _FLOAT_DTYPES[array_type] = known
+    return known
+
+
+_FLOAT_DTYPES: dict[type, tuple[Any, Any]] = {}
 
 
 def host_memory_bytes() -> int | None:

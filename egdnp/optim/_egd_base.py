@@ -102,24 +102,25 @@ def check_params_grads(grads: dict, params: dict) -> None:
     _backend.check_float_arrays(params, "params")
     if not isinstance(grads, dict):
         raise TypeError(f"grads must be a dict[str, array] keyed like params; got {type(grads).__name__}")
-    extra = [k for k in grads if k not in params]
-    if extra:
-        raise ValueError(
-            f"grads has keys {extra!r} that are not in params (keys {list(params)!r}); "
-            "pass gradients keyed by the parameter names"
-        )
+    # one pass with the cheapest tests first: this runs on every optimiser step
     for k, g in grads.items():
+        p = params.get(k)
+        if p is None:
+            extra = [k for k in grads if k not in params]
+            raise ValueError(
+                f"grads has keys {extra!r} that are not in params (keys {list(params)!r}); "
+                "pass gradients keyed by the parameter names"
+            )
         if g is None:
             continue
-        p = params[k]
         if type(g) is not type(p):
             _backend.check_same_library(g, p, f"grads[{k!r}]", f"params[{k!r}]")
-        if tuple(g.shape) != tuple(p.shape):
+        if g.shape != p.shape:
             raise ValueError(
                 f"grads[{k!r}] has shape {tuple(g.shape)} but params[{k!r}] has shape "
                 f"{tuple(p.shape)}; pass a gradient of the parameter's shape"
             )
-        if g.dtype != p.dtype:
+        if g.dtype is not p.dtype and g.dtype != p.dtype:
             raise TypeError(
                 f"grads[{k!r}] has dtype {g.dtype} but params[{k!r}] is {p.dtype}; pass gradients of the "
                 "parameter's dtype (an integer, complex or wider gradient would change the parameter's dtype)"
@@ -141,7 +142,7 @@ def check_state_keys(state_dict: dict | None, params: dict, what: str) -> None:
         p = params[k]
         if type(b) is not type(p):
             _backend.check_same_library(b, p, f"{what}[{k!r}]", f"params[{k!r}]")
-        if tuple(b.shape) != tuple(p.shape) or b.dtype != p.dtype:
+        if b.shape != p.shape or (b.dtype is not p.dtype and b.dtype != p.dtype):
             raise ValueError(
                 f"{what}[{k!r}] has shape {tuple(b.shape)} and dtype {b.dtype} but params[{k!r}] has shape "
                 f"{tuple(p.shape)} and dtype {p.dtype}; this state belongs to other params: initialise it "
