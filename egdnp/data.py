@@ -29,6 +29,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np  # host-side only: the raw dataset and small index tables
 
 from . import _backend, rng
+from ._checks import check_bool, check_int
 
 __all__ = ["Digits", "load_digits", "upsample_matrix", "upsample", "iterate_batches", "batch_indices", "N_DIGITS"]
 
@@ -147,9 +148,9 @@ def load_digits(*, size: int = 8, flat: bool | None = None, test_fraction: float
     test_fraction = float(test_fraction)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction={test_fraction} must be in (0, 1)")
-    size = _check_int("size", size, 8, fix="8 is the original resolution; use 28 for the CNN")
+    size = check_int("size", size, 8, fix="8 is the original resolution; use 28 for the CNN")
     if flat is not None:
-        _check_bool("flat", flat)
+        check_bool("flat", flat)
     if dtype not in ("float32", "float64"):
         raise TypeError(f"dtype={dtype!r} is not supported; use 'float32' or 'float64'")
     xp = _backend.get_namespace("numpy" if xp is None else xp)
@@ -203,13 +204,13 @@ def batch_indices(n: int, batch_size: int, *, seed: int, epoch: int = 0, shuffle
         possibly shorter); together a permutation of ``range(n)`` (less the
         dropped tail).
     """
-    n = _check_int("n", n, 0)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    epoch = _check_int("epoch", epoch, 0, fix="the epoch number (0, 1, ...) chooses the shuffle order")
+    n = check_int("n", n, 0)
+    batch_size = check_int("batch_size", batch_size, 1)
+    epoch = check_int("epoch", epoch, 0, fix="the epoch number (0, 1, ...) chooses the shuffle order")
     if epoch > rng.MAX_POP_SIZE:
         raise ValueError(f"epoch={epoch} must be <= {rng.MAX_POP_SIZE}: it is the 32-bit generation word of the shuffle noise")
-    _check_bool("shuffle", shuffle)
-    _check_bool("drop_last", drop_last)
+    check_bool("shuffle", shuffle)
+    check_bool("drop_last", drop_last)
     if shuffle:
         words = _backend.to_host(rng.random_bits(n, seed=seed, stream="data/batches", generation=epoch, xp="numpy"))
         order = np.argsort(words, kind="stable")
@@ -217,21 +218,6 @@ def batch_indices(n: int, batch_size: int, *, seed: int, epoch: int = 0, shuffle
         order = np.arange(n)
     stop = n - n % batch_size if drop_last else n
     return [order[i : min(i + batch_size, stop)] for i in range(0, stop, batch_size)]
-
-
-def _check_int(name: str, value: Any, minimum: int, fix: str = "") -> int:
-    """An integer >= minimum; a float such as 2.5 or a string such as "4" is refused, not converted."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}={value!r} must be an int >= {minimum}{'; ' + fix if fix else ''}")
-    if value < minimum:
-        raise ValueError(f"{name}={value!r} must be an int >= {minimum}{'; ' + fix if fix else ''}")
-    return int(value)
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}={value!r} must be True or False")
-    return value
 
 
 def iterate_batches(x, y, batch_size: int, *, seed: int, epoch: int = 0, shuffle: bool = True,

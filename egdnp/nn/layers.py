@@ -34,6 +34,7 @@ import math
 import numbers
 from typing import Any, NamedTuple
 
+from .._checks import check_bool, check_int, check_rate
 from . import functional as F
 from . import init as initialisers
 
@@ -75,31 +76,6 @@ class Context(NamedTuple):
     train: bool = False
     seed: int | None = None
     step: int = 0
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    """A Python/NumPy integer >= minimum (a float such as 2.5 or a string is refused, not truncated)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}={value!r} must be an int >= {minimum}")
-    if value < minimum:
-        raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
-    return int(value)
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}={value!r} must be True or False")
-    return value
-
-
-def _check_real(name: str, value: Any, low: float, high: float, high_open: bool) -> float:
-    """A real number in [low, high) or [low, high] (a string or a bool is refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}={value!r} must be a float in [{low}, {high}{')' if high_open else ']'}")
-    value = float(value)
-    if not (low <= value < high if high_open else low <= value <= high):
-        raise ValueError(f"{name}={value!r} must be in [{low}, {high}{')' if high_open else ']'}")
-    return value
 
 
 def _shape_str(shape) -> str:
@@ -256,8 +232,8 @@ class Linear(Layer):
     prefix = "fc"
 
     def __init__(self, n_in: int, n_out: int, *, bias: bool = True, weight_init="glorot_uniform", bias_init="zeros"):
-        self.n_in, self.n_out = _check_int("n_in", n_in, 1), _check_int("n_out", n_out, 1)
-        self.bias = _check_bool("bias", bias)
+        self.n_in, self.n_out = check_int("n_in", n_in, 1), check_int("n_out", n_out, 1)
+        self.bias = check_bool("bias", bias)
         self.weight_init, self.bias_init = weight_init, bias_init
         initialisers.get(weight_init), initialisers.get(bias_init)
 
@@ -309,12 +285,12 @@ class Conv2d(Layer):
     prefix = "conv"
 
     def __init__(self, c_in, c_out, kernel_size, *, stride=1, padding=0, dilation=1, bias=True, weight_init="he_normal", bias_init="zeros"):
-        self.c_in, self.c_out = _check_int("c_in", c_in, 1), _check_int("c_out", c_out, 1)
+        self.c_in, self.c_out = check_int("c_in", c_in, 1), check_int("c_out", c_out, 1)
         self.kernel_size = F._pair(kernel_size, "kernel_size", minimum=1)
         self.stride = F._pair(stride, "stride", minimum=1)
         self.padding = F._pair(padding, "padding", minimum=0)
         self.dilation = F._pair(dilation, "dilation", minimum=1)
-        self.bias = _check_bool("bias", bias)
+        self.bias = check_bool("bias", bias)
         self.weight_init, self.bias_init = weight_init, bias_init
         initialisers.get(weight_init), initialisers.get(bias_init)
 
@@ -419,7 +395,7 @@ class Flatten(Layer):
     prefix = "flatten"
 
     def __init__(self, n_feature_axes: int = 3):
-        self.n_feature_axes = _check_int("n_feature_axes", n_feature_axes, 1)
+        self.n_feature_axes = check_int("n_feature_axes", n_feature_axes, 1)
 
     def check_input(self, x, name):
         if len(x.shape) <= self.n_feature_axes:
@@ -455,7 +431,7 @@ class Dropout(Layer):
     prefix = "dropout"
 
     def __init__(self, rate: float = 0.5):
-        self.rate = _check_real("rate", rate, 0.0, 1.0, high_open=True)
+        self.rate = check_rate("rate", rate)
 
     def forward(self, params, state, x, ctx):
         if ctx.train and self.rate > 0.0 and ctx.seed is None:
@@ -480,8 +456,8 @@ class _BatchNorm(Layer):
     _feature_axis = -1
 
     def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5):
-        self.num_features = _check_int("num_features", num_features, 1)
-        self.momentum = _check_real("momentum", momentum, 0.0, 1.0, high_open=False)
+        self.num_features = check_int("num_features", num_features, 1)
+        self.momentum = check_rate("momentum", momentum, high_open=False)
         if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0.0 < float(eps) < math.inf:
             raise ValueError(f"eps={eps!r} must be a finite float > 0 (1e-5 is usual)")
         self.eps = float(eps)

@@ -37,6 +37,7 @@ import numbers
 from typing import Any, Callable, NamedTuple
 
 from .. import _backend
+from .._checks import check_bool, check_rate
 from .functional import ACTIVATIONS, _kernels, _namespace
 from . import layers as L
 from . import losses
@@ -506,12 +507,9 @@ def mlp(sizes=(784, 256, 10), activation: str = "tanh", bias: bool = True, *, we
         raise ValueError(f"sizes={sizes} must have at least two positive entries (n_in, ..., n_out)")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not one of {sorted(ACTIVATIONS)}")
-    for name, flag in (("bias", bias), ("batch_norm", batch_norm)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name}={flag!r} must be True or False")
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout={dropout!r} must be a rate in [0, 1) (0 adds no dropout layers)")
-    dropout = float(dropout)
+    check_bool("bias", bias)
+    check_bool("batch_norm", batch_norm)
+    dropout = check_rate("dropout", dropout)
     if weight_init is None:
         weight_init = "he_normal" if activation in ("relu", "gelu") else "glorot_uniform"
     layers: list = []

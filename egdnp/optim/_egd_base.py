@@ -154,7 +154,7 @@ def check_state_type(state: Any, state_type: type, what: str = "state") -> None:
     """``state`` is a ``state_type`` (what this optimiser's ``init`` returned)."""
     if not isinstance(state, state_type):
         raise TypeError(
-            f"{what} is a {type(state).__name__}, not a {state_type.__name__}; pass the state returned by this "
+            f"{what} has type {type(state).__name__}, not {state_type.__name__}; pass the state returned by this "
             "optimiser's init (or update)"
         )
 
