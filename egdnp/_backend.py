@@ -164,6 +164,9 @@ def _library_of(x: Any) -> str:
 
 
 def _mixed_message(arrays) -> str:
+    not_arrays = [type(a).__name__ for a in arrays if _library_of(a).startswith("not an array")]
+    if not_arrays:
+        return f"expected arrays but got {', '.join(not_arrays)}; pass arrays (e.g. xp.asarray(value))"
     names = sorted({_library_of(a) for a in arrays})
     if len(names) == 1 and not names[0].startswith("not an array"):
         names = sorted({type(a).__module__.split(".")[0] for a in arrays})

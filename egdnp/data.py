@@ -105,13 +105,14 @@ def upsample(images, size: int):
     -------
     array, shape (..., size, size), the dtype and namespace of ``images``
     """
+    if not (hasattr(images, "shape") and hasattr(images, "dtype")):
+        raise TypeError(f"images is a {type(images).__name__}, not an array; pass an array of shape (..., n, n)")
     xp = _backend.array_namespace(images)
     if len(images.shape) < 2 or int(images.shape[-1]) != int(images.shape[-2]):
         raise ValueError(f"images have shape {tuple(images.shape)}; expected square images of shape (..., n, n)")
-    if int(size) < 1:
-        raise ValueError(f"size={size} must be >= 1")
+    size = check_int("size", size, 1)
     n = int(images.shape[-1])
-    m = xp.asarray(upsample_matrix(n, int(size)), dtype=images.dtype)
+    m = xp.asarray(upsample_matrix(n, size), dtype=images.dtype)
     return xp.matmul(xp.matmul(m, images), m.T)
 
 

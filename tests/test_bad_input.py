@@ -559,6 +559,13 @@ row("data-digits-test-fraction-str", TypeError, "test_fraction='0.2'", call(data
 row("data-digits-flat", TypeError, "flat='yes'", call(data.load_digits, flat="yes"))
 row("data-digits-dtype", TypeError, "dtype='int8'", call(data.load_digits, dtype="int8"))
 row("data-upsample-not-square", ValueError, "images", lambda tmp: (data.upsample, (np.ones((2, 3, 4)), 8), {}))
+row("data-upsample-list", TypeError, "images is a list", call(data.upsample, [[1.0, 2.0], [3.0, 4.0]], 4))
+row("data-upsample-size", TypeError, "size=2.5", lambda tmp: (data.upsample, (np.ones((2, 2)), 2.5), {}))
+row("backend-not-arrays", TypeError, ("expected arrays", "list"), call(egdnp.array_namespace, [1.0]))
+row("eggroll-ask-state-type", TypeError, "state", lambda tmp: (eggroll()[0].ask, (tuple(eggroll()[1]),), {}))
+row("es-linear-mixed", TypeError, ("array_api_strict", "numpy"),
+    lambda tmp: (es.perturbed_linear, (X(), strict.ones((3, 4)), None, es.generate(P(), pop_size=4, seed=0)),
+                 {"weight_key": "fc1.weight"}))
 
 # ----------------------------------------------------------------------------
 # reference API (the calls a port's test uses)

@@ -231,6 +231,8 @@ class Eggroll:
             ``sigma / sqrt(rank)``) and ``B`` (P, n, r), or ``eps`` (P, *shape)
             (scaled by ``sigma``), with every member's pair and sign.
         """
+        if not isinstance(state, EggrollState):
+            raise TypeError(f"state must be the EggrollState of init or tell, got {type(state).__name__}")
         ref = next(iter(state.params.values()))
         xp = _backend.array_namespace(ref)
         dtype = "float64" if ref.dtype == xp.float64 else "float32"
