@@ -54,6 +54,10 @@ def test_layouts():
     pair, sign = es.perturbations.member_layout(2**20, antithetic=True, layout="interleaved")
     assert pair.dtype == np.int64 and sign.dtype == np.int8 and pair.nbytes + sign.nbytes == 9 * 2**20
     assert not pair.flags.writeable and not sign.flags.writeable
+    for conv in ("egdnp", "hyperscalees-torch", "hyperscalees-jax"):
+        for antithetic in (True, False):
+            perts = es.generate({"w.weight": np.zeros((3, 4))}, pop_size=8, seed=0, convention=conv, antithetic=antithetic)
+            assert perts.n_pairs == len(set(perts.pair.tolist())) == (4 if antithetic else 8)
 
 
 def test_antithetic_partners_share_factors_with_opposite_sign():

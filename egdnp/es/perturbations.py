@@ -130,6 +130,10 @@ class Perturbations(NamedTuple):
     @property
     def n_pairs(self) -> int:
         """Number of distinct noise draws P (N/2 with antithetic sampling, else N)."""
+        if self.layout in ("halves", "interleaved"):
+            return self.pop_size // 2
+        if self.layout == "none":
+            return self.pop_size
         return int(np.unique(np.asarray(self.pair)).size)
 
 
