@@ -35,6 +35,11 @@ __all__ = [
     "numpy_dtype",
     "device_count",
     "select_device",
+    "check_same_library",
+    "check_float_arrays",
+    "host_memory_bytes",
+    "device_memory_bytes",
+    "check_fits",
 ]
 
 _CUPY_HELP = (
@@ -211,8 +216,72 @@ def array_namespace(*arrays: Any) -> types.ModuleType:
     key = tuple(map(type, arrays))
     xp = _NAMESPACES.get(key)
     if xp is None:
-        xp = _NAMESPACES[key] = array_api_compat.array_namespace(*arrays)
+        try:
+            xp = array_api_compat.array_namespace(*arrays)
+        except TypeError:
+            raise TypeError(_mixed_message(arrays)) from None
+        _NAMESPACES[key] = xp
     return xp
+
+
+def _library_of(x: Any) -> str:
+    """A short name for the array library of one value ("numpy", "array_api_strict", ...)."""
+    try:
+        return backend_name(array_api_compat.array_namespace(x))
+    except TypeError:
+        return f"not an array ({type(x).__name__})"
+
+
+def _mixed_message(arrays) -> str:
+    not_arrays = [type(a).__name__ for a in arrays if _library_of(a).startswith("not an array")]
+    if not_arrays:
+        return f"expected arrays but got {', '.join(not_arrays)}; pass arrays (e.g. xp.asarray(value))"
+    names = sorted({_library_of(a) for a in arrays})
+    if len(names) == 1 and not names[0].startswith("not an array"):
+        names = sorted({type(a).__module__.split(".")[0] for a in arrays})
+    return (
+        f"arrays of different libraries were mixed in one call: {', '.join(names)}; pass arrays of one "
+        "library (move one side with egdnp.to_device(x, xp))"
+    )
+
+
+def check_same_library(value: Any, ref: Any, what: str, ref_what: str) -> None:
+    """Raise one clear TypeError unless ``value`` is an array of the same library as ``ref``.
+
+    The common case (the same array type) costs one ``type`` comparison.
+
+    Parameters
+    ----------
+    value : array
+        The argument being checked (any shape).
+    ref : array
+        An array of the library the call works in (any shape).
+    what, ref_what : str
+        How the two are called in the message (``"grads['fc1.weight']"``, ``"params"``).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        ``value`` is not an array, or belongs to another array library than ``ref``;
+        the message names both libraries and the argument.
+    """
+    if type(value) is type(ref):
+        return
+    ref_lib = _library_of(ref)
+    if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        raise TypeError(
+            f"{what} is a {type(value).__name__}, not an array; pass an array of {ref_lib} like {ref_what}"
+        )
+    lib = _library_of(value)
+    if lib != ref_lib:
+        raise TypeError(
+            f"{what} is an array of {lib} but {ref_what} is of {ref_lib}; egdnp does not mix array libraries in "
+            f"one call: move {what} with egdnp.to_device({what}, egdnp.get_namespace({ref_lib!r}))"
+        )
 
 
 _NAMESPACES: dict[tuple[type, ...], types.ModuleType] = {}
@@ -402,6 +471,15 @@ def to_host(x: Any, *, out: np.ndarray | None = None, stream: Any = None, non_bl
     -------
     numpy.ndarray
     """
+    if out is not None and (not isinstance(out, np.ndarray) or out.shape != tuple(x.shape)
+                            or out.dtype != (x.dtype if isinstance(x.dtype, np.dtype)  # NumPy, CuPy
+                                             else numpy_dtype(array_namespace(x), x.dtype))):
+        # np.copyto would broadcast or cast silently; a host buffer must match exactly
+        raise ValueError(
+            f"out has shape {getattr(out, 'shape', None)} and dtype {getattr(out, 'dtype', type(out).__name__)} "
+            f"but the source has shape {tuple(x.shape)} and dtype {x.dtype}; pass a NumPy host buffer of the "
+            "same shape and dtype"
+        )
     if isinstance(x, np.ndarray):
         if out is None:
             return x.copy()
@@ -411,11 +489,6 @@ def to_host(x: Any, *, out: np.ndarray | None = None, stream: Any = None, non_bl
     if mod.startswith("cupy"):
         if out is None:
             return x.get(stream=stream)
-        if out.shape != tuple(x.shape) or out.dtype != x.dtype:
-            raise ValueError(
-                f"out has shape {out.shape} and dtype {out.dtype} but the source has shape "
-                f"{tuple(x.shape)} and dtype {x.dtype}; pass a matching host buffer"
-            )
         x.get(out=out, stream=stream, blocking=not non_blocking)
         return out
     try:
@@ -560,3 +633,127 @@ class BufferPool:
 
     def __len__(self) -> int:
         return len(self._buffers)
+
+
+def check_float_arrays(arrays: Any, what: str = "params", *, fix: str = "") -> None:
+    """Raise unless ``arrays`` is a dict of float32/float64 arrays of one library, keyed by str.
+
+    Costs a type comparison and two dtype comparisons per entry (no device work).
+
+    Parameters
+    ----------
+    arrays : dict[str, array]
+        Any shapes.
+    what : str
+        How the dict is called in messages.
+    fix : str
+        Extra advice for a wrong dtype.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        Not a dict, a key that is not a str, an entry that is not an array, an
+        entry of another array library than the first, or an integer, bool or
+        complex dtype.
+    """
+    if not isinstance(arrays, dict):
+        raise TypeError(f"{what} must be a dict[str, array]; got {type(arrays).__name__}")
+    ref = ref_key = f32 = f64 = None
+    for k, v in arrays.items():
+        if not isinstance(k, str):
+            raise TypeError(f"{what} keys must be str parameter names; got {k!r}")
+        if ref is None:
+            if not (hasattr(v, "shape") and hasattr(v, "dtype")):
+                raise TypeError(f"{what}[{k!r}] is a {type(v).__name__}, not an array; pass float32 or float64 arrays")
+            ref, ref_key = v, k
+            f32, f64 = _float_dtypes(type(v), v)
+        elif type(v) is not type(ref):
+            check_same_library(v, ref, f"{what}[{k!r}]", f"{what}[{ref_key!r}]")
+        dt = v.dtype
+        # identity first: NumPy's native dtypes are singletons, and this runs on every optimiser step
+        if dt is not f32 and dt is not f64 and dt != f32 and dt != f64:
+            raise TypeError(
+                f"{what}[{k!r}] has dtype {v.dtype}; parameters must be float32 or float64"
+                + (f"; {fix}" if fix else "; cast them, e.g. xp.astype(p, xp.float32)")
+            )
+
+
+def _float_dtypes(array_type: type, example: Any) -> tuple[Any, Any]:
+    """The float32 and float64 dtype objects of an array type (NumPy dtype instances for NumPy)."""
+    known = _FLOAT_DTYPES.get(array_type)
+    if known is None:
+        xp = array_namespace(example)
+        known = (np.dtype(np.float32), np.dtype(np.float64)) if is_numpy(xp) else (xp.float32, xp.float64)
+        _FLOAT_DTYPES[array_type] = known
+    return known
+
+
+_FLOAT_DTYPES: dict[type, tuple[Any, Any]] = {}
+
+
+def host_memory_bytes() -> int | None:
+    """Physical memory of this machine in bytes, or None where the OS does not say.
+
+    Returns
+    -------
+    int or None
+    """
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def device_memory_bytes(xp: types.ModuleType) -> int | None:
+    """Total memory of ``xp``'s current device: the GPU's for CuPy, the host's otherwise.
+
+    Parameters
+    ----------
+    xp : module
+        The compute namespace.
+
+    Returns
+    -------
+    int or None
+        None where it cannot be found out.
+    """
+    if is_cupy(xp):
+        try:
+            return int(_import_cupy().cuda.Device().mem_info[1])
+        except Exception:  # noqa: BLE001 - unknown is not an error
+            return None
+    return host_memory_bytes()
+
+
+def check_fits(nbytes: int, limit: int | None, what: str, fix: str) -> None:
+    """Refuse an allocation of ``nbytes`` up front when it exceeds ``limit`` bytes.
+
+    Parameters
+    ----------
+    nbytes : int
+        Bytes the caller is about to allocate.
+    limit : int or None
+        Bytes available (None: unknown, nothing is refused).
+    what, fix : str
+        What needs the memory, and what the user can change.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    MemoryError
+        ``nbytes > limit``; the message states both figures.
+    """
+    if limit is not None and nbytes > limit:
+        raise MemoryError(
+            f"{what} needs {nbytes:,} bytes ({nbytes / 2**30:.1f} GiB) but the machine has {limit:,} bytes "
+            f"({limit / 2**30:.1f} GiB); {fix}"
+        )

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from typing import Any, Iterator, NamedTuple
 
 import numpy as np  # host-side only: the raw dataset and small index tables
 
 from . import _backend, rng
+from ._checks import check_bool, check_int
 
 __all__ = ["Digits", "load_digits", "upsample_matrix", "upsample", "iterate_batches", "batch_indices", "N_DIGITS"]
 
@@ -103,13 +105,14 @@ def upsample(images, size: int):
     -------
     array, shape (..., size, size), the dtype and namespace of ``images``
     """
+    if not (hasattr(images, "shape") and hasattr(images, "dtype")):
+        raise TypeError(f"images is a {type(images).__name__}, not an array; pass an array of shape (..., n, n)")
     xp = _backend.array_namespace(images)
     if len(images.shape) < 2 or int(images.shape[-1]) != int(images.shape[-2]):
         raise ValueError(f"images have shape {tuple(images.shape)}; expected square images of shape (..., n, n)")
-    if int(size) < 1:
-        raise ValueError(f"size={size} must be >= 1")
+    size = check_int("size", size, 1)
     n = int(images.shape[-1])
-    m = xp.asarray(upsample_matrix(n, int(size)), dtype=images.dtype)
+    m = xp.asarray(upsample_matrix(n, size), dtype=images.dtype)
     return xp.matmul(xp.matmul(m, images), m.T)
 
 
@@ -141,12 +144,14 @@ def load_digits(*, size: int = 8, flat: bool | None = None, test_fraction: float
     Digits
         ``(x_train, y_train, x_test, y_test)``; labels are int64.
     """
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
+        raise TypeError(f"test_fraction={test_fraction!r} must be a float in (0, 1)")
     test_fraction = float(test_fraction)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction={test_fraction} must be in (0, 1)")
-    size = int(size)
-    if size < 8:
-        raise ValueError(f"size={size} must be >= 8 (the original resolution); use 28 for the CNN")
+    size = check_int("size", size, 8, fix="8 is the original resolution; use 28 for the CNN")
+    if flat is not None:
+        check_bool("flat", flat)
     if dtype not in ("float32", "float64"):
         raise TypeError(f"dtype={dtype!r} is not supported; use 'float32' or 'float64'")
     xp = _backend.get_namespace("numpy" if xp is None else xp)
@@ -200,11 +205,15 @@ def batch_indices(n: int, batch_size: int, *, seed: int, epoch: int = 0, shuffle
         possibly shorter); together a permutation of ``range(n)`` (less the
         dropped tail).
     """
-    n, batch_size = int(n), int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    n = check_int("n", n, 0)
+    batch_size = check_int("batch_size", batch_size, 1)
+    epoch = check_int("epoch", epoch, 0, fix="the epoch number (0, 1, ...) chooses the shuffle order")
+    if epoch > rng.MAX_POP_SIZE:
+        raise ValueError(f"epoch={epoch} must be <= {rng.MAX_POP_SIZE}: it is the 32-bit generation word of the shuffle noise")
+    check_bool("shuffle", shuffle)
+    check_bool("drop_last", drop_last)
     if shuffle:
-        words = _backend.to_host(rng.random_bits(n, seed=seed, stream="data/batches", generation=int(epoch), xp="numpy"))
+        words = _backend.to_host(rng.random_bits(n, seed=seed, stream="data/batches", generation=epoch, xp="numpy"))
         order = np.argsort(words, kind="stable")
     else:
         order = np.arange(n)
@@ -231,11 +240,30 @@ def iterate_batches(x, y, batch_size: int, *, seed: int, epoch: int = 0, shuffle
     ------
     x_batch : array, shape (b, ...), the namespace of x
     y_batch : array, shape (b,)
+
+    Raises
+    ------
+    TypeError, ValueError
+        At the call (not at the first batch): x or y not arrays of one library,
+        of different lengths, or a bad batch_size/seed/epoch/flag.
     """
+    for name, value in (("x", x), ("y", y)):
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")) or len(value.shape) == 0:
+            raise TypeError(
+                f"{name} is a {type(value).__name__}, not an array with a leading example axis; pass an array "
+                f"(e.g. xp.asarray({name}))"
+            )
+    if type(y) is not type(x):
+        _backend.check_same_library(y, x, "y", "x")
     if int(x.shape[0]) != int(y.shape[0]):
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}; they must match")
     xp = _backend.array_namespace(x, y)
-    for idx in batch_indices(int(x.shape[0]), batch_size, seed=seed, epoch=epoch, shuffle=shuffle, drop_last=drop_last):
+    batches = batch_indices(int(x.shape[0]), batch_size, seed=seed, epoch=epoch, shuffle=shuffle, drop_last=drop_last)
+    return _batches(xp, x, y, batches)
+
+
+def _batches(xp, x, y, batches) -> Iterator[tuple[Any, Any]]:
+    for idx in batches:
         if _backend.is_numpy(xp):
             yield x[idx], y[idx]
         else:

@@ -200,7 +200,8 @@ def test_a_window_of_pairs_is_the_local_view_of_the_whole_draw(convention, antit
     for block in distributed.partition(pop, 3, antithetic=antithetic, layout=strategy.convention.layout):
         window = strategy.ask(state, pairs=block.pairs)
         view = distributed.local_view(whole, block)
-        assert window.pair == view.pair and window.sign == view.sign and window.first_pair == block.pairs[0]
+        assert np.array_equal(window.pair, view.pair) and np.array_equal(window.sign, view.sign)
+        assert window.first_pair == block.pairs[0]
         for k, item in window.noise.items():
             for a, b in zip(item[:-1], view.noise[k][:-1]):
                 np.testing.assert_array_equal(a, b)

@@ -45,11 +45,19 @@ def test_conv_weight_is_flattened_row_major():
 
 def test_layouts():
     pair, sign = es.perturbations.member_layout(6, antithetic=True, layout="halves")
-    assert pair == (0, 1, 2, 0, 1, 2) and sign == (1, 1, 1, -1, -1, -1)
+    assert pair.tolist() == [0, 1, 2, 0, 1, 2] and sign.tolist() == [1, 1, 1, -1, -1, -1]
     pair, sign = es.perturbations.member_layout(6, antithetic=True, layout="interleaved")
-    assert pair == (0, 0, 1, 1, 2, 2) and sign == (1, -1, 1, -1, 1, -1)
+    assert pair.tolist() == [0, 0, 1, 1, 2, 2] and sign.tolist() == [1, -1, 1, -1, 1, -1]
     pair, sign = es.perturbations.member_layout(3, antithetic=False, layout="interleaved")
-    assert pair == (0, 1, 2) and sign == (1, 1, 1)
+    assert pair.tolist() == [0, 1, 2] and sign.tolist() == [1, 1, 1]
+    # arrays, not per-member Python objects: a large population costs 9 bytes a member
+    pair, sign = es.perturbations.member_layout(2**20, antithetic=True, layout="interleaved")
+    assert pair.dtype == np.int64 and sign.dtype == np.int8 and pair.nbytes + sign.nbytes == 9 * 2**20
+    assert not pair.flags.writeable and not sign.flags.writeable
+    for conv in ("egdnp", "hyperscalees-torch", "hyperscalees-jax"):
+        for antithetic in (True, False):
+            perts = es.generate({"w.weight": np.zeros((3, 4))}, pop_size=8, seed=0, convention=conv, antithetic=antithetic)
+            assert perts.n_pairs == len(set(perts.pair.tolist())) == (4 if antithetic else 8)
 
 
 def test_antithetic_partners_share_factors_with_opposite_sign():

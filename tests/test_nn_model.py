@@ -414,7 +414,7 @@ def test_namespace_and_dtype_errors():
 
     model = nn.mlp((4, 3, 2))
     params = model.init(0)
-    with pytest.raises(TypeError, match="namespace array_api_strict but the params to numpy"):
+    with pytest.raises(TypeError, match="x is an array of array_api_strict but params is of numpy"):
         model.apply(params, strict.zeros((2, 4), dtype=strict.float32))
     with pytest.raises(TypeError, match="x has dtype float16; models run in float32 or float64"):
         model.apply(params, np.zeros((2, 4), dtype=np.float16))

@@ -147,11 +147,15 @@ def local_view(perts: _es.Perturbations, block: Block) -> _es.Perturbations:
             noise[key] = _es.LowRankNoise(item.A[lo:hi, ...], item.B[lo:hi, ...], item.shape)
         else:
             noise[key] = _es.FullNoise(item.eps[lo:hi, ...], item.shape)
-    members = block.members.tolist()
+    members = np.asarray(block.members, dtype=np.int64)
+    pair = np.asarray(perts.pair)[members] - lo  # host-side member table, like es.member_layout's
+    sign = np.asarray(perts.sign)[members]
+    pair.setflags(write=False)
+    sign.setflags(write=False)
     return perts._replace(
         noise=noise,
-        pair=tuple(int(perts.pair[m]) - lo for m in members),
-        sign=tuple(perts.sign[m] for m in members),
+        pair=pair,
+        sign=sign,
         pop_size=len(members),
         first_pair=perts.first_pair + lo,
     )

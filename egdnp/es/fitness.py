@@ -35,13 +35,14 @@ __all__ = [
     "group_zscore",
     "centered_ranks",
     "shape_fitness",
+    "shape_checked",
     "classification_fitness",
 ]
 
 METHODS = ("zscore", "zscore_ddof1", "zscore_var_eps", "group_zscore", "centered_ranks", "none")
 
 
-def check_fitness(f, pop_size: int | None = None):
+def check_fitness(f, pop_size: int | None = None, *, integers: bool = False):
     """Raise unless ``f`` is a 1-D array of finite floats (of length ``pop_size``).
 
     Parameters
@@ -49,6 +50,8 @@ def check_fitness(f, pop_size: int | None = None):
     f : array, shape (N,)
     pop_size : int, optional
         The expected length N.
+    integers : bool
+        Also accept an integer dtype (ranks of integer scores are well defined).
 
     Returns
     -------
@@ -69,6 +72,8 @@ def check_fitness(f, pop_size: int | None = None):
         raise ValueError(f"fitness has shape {tuple(f.shape)}; expected (pop,) -- one scalar per member")
     if pop_size is not None and int(f.shape[0]) != pop_size:
         raise ValueError(f"fitness has {int(f.shape[0])} entries but the population has {pop_size} members")
+    if integers and xp.isdtype(f.dtype, "integral"):
+        return xp
     if not xp.isdtype(f.dtype, "real floating"):
         raise TypeError(f"fitness has dtype {f.dtype}; pass floats (xp.astype(f, xp.float32))")
     if not bool(xp.all(xp.isfinite(f))):
@@ -120,6 +125,10 @@ def zscore(f, *, ddof: int = 0, eps: float = 1e-8):
     array, shape (N,)
     """
     xp = check_fitness(f)
+    return _zscore(xp, f, ddof, eps)
+
+
+def _zscore(xp, f, ddof, eps):
     ddof = _check_ddof(ddof, int(f.shape[0]))
     eps = _check_eps(eps)
     return (f - xp.mean(f)) / (xp.std(f, correction=ddof) + eps)
@@ -144,6 +153,10 @@ def zscore_var_eps(f, *, eps: float = 1e-5, group_size: int = 0):
     array, shape (N,)
     """
     xp = check_fitness(f)
+    return _zscore_var_eps(xp, f, eps, group_size)
+
+
+def _zscore_var_eps(xp, f, eps, group_size):
     eps = _check_eps(eps)
     denom = xp.sqrt(xp.var(f) + eps)
     if group_size == 0:
@@ -168,6 +181,10 @@ def group_zscore(f, group_size: int, *, ddof: int = 0, eps: float = 1e-8):
     array, shape (N,)
     """
     xp = check_fitness(f)
+    return _group_zscore(xp, f, group_size, ddof, eps)
+
+
+def _group_zscore(xp, f, group_size, ddof, eps):
     g = _groups(xp, f, group_size)
     ddof = _check_ddof(ddof, int(g.shape[1]))
     eps = _check_eps(eps)
@@ -181,15 +198,16 @@ def centered_ranks(f):
     Parameters
     ----------
     f : array, shape (N,)
-        Raw fitness, finite floats.
+        Raw fitness: finite floats, or integers (ranked in float64, as
+        :func:`egdnp.rng.centered_ranks` does).
 
     Returns
     -------
     array, shape (N,)
         In [-0.5, 0.5], summing to zero; tied values get equal weights.
     """
-    check_fitness(f)
-    return _rng.centered_ranks(f)
+    check_fitness(f, integers=True)
+    return _rng.centered_ranks(f, check_finite=False)
 
 
 def shape_fitness(f, method: str = "centered_ranks", *, group_size: int = 0, ddof: int | None = None, eps: float | None = None):
@@ -211,23 +229,44 @@ def shape_fitness(f, method: str = "centered_ranks", *, group_size: int = 0, ddo
     -------
     array, shape (N,)
     """
-    check_fitness(f)
+    xp = check_fitness(f, integers=method == "centered_ranks")
+    return shape_checked(xp, f, method, group_size=group_size, ddof=ddof, eps=eps)
+
+
+def shape_checked(xp, f, method: str, *, group_size: int = 0, ddof: int | None = None, eps: float | None = None):
+    """:func:`shape_fitness` of an ``f`` that :func:`check_fitness` has passed (no second finiteness check).
+
+    Every finiteness check of a fitness vector is a device sync on a GPU; a
+    caller that has checked once (``Eggroll.tell``) shapes through this.
+
+    Parameters
+    ----------
+    xp : module
+        The namespace of ``f``.
+    f : array, shape (N,)
+    method, group_size, ddof, eps :
+        As for :func:`shape_fitness`.
+
+    Returns
+    -------
+    array, shape (N,)
+    """
     if method == "zscore":
         if group_size:
-            return group_zscore(f, group_size, ddof=0 if ddof is None else ddof, eps=1e-8 if eps is None else eps)
-        return zscore(f, ddof=0 if ddof is None else ddof, eps=1e-8 if eps is None else eps)
+            return _group_zscore(xp, f, group_size, 0 if ddof is None else ddof, 1e-8 if eps is None else eps)
+        return _zscore(xp, f, 0 if ddof is None else ddof, 1e-8 if eps is None else eps)
     if method == "zscore_ddof1":
         if group_size:
-            return group_zscore(f, group_size, ddof=1 if ddof is None else ddof, eps=1e-8 if eps is None else eps)
-        return zscore(f, ddof=1 if ddof is None else ddof, eps=1e-8 if eps is None else eps)
+            return _group_zscore(xp, f, group_size, 1 if ddof is None else ddof, 1e-8 if eps is None else eps)
+        return _zscore(xp, f, 1 if ddof is None else ddof, 1e-8 if eps is None else eps)
     if method == "zscore_var_eps":
-        return zscore_var_eps(f, eps=1e-5 if eps is None else eps, group_size=group_size)
+        return _zscore_var_eps(xp, f, 1e-5 if eps is None else eps, group_size)
     if method == "group_zscore":
-        return group_zscore(f, group_size, ddof=0 if ddof is None else ddof, eps=1e-8 if eps is None else eps)
+        return _group_zscore(xp, f, group_size, 0 if ddof is None else ddof, 1e-8 if eps is None else eps)
     if method == "centered_ranks":
         if group_size:
             raise ValueError("group_size is not used by centered_ranks; pass group_size=0 or method='group_zscore'")
-        return centered_ranks(f)
+        return _rng.centered_ranks(f, check_finite=False)
     if method == "none":
         return f
     raise ValueError(f"method={method!r} is not one of {METHODS}")

@@ -38,7 +38,8 @@ from .conventions import get_convention
 from .fitness import check_fitness
 from .perturbations import FullNoise, LowRankNoise, Perturbations
 
-__all__ = ["pair_weights", "lowrank_weighted_sum", "factorised_shortcut", "gradient_scale", "es_gradient", "loss_gradients"]
+__all__ = ["pair_weights", "lowrank_weighted_sum", "factorised_shortcut", "gradient_scale", "es_gradient", "loss_gradients",
+           "loss_gradients_checked"]
 
 
 # Full-rank parameters with at least this many entries are reduced by the fused
@@ -67,7 +68,11 @@ def pair_weights(f_hat, perts: Perturbations):
     array, shape (P,)
         ``f_hat`` itself without antithetic sampling.
     """
-    xp = check_fitness(f_hat, perts.pop_size)
+    check_fitness(f_hat, perts.pop_size)
+    return _pair_weights(f_hat, perts)
+
+
+def _pair_weights(f_hat, perts):
     if perts.layout == "none":
         return f_hat
     n_pairs = perts.pop_size // 2
@@ -184,7 +189,11 @@ def es_gradient(f_hat, perts: Perturbations, *, convention=None) -> dict:
     if not isinstance(perts, Perturbations):
         raise TypeError(f"perts must be the Perturbations returned by ask/generate, got {type(perts).__name__}")
     xp = check_fitness(f_hat, perts.pop_size)
-    w = pair_weights(f_hat, perts)
+    return _es_gradient(xp, f_hat, perts, convention)
+
+
+def _es_gradient(xp, f_hat, perts, convention):
+    w = _pair_weights(f_hat, perts)
     c = gradient_scale(perts, convention)
     grads = {}
     for key, item in perts.noise.items():
@@ -231,6 +240,28 @@ def loss_gradients(f_hat, perts: Perturbations, params: dict, *, convention=None
     dict of str to array or None
         ``-g`` of each perturbed parameter's own shape; None for frozen ones.
     """
+    if not isinstance(perts, Perturbations):
+        raise TypeError(f"perts must be the Perturbations returned by ask/generate, got {type(perts).__name__}")
+    xp = check_fitness(f_hat, perts.pop_size)
+    return loss_gradients_checked(xp, f_hat, perts, params, convention=convention)
+
+
+def loss_gradients_checked(xp, f_hat, perts: Perturbations, params: dict, *, convention=None) -> dict:
+    """:func:`loss_gradients` of an ``f_hat`` that has passed :func:`~egdnp.es.fitness.check_fitness`.
+
+    Parameters
+    ----------
+    xp : module
+        The namespace of ``f_hat``.
+    f_hat : array, shape (N,)
+    perts : Perturbations
+    params : dict of str to array
+    convention : str or Convention, optional
+
+    Returns
+    -------
+    dict of str to array or None
+    """
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict[str, array], got {type(params).__name__}")
     missing = [k for k in perts.noise if k not in params]
@@ -239,5 +270,5 @@ def loss_gradients(f_hat, perts: Perturbations, params: dict, *, convention=None
     for k, item in perts.noise.items():
         if tuple(int(s) for s in params[k].shape) != tuple(item.shape):
             raise ValueError(f"params[{k!r}] has shape {tuple(params[k].shape)} but perts were drawn for {tuple(item.shape)}")
-    g = es_gradient(f_hat, perts, convention=convention)
+    g = _es_gradient(xp, f_hat, perts, convention)
     return {k: (-g[k] if k in g else None) for k in params}

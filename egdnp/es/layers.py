@@ -36,6 +36,8 @@ dense_perturbed_params(params, perts, member)   (explicit W + A B^T, for tests)
 
 from __future__ import annotations
 
+import numbers
+
 from .. import _backend
 from .perturbations import FullNoise, LowRankNoise, Perturbations
 
@@ -49,6 +51,12 @@ __all__ = [
     "dense_perturbed_params",
     "population_fitness",
 ]
+
+
+def _as_list(seq) -> list:
+    """Host-side member table (a NumPy array, or a tuple of a hand-built Perturbations) as Python numbers."""
+    return seq.tolist() if hasattr(seq, "tolist") else list(seq)
+
 
 
 def member_range(perts: Perturbations, members) -> tuple[int, int]:
@@ -150,8 +158,9 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
             cache=cache, cache_key=("shared-products", weight_key),
         )
     device = _backend.device_of(x)
-    pair_idx = xp.asarray(list(pair_host), dtype=xp.int64, device=device)
-    sign = xp.reshape(xp.asarray(list(sign_host), dtype=x.dtype, device=device), (n_members, 1, 1))
+    pair_host, sign_host = _as_list(pair_host), _as_list(sign_host)
+    pair_idx = xp.asarray(pair_host, dtype=xp.int64, device=device)
+    sign = xp.reshape(xp.asarray(sign_host, dtype=x.dtype, device=device), (n_members, 1, 1))
     if shared:
         rows = int(x.shape[0])
         base = xp.matmul(x, w2.T)  # (rows, m), once for every member
@@ -298,9 +307,9 @@ def perturbed_batch_norm(x, gamma, beta, running_mean, running_var, perts: Pertu
     elif int(x.shape[0]) != n_members:
         raise ValueError(f"x has {int(x.shape[0])} members (axis 0) but members={start, stop} selects {n_members}")
     device = _backend.device_of(x)
-    pair_idx = xp.asarray(list(perts.pair[start:stop]), dtype=xp.int64, device=device)
+    pair_idx = xp.asarray(_as_list(perts.pair[start:stop]), dtype=xp.int64, device=device)
     mshape = (n_members,) + tuple(features if a == fa else 1 for a in range(1, nd))
-    sign = xp.reshape(xp.asarray(list(perts.sign[start:stop]), dtype=x.dtype, device=device), (n_members,) + (1,) * (nd - 1))
+    sign = xp.reshape(xp.asarray(_as_list(perts.sign[start:stop]), dtype=x.dtype, device=device), (n_members,) + (1,) * (nd - 1))
 
     def member_vec(base, noise):
         v = xp.reshape(base, (1,) + mshape[1:])
@@ -401,7 +410,7 @@ def dense_perturbed_params(params: dict, perts: Perturbations, member: int) -> d
         the others are the given arrays.
     """
     xp = _backend.array_namespace(*params.values())
-    p, s = perts.pair[member], perts.sign[member]
+    p, s = int(perts.pair[member]), float(perts.sign[member])
     out = dict(params)
     for key, item in perts.noise.items():
         if isinstance(item, LowRankNoise):
@@ -436,7 +445,13 @@ def population_fitness(model, params: dict, x, perts: Perturbations, fitness_fn,
     array, shape (N,)
     """
     xp = _backend.array_namespace(x)
+    if not isinstance(perts, Perturbations):
+        raise TypeError(f"perts must be the Perturbations returned by ask/generate, got {type(perts).__name__}")
+    if not callable(fitness_fn):
+        raise TypeError(f"fitness_fn={fitness_fn!r} must be callable(out) -> fitness of shape (chunk,)")
     n = perts.pop_size
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral)):
+        raise TypeError(f"chunk_size={chunk_size!r} must be an int >= 1 or None (all members at once)")
     chunk = n if chunk_size is None else int(chunk_size)
     if chunk < 1:
         raise ValueError(f"chunk_size={chunk_size!r} must be an int >= 1")
@@ -447,7 +462,15 @@ def population_fitness(model, params: dict, x, perts: Perturbations, fitness_fn,
 
     def score(members):
         out = perturbed_model_forward(model, params, x, perts, members=members, state=state, impl=impl, cache=cache)
-        return fitness_fn(out)
+        f = fitness_fn(out)
+        want = (members[1] - members[0],)
+        if getattr(f, "shape", None) is None or tuple(f.shape) != want:
+            got = tuple(f.shape) if hasattr(f, "shape") else type(f).__name__
+            raise ValueError(
+                f"fitness_fn returned {got} for members {members[0]}..{members[1] - 1}; it must return one "
+                f"score per member, shape {want} (e.g. reduce the batch axis: mean over axis 1)"
+            )
+        return f
 
     parts = [score(ranges[0])]  # fills the cache before any concurrency
     if len(ranges) > 2 and impl != "array_api" and _backend.is_numpy(xp) and threaded:

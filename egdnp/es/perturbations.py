@@ -35,6 +35,8 @@ import math
 import numbers
 from typing import Any, NamedTuple
 
+import numpy as np  # host-side only: the member -> (pair, sign) tables
+
 from .. import _backend
 from .. import rng as _rng
 from .conventions import get_convention, noise_generation
@@ -91,10 +93,10 @@ class Perturbations(NamedTuple):
     ----------
     noise : dict[str, LowRankNoise or FullNoise]
         Only the perturbed parameters; a missing key is not perturbed.
-    pair : tuple of int, length N
-        Host-side: the pair (noise index) of every member.
-    sign : tuple of float, length N
-        Host-side: the antithetic sign of every member (+1.0 or -1.0).
+    pair : numpy.ndarray of int64, shape (N,)
+        Host-side, read-only: the pair (noise index) of every member.
+    sign : numpy.ndarray of int8, shape (N,)
+        Host-side, read-only: the antithetic sign of every member (+1 or -1).
     pop_size : int
         N.
     rank : int
@@ -132,7 +134,11 @@ class Perturbations(NamedTuple):
     @property
     def n_pairs(self) -> int:
         """Number of distinct noise draws P (N/2 with antithetic sampling, else N)."""
-        return len(set(self.pair)) if self.pair else 0
+        if self.layout in ("halves", "interleaved"):
+            return self.pop_size // 2
+        if self.layout == "none":
+            return self.pop_size
+        return int(np.unique(np.asarray(self.pair)).size)
 
 
 # ----------------------------------------------------------------------------
@@ -242,8 +248,8 @@ def plan_parameters(shapes: dict, *, convention="egdnp", vectors: str | None = N
     return plan
 
 
-def member_layout(pop_size: int, *, antithetic: bool, layout: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """Pair index and sign of every member (host-side tuples).
+def member_layout(pop_size: int, *, antithetic: bool, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pair index and sign of every member (host-side NumPy arrays, read-only).
 
     ``layout="halves"``: member ``i < N/2`` is ``(+, pair i)``, member
     ``i + N/2`` is ``(-, pair i)``.  ``layout="interleaved"``: member ``2k`` is
@@ -258,12 +264,19 @@ def member_layout(pop_size: int, *, antithetic: bool, layout: str) -> tuple[tupl
 
     Returns
     -------
-    pair : tuple of int, length pop_size
-    sign : tuple of float, length pop_size
+    pair : numpy.ndarray of int64, shape (pop_size,)
+    sign : numpy.ndarray of int8, shape (pop_size,), +1 or -1
+
+    Arrays, not per-member Python objects: 9 bytes a member, so a population
+    of 2**26 takes 0.6 GB here instead of several GB of tuples.
     """
     pop_size = _as_int("pop_size", pop_size, 1)
+    if pop_size > _rng.MAX_POP_SIZE:
+        raise ValueError(f"pop_size={pop_size} exceeds {_rng.MAX_POP_SIZE}: member ids are 32-bit words of the noise address")
+    if not isinstance(antithetic, bool):
+        raise TypeError(f"antithetic={antithetic!r} must be True or False")
     if not antithetic:
-        return tuple(range(pop_size)), (1.0,) * pop_size
+        return _frozen(np.arange(pop_size, dtype=np.int64)), _frozen(np.ones(pop_size, dtype=np.int8))
     if pop_size % 2:
         raise ValueError(
             f"pop_size={pop_size} is odd but antithetic sampling needs pairs; pass an even pop_size "
@@ -271,10 +284,19 @@ def member_layout(pop_size: int, *, antithetic: bool, layout: str) -> tuple[tupl
         )
     half = pop_size // 2
     if layout == "halves":
-        return tuple(list(range(half)) * 2), (1.0,) * half + (-1.0,) * half
-    if layout == "interleaved":
-        return tuple(i // 2 for i in range(pop_size)), tuple(1.0 if i % 2 == 0 else -1.0 for i in range(pop_size))
-    raise ValueError(f"layout={layout!r} must be 'halves' or 'interleaved'")
+        pair = np.concatenate([np.arange(half, dtype=np.int64)] * 2)
+        sign = np.concatenate([np.ones(half, dtype=np.int8), np.full(half, -1, dtype=np.int8)])
+    elif layout == "interleaved":
+        pair = np.arange(pop_size, dtype=np.int64) // 2
+        sign = np.tile(np.array([1, -1], dtype=np.int8), half)
+    else:
+        raise ValueError(f"layout={layout!r} must be 'halves' or 'interleaved'")
+    return _frozen(pair), _frozen(sign)
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 def pair_normals(n_pairs: int, size: int, *, seed: int, stream, generation: int, dtype: str, xp, device=None, impl: str = "auto",

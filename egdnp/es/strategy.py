@@ -23,13 +23,15 @@ reproduces every bit.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, NamedTuple
 
 from .. import _backend
 from .. import optim as _optim
+from .. import rng as _rng
 from .conventions import get_convention
-from .fitness import METHODS, check_fitness, shape_fitness
-from .gradient import loss_gradients
+from .fitness import METHODS, check_fitness, shape_checked, shape_fitness
+from .gradient import loss_gradients_checked
 from .perturbations import Perturbations, generate, matrix_shape, plan_parameters, check_rank
 
 __all__ = ["Eggroll", "EggrollState"]
@@ -61,13 +63,14 @@ class Eggroll:
     Parameters
     ----------
     pop_size : int
-        N; even with antithetic sampling.
+        N in ``[2, egdnp.rng.MAX_POP_SIZE]``; even with antithetic sampling.
     rank : int
         Rank r of every matrix perturbation (``1 <= r <= min(m, n)``).
     sigma : float or callable(generation) -> float
         Noise scale, or a schedule (e.g. from :mod:`egdnp.optim.schedules`).
     optimizer : egdnp.optim.Optimizer, optional
-        Receives the loss gradient ``-g``.  Default ``optim.sgd(lr)``.
+        Receives the loss gradient ``-g``; an object with ``init`` and
+        ``update`` such as ``optim.adam(1e-3)``.  Default ``optim.sgd(lr)``.
     lr : float or callable(step) -> float
         Only used to build the default optimiser.
     convention : {"egdnp", "hyperscalees-torch", "hyperscalees-jax"}
@@ -76,37 +79,73 @@ class Eggroll:
     fitness : str, optional
         Fitness shaping method (:data:`egdnp.es.fitness.METHODS`); default the convention's.
     group_size : int
-        Group size for group shaping (0: global).
+        Group size for group shaping (0: global); must divide ``pop_size``.
     vectors : {"full", "frozen"}, optional
         Non-matrix parameters; default the convention's.
     noise_reuse : int or None, optional
         Default the convention's; ``0`` means the SAME noise every generation
         (see docs/eggroll.md).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Every argument is checked here, before any population is scored; the
+        message names the argument and the fix.
     """
 
     def __init__(self, *, pop_size: int, rank: int = 1, sigma: Any = 0.05, optimizer=None, lr: Any = 0.01,
                  convention="egdnp", antithetic: bool = True, fitness: str | None = None, group_size: int = 0,
                  vectors: str | None = None, noise_reuse: Any = "default"):
         self.convention = get_convention(convention)
-        if isinstance(pop_size, bool) or not isinstance(pop_size, int) or pop_size < 1:
-            raise ValueError(f"pop_size={pop_size!r} must be an int >= 1")
+        if isinstance(pop_size, bool) or not isinstance(pop_size, numbers.Integral):
+            raise TypeError(f"pop_size={pop_size!r} must be an int >= 2")
+        if not 2 <= pop_size <= _rng.MAX_POP_SIZE:
+            raise ValueError(
+                f"pop_size={pop_size} must lie in [2, {_rng.MAX_POP_SIZE}]: one member gives a zero ES gradient, "
+                "and member ids are the 32-bit member word of the noise address"
+            )
+        if not isinstance(antithetic, bool):
+            raise TypeError(f"antithetic={antithetic!r} must be True or False")
         if antithetic and pop_size % 2:
             raise ValueError(f"pop_size={pop_size} is odd but antithetic=True needs pairs; pass an even pop_size or antithetic=False")
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank < 1:
             raise ValueError(f"rank={rank!r} must be an int >= 1")
         if not callable(sigma):
+            if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
+                raise TypeError(f"sigma={sigma!r} must be a float > 0 or a schedule callable(generation) -> float")
             sigma = float(sigma)
             if not math.isfinite(sigma) or sigma <= 0.0:
                 raise ValueError(f"sigma={sigma!r} must be a finite float > 0 (or a schedule callable)")
         fitness = self.convention.fitness if fitness is None else fitness
         if fitness not in METHODS:
             raise ValueError(f"fitness={fitness!r} is not one of {METHODS}")
+        if isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral) or group_size < 0:
+            raise ValueError(f"group_size={group_size!r} must be an int >= 0 (0: no groups)")
+        if fitness == "group_zscore" and group_size < 1:
+            raise ValueError(f"group_size={group_size} with fitness='group_zscore'; pass a group size >= 1 that divides pop_size={pop_size}")
+        if fitness == "centered_ranks" and group_size:
+            raise ValueError(f"group_size={group_size} is not used by fitness='centered_ranks'; pass 0 or fitness='group_zscore'")
+        if group_size and pop_size % group_size:
+            raise ValueError(f"group_size={group_size} does not divide pop_size={pop_size}; pick a divisor of {pop_size}")
+        if fitness == "zscore_ddof1" and group_size == 1:
+            raise ValueError("group_size=1 with fitness='zscore_ddof1' leaves one member per group for a sample std; pass group_size >= 2")
         if vectors is not None and vectors not in ("full", "frozen"):
             raise ValueError(f"vectors={vectors!r} must be 'full' or 'frozen'")
+        if noise_reuse != "default" and noise_reuse is not None and (
+            isinstance(noise_reuse, bool) or not isinstance(noise_reuse, numbers.Integral) or noise_reuse < 0
+        ):
+            raise ValueError(f"noise_reuse={noise_reuse!r} must be None or an int >= 0 (1 = fresh noise every generation)")
+        if optimizer is not None and not (callable(getattr(optimizer, "init", None))
+                                          and callable(getattr(optimizer, "update", None))):
+            raise TypeError(
+                f"optimizer={optimizer!r} is not an optimiser; pass an object with init and update such as "
+                "egdnp.optim.adam(1e-3) or egdnp.optim.sgd(0.01) (or None for sgd(lr))"
+            )
         self.pop_size, self.rank, self.sigma = int(pop_size), int(rank), sigma
-        self.antithetic = bool(antithetic)
+        self.antithetic = antithetic
         self.fitness, self.group_size, self.vectors = fitness, int(group_size), vectors
-        self.noise_reuse = self.convention.noise_reuse if noise_reuse == "default" else noise_reuse
+        self.noise_reuse = self.convention.noise_reuse if noise_reuse == "default" else (
+            None if noise_reuse is None else int(noise_reuse))
         self.optimizer = _optim.sgd(lr) if optimizer is None else optimizer
 
     def __repr__(self) -> str:
@@ -159,16 +198,15 @@ class Eggroll:
         Raises
         ------
         TypeError
-            ``params`` is not a non-empty dict.
+            ``params`` is not a non-empty dict of float32/float64 arrays of one library.
         ValueError
             The rank exceeds ``min(m, n)`` of a perturbed matrix, or the seed is out of range.
         """
         if not isinstance(params, dict) or not params:
-            raise TypeError("params must be a non-empty dict[str, array]")
+            raise TypeError(f"params must be a non-empty dict[str, array]; got {type(params).__name__}")
+        _backend.check_float_arrays(params, "params", fix="EGGROLL perturbs float32 or float64 parameters")
         plan = plan_parameters(params, convention=self.convention, vectors=self.vectors)
         check_rank(self.rank, {k: matrix_shape(params[k].shape) for k, how in plan.items() if how == "lowrank"})
-        from .. import rng as _rng
-
         seed = _rng._check_seed(seed)
         return EggrollState(params=dict(params), opt_state=self.optimizer.init(params), generation=0, seed=seed)
 
@@ -196,6 +234,8 @@ class Eggroll:
             ``sigma / sqrt(rank)``) and ``B`` (P, n, r), or ``eps`` (P, *shape)
             (scaled by ``sigma``), with every member's pair and sign.
         """
+        if not isinstance(state, EggrollState):
+            raise TypeError(f"state must be the EggrollState of init or tell, got {type(state).__name__}")
         ref = next(iter(state.params.values()))
         xp = _backend.array_namespace(ref)
         dtype = "float64" if ref.dtype == xp.float64 else "float32"
@@ -239,13 +279,21 @@ class Eggroll:
         info : dict
             ``{"fitness_mean", "fitness_max", "sigma", "grad_norm"}`` as Python floats.
         """
+        if not isinstance(state, EggrollState):
+            raise TypeError(f"state must be the EggrollState of init or tell, got {type(state).__name__}")
         if not isinstance(perts, Perturbations):
             raise TypeError(f"perts must come from ask(), got {type(perts).__name__}")
         if perts.generation != state.generation:
             raise ValueError(f"perts are for generation {perts.generation} but the state is at {state.generation}; call ask(state) again")
+        _backend.check_float_arrays(state.params, "state.params")
+        self._check_perts_fit(state.params, perts)
+        ref = next(iter(state.params.values()))
+        if type(fitness) is not type(ref):
+            _backend.check_same_library(fitness, ref, "fitness", "state.params")
+        # the only finiteness check of this generation (each one is a device sync on a GPU)
         xp = check_fitness(fitness, self.pop_size)
-        f_hat = self.shape(fitness)
-        grads = loss_gradients(f_hat, perts, state.params, convention=self.convention)
+        f_hat = shape_checked(xp, fitness, self.fitness, group_size=self.group_size)
+        grads = loss_gradients_checked(xp, f_hat, perts, state.params, convention=self.convention)
         params, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         norm2 = 0.0
         for g in grads.values():
@@ -302,3 +350,25 @@ class Eggroll:
         from . import checkpoint
 
         return checkpoint.load(path, self, like=like, xp=xp, device=device)
+
+    def _check_perts_fit(self, params: dict, perts: Perturbations) -> None:
+        """Every parameter this strategy perturbs has noise in ``perts`` and nothing else does.
+
+        A key the perturbations do not cover would get no gradient; an
+        optimiser without per-key state (plain SGD) would carry it along
+        untrained.
+        """
+        if perts.pop_size != self.pop_size:
+            raise ValueError(f"perts have {perts.pop_size} members but this strategy has pop_size={self.pop_size}; call ask(state)")
+        plan = plan_parameters(params, convention=self.convention, vectors=self.vectors)
+        expected = {k for k, how in plan.items() if how != "frozen"}
+        if expected != perts.noise.keys():
+            extra = sorted(expected - perts.noise.keys())
+            gone = sorted(perts.noise.keys() - expected)
+            raise ValueError(
+                "state.params do not match the params the perts were drawn for: "
+                + (f"{extra} would be trained but have no noise" if extra else "")
+                + ("; " if extra and gone else "")
+                + (f"{gone} have noise but are not perturbed params of the state" if gone else "")
+                + "; call ask(state) for these params (and init the strategy with them)"
+            )

@@ -30,8 +30,11 @@ inputs run through the same code without a Python loop over members.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, NamedTuple
 
+from .._checks import check_bool, check_int, check_rate
 from . import functional as F
 from . import init as initialisers
 
@@ -229,9 +232,8 @@ class Linear(Layer):
     prefix = "fc"
 
     def __init__(self, n_in: int, n_out: int, *, bias: bool = True, weight_init="glorot_uniform", bias_init="zeros"):
-        self.n_in, self.n_out, self.bias = int(n_in), int(n_out), bool(bias)
-        if self.n_in < 1 or self.n_out < 1:
-            raise ValueError(f"Linear sizes n_in={n_in}, n_out={n_out} must be positive")
+        self.n_in, self.n_out = check_int("n_in", n_in, 1), check_int("n_out", n_out, 1)
+        self.bias = check_bool("bias", bias)
         self.weight_init, self.bias_init = weight_init, bias_init
         initialisers.get(weight_init), initialisers.get(bias_init)
 
@@ -283,14 +285,12 @@ class Conv2d(Layer):
     prefix = "conv"
 
     def __init__(self, c_in, c_out, kernel_size, *, stride=1, padding=0, dilation=1, bias=True, weight_init="he_normal", bias_init="zeros"):
-        self.c_in, self.c_out = int(c_in), int(c_out)
-        if self.c_in < 1 or self.c_out < 1:
-            raise ValueError(f"Conv2d channels c_in={c_in}, c_out={c_out} must be positive")
+        self.c_in, self.c_out = check_int("c_in", c_in, 1), check_int("c_out", c_out, 1)
         self.kernel_size = F._pair(kernel_size, "kernel_size", minimum=1)
         self.stride = F._pair(stride, "stride", minimum=1)
         self.padding = F._pair(padding, "padding", minimum=0)
         self.dilation = F._pair(dilation, "dilation", minimum=1)
-        self.bias = bool(bias)
+        self.bias = check_bool("bias", bias)
         self.weight_init, self.bias_init = weight_init, bias_init
         initialisers.get(weight_init), initialisers.get(bias_init)
 
@@ -395,9 +395,7 @@ class Flatten(Layer):
     prefix = "flatten"
 
     def __init__(self, n_feature_axes: int = 3):
-        self.n_feature_axes = int(n_feature_axes)
-        if self.n_feature_axes < 1:
-            raise ValueError(f"n_feature_axes={n_feature_axes} must be >= 1")
+        self.n_feature_axes = check_int("n_feature_axes", n_feature_axes, 1)
 
     def check_input(self, x, name):
         if len(x.shape) <= self.n_feature_axes:
@@ -433,9 +431,7 @@ class Dropout(Layer):
     prefix = "dropout"
 
     def __init__(self, rate: float = 0.5):
-        self.rate = float(rate)
-        if not 0.0 <= self.rate < 1.0:
-            raise ValueError(f"Dropout rate={rate} must be in [0, 1)")
+        self.rate = check_rate("rate", rate)
 
     def forward(self, params, state, x, ctx):
         if ctx.train and self.rate > 0.0 and ctx.seed is None:
@@ -460,14 +456,11 @@ class _BatchNorm(Layer):
     _feature_axis = -1
 
     def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5):
-        self.num_features = int(num_features)
-        if self.num_features < 1:
-            raise ValueError(f"num_features={num_features} must be positive")
-        self.momentum, self.eps = float(momentum), float(eps)
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"momentum={momentum} must be in [0, 1]")
-        if not self.eps > 0.0:
-            raise ValueError(f"eps={eps} must be positive")
+        self.num_features = check_int("num_features", num_features, 1)
+        self.momentum = check_rate("momentum", momentum, high_open=False)
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0.0 < float(eps) < math.inf:
+            raise ValueError(f"eps={eps!r} must be a finite float > 0 (1e-5 is usual)")
+        self.eps = float(eps)
 
     def param_shapes(self):
         return {"weight": (self.num_features,), "bias": (self.num_features,)}
@@ -488,6 +481,17 @@ class _BatchNorm(Layer):
         }
 
     def forward(self, params, state, x, ctx):
+        if ctx.train:
+            count = 1
+            for a in self._axes:
+                count *= int(x.shape[a])
+            if count < 2:
+                # every value would normalise to 0 and the running statistics would move (torch raises too)
+                raise ValueError(
+                    f"layer {ctx.name!r} ({type(self).__name__}) in training mode got x of shape "
+                    f"{_shape_str(x.shape)}: one value per channel; batch statistics need more than one, "
+                    "so pass a batch of at least 2 (or train=False to use the running statistics)"
+                )
         out, cache, (mean, var) = F.batch_norm_forward(
             x, params["weight"], params["bias"], state["running_mean"], state["running_var"],
             axes=self._axes, train=ctx.train, momentum=self.momentum, eps=self.eps,

@@ -31,13 +31,16 @@ __all__ = [
 
 REDUCTIONS = ("mean", "sum", "none")
 
+_EMPTY = ("{what} holds an empty batch (examples of shape {shape}); a mean over no examples is undefined: pass "
+          "at least one example, or reduction='sum'")
+
 
 def _check_reduction(reduction: str) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r} is not one of {REDUCTIONS}")
 
 
-def _reduce(xp, per_example, reduction: str):
+def _reduce(xp, per_example, reduction: str, what: str = "logits"):
     if reduction == "none":
         return per_example
     total = xp.sum(per_example)
@@ -46,7 +49,9 @@ def _reduce(xp, per_example, reduction: str):
     count = 1
     for s in per_example.shape:
         count *= int(s)
-    return total / float(max(count, 1))
+    if count == 0:
+        raise ValueError(_EMPTY.format(what=what, shape=tuple(per_example.shape)))
+    return total / float(count)
 
 
 def _check_labels(xp, logits, labels):
@@ -164,6 +169,8 @@ def softmax_cross_entropy_with_grad(logits, labels, reduction: str = "mean", *, 
     dlogits : array, shape of logits, or None when ``need_grad`` is False
     """
     _check_reduction(reduction)
+    if type(labels) is not type(logits):
+        _backend.check_same_library(labels, logits, "labels", "logits")
     xp = _namespace(logits, labels)
     if impl not in ("auto", "array_api"):
         raise ValueError(f"impl={impl!r} is not one of ('auto', 'array_api')")
@@ -195,7 +202,7 @@ def softmax_cross_entropy_with_grad(logits, labels, reduction: str = "mean", *, 
     per_example = xp.squeeze(log_z - true_logit, axis=-1)
     if tuple(per_example.shape) != tuple(logits.shape[:-1]):  # labels broadcast wider than logits
         raise ValueError(f"labels of shape {tuple(labels.shape)} broadcast beyond logits' leading shape")
-    loss = _reduce(xp, per_example, reduction)
+    loss = _reduce(xp, per_example, reduction, "logits")
     if not need_grad:
         return loss, None
     grad = exp / sum_exp - one_hot
@@ -222,11 +229,13 @@ def mse(pred, target, reduction: str = "mean"):
     array: scalar, or shape pred.shape[:-1] for "none"
     """
     _check_reduction(reduction)
-    xp = _namespace(pred, target)
     _check_target(pred, target)
+    xp = _namespace(pred, target)
+    if int(pred.shape[-1]) == 0:
+        raise ValueError(f"pred has shape {tuple(pred.shape)}: no outputs to compare (last axis D = 0)")
     diff = pred - target
     per_example = xp.mean(diff * diff, axis=-1)
-    return _reduce(xp, per_example, reduction)
+    return _reduce(xp, per_example, reduction, "pred")
 
 
 def mse_grad(pred, target, reduction: str = "mean"):
@@ -244,19 +253,25 @@ def mse_grad(pred, target, reduction: str = "mean"):
     array, shape of pred
     """
     _check_reduction(reduction)
-    xp = _namespace(pred, target)
     _check_target(pred, target)
+    xp = _namespace(pred, target)
     d = int(pred.shape[-1])
+    if d == 0:
+        raise ValueError(f"pred has shape {tuple(pred.shape)}: no outputs to compare (last axis D = 0)")
     grad = (pred - target) * (2.0 / d)
     if reduction == "mean":
         count = 1
         for s in pred.shape[:-1]:
             count *= int(s)
-        grad = grad / float(max(count, 1))
+        if count == 0:
+            raise ValueError(_EMPTY.format(what="pred", shape=tuple(pred.shape[:-1])))
+        grad = grad / float(count)
     return xp.broadcast_to(grad, pred.shape) if tuple(grad.shape) != tuple(pred.shape) else grad
 
 
 def _check_target(pred, target):
+    if type(target) is not type(pred):
+        _backend.check_same_library(target, pred, "target", "pred")
     ps, ts = tuple(pred.shape), tuple(target.shape)
     if len(ts) > len(ps) or any(a != b and a != 1 for a, b in zip(reversed(ts), reversed(ps))):
         raise ValueError(f"target has shape {ts} but pred has shape {ps}; target must broadcast against pred")

@@ -32,11 +32,13 @@ layer loops over members in Python.
 from __future__ import annotations
 
 import contextlib
+import numbers
 
 from typing import Any, Callable, NamedTuple
 
 from .. import _backend
-from .functional import _kernels, _namespace
+from .._checks import check_bool, check_rate
+from .functional import ACTIVATIONS, _kernels, _namespace
 from . import layers as L
 from . import losses
 
@@ -234,11 +236,15 @@ class Serial:
             if extra:
                 parts.append("unexpected " + ", ".join(repr(k) for k in extra))
             raise ValueError(f"{what} do not match the model: " + "; ".join(parts) + f". Expected keys: {list(expected)}")
-        dtype = None
+        dtype = ref = None
         for k, shape in expected.items():
             v = params[k]
             if not hasattr(v, "shape") or not hasattr(v, "dtype"):
                 raise TypeError(f"{what}[{k!r}] is a {type(v).__name__}, expected an array of shape {shape}")
+            if ref is None:
+                ref, ref_key = v, k
+            elif type(v) is not type(ref):
+                _backend.check_same_library(v, ref, f"{what}[{k!r}]", f"{what}[{ref_key!r}]")
             if v.shape != shape and _shape(v) != shape:
                 raise ValueError(f"{what}[{k!r}] has shape {_shape(v)}, expected {shape}")
             if dtype is None:
@@ -260,12 +266,8 @@ class Serial:
             )
         if params:
             ref = next(iter(params.values()))
-            if type(x) is not type(ref) and _namespace(ref) is not xp:
-                raise TypeError(
-                    f"x belongs to namespace {_backend.backend_name(xp)} but the params to "
-                    f"{_backend.backend_name(_namespace(ref))}; move x with egdnp._backend.to_device(x, xp) "
-                    "(or init the params with that xp)"
-                )
+            if type(x) is not type(ref):
+                _backend.check_same_library(x, ref, "x", "params")
             if x.dtype != ref.dtype:
                 raise TypeError(
                     f"x has dtype {_dtype_str(x.dtype)} but params are {_dtype_str(ref.dtype)}; cast x (xp.astype) "
@@ -419,6 +421,14 @@ class Serial:
         """
         if not (loss in ("cross_entropy", "mse") or callable(loss)):
             raise ValueError(f"loss={loss!r} must be 'cross_entropy', 'mse' or a callable fn(out, y) -> (loss, dout)")
+        if hasattr(x, "shape"):
+            if 0 in x.shape:
+                raise ValueError(
+                    f"x has shape {_shape(x)}: an empty batch; the mean loss over no examples is undefined, "
+                    "pass at least one example"
+                )
+            if type(y) is not type(x):
+                _backend.check_same_library(y, x, "y", "x")
         if not (hasattr(x, "shape") and _backend.is_numpy(_namespace(x))):  # forward reports bad x
             return self._loss_and_grad(params, x, y, loss, state, train, seed, step, return_state, None)
         _cpu = _kernels()
@@ -486,9 +496,20 @@ def mlp(sizes=(784, 256, 10), activation: str = "tanh", bias: bool = True, *, we
         shape (batch, sizes[0]) or (pop, batch, sizes[0]), output (..., sizes[-1]);
         ``fc<i>.weight`` of shape (sizes[i], sizes[i-1]), ``fc<i>.bias`` (sizes[i],).
     """
+    try:
+        ok = all(not isinstance(s, bool) and isinstance(s, numbers.Integral) for s in sizes)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise TypeError(f"sizes={sizes!r} must be a sequence of ints (n_in, hidden..., n_out)")
     sizes = tuple(int(s) for s in sizes)
     if len(sizes) < 2 or min(sizes) < 1:
         raise ValueError(f"sizes={sizes} must have at least two positive entries (n_in, ..., n_out)")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not one of {sorted(ACTIVATIONS)}")
+    check_bool("bias", bias)
+    check_bool("batch_norm", batch_norm)
+    dropout = check_rate("dropout", dropout)
     if weight_init is None:
         weight_init = "he_normal" if activation in ("relu", "gelu") else "glorot_uniform"
     layers: list = []

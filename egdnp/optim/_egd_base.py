@@ -87,40 +87,76 @@ def learning_rate_at(lr: Any, step: int) -> float:
     return value
 
 
+def check_params(params: Any) -> None:
+    """``params`` is a dict of float32/float64 arrays of one library (what every optimiser's init needs)."""
+    _backend.check_float_arrays(params, "params")
+
+
 def check_params_grads(grads: dict, params: dict) -> None:
-    """Keys of ``grads`` are keys of ``params`` and shapes agree; ``None`` grads are allowed.
+    """Keys of ``grads`` are keys of ``params``; shapes, dtypes and array libraries agree; ``None`` grads are allowed.
 
     A parameter whose gradient is missing or ``None`` is skipped by the
-    optimisers (PyTorch skips parameters with ``p.grad is None``).
+    optimisers (PyTorch skips parameters with ``p.grad is None``).  A gradient
+    of another dtype (integer, complex, float64 for float32 params) is refused:
+    the update would silently change the parameter's dtype.
     """
-    if not isinstance(params, dict):
-        raise TypeError(f"params must be a dict[str, array]; got {type(params).__name__}")
+    _backend.check_float_arrays(params, "params")
     if not isinstance(grads, dict):
         raise TypeError(f"grads must be a dict[str, array] keyed like params; got {type(grads).__name__}")
-    extra = [k for k in grads if k not in params]
-    if extra:
-        raise ValueError(
-            f"grads has keys {extra!r} that are not in params (keys {list(params)!r}); "
-            "pass gradients keyed by the parameter names"
-        )
+    # one pass with the cheapest tests first: this runs on every optimiser step
     for k, g in grads.items():
+        p = params.get(k)
+        if p is None:
+            extra = [k for k in grads if k not in params]
+            raise ValueError(
+                f"grads has keys {extra!r} that are not in params (keys {list(params)!r}); "
+                "pass gradients keyed by the parameter names"
+            )
         if g is None:
             continue
-        if tuple(g.shape) != tuple(params[k].shape):
+        if type(g) is not type(p):
+            _backend.check_same_library(g, p, f"grads[{k!r}]", f"params[{k!r}]")
+        if g.shape != p.shape:
             raise ValueError(
                 f"grads[{k!r}] has shape {tuple(g.shape)} but params[{k!r}] has shape "
-                f"{tuple(params[k].shape)}; pass a gradient of the parameter's shape"
+                f"{tuple(p.shape)}; pass a gradient of the parameter's shape"
+            )
+        if g.dtype is not p.dtype and g.dtype != p.dtype:
+            raise TypeError(
+                f"grads[{k!r}] has dtype {g.dtype} but params[{k!r}] is {p.dtype}; pass gradients of the "
+                "parameter's dtype (an integer, complex or wider gradient would change the parameter's dtype)"
             )
 
 
 def check_state_keys(state_dict: dict | None, params: dict, what: str) -> None:
-    """The state's buffers are keyed like ``params``."""
+    """The state's buffers are keyed like ``params`` and have their shapes, dtypes and array library."""
     if state_dict is None:
         return
-    if set(state_dict) != set(params):
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"{what} must be a dict[str, array] keyed like params; got {type(state_dict).__name__}")
+    if state_dict.keys() != params.keys():
         raise ValueError(
             f"{what} has keys {sorted(state_dict)!r} but params has keys {sorted(params)!r}; "
             "initialise the optimiser state with init(params) for these params"
+        )
+    for k, b in state_dict.items():
+        p = params[k]
+        if type(b) is not type(p):
+            _backend.check_same_library(b, p, f"{what}[{k!r}]", f"params[{k!r}]")
+        if b.shape != p.shape or (b.dtype is not p.dtype and b.dtype != p.dtype):
+            raise ValueError(
+                f"{what}[{k!r}] has shape {tuple(b.shape)} and dtype {b.dtype} but params[{k!r}] has shape "
+                f"{tuple(p.shape)} and dtype {p.dtype}; this state belongs to other params: initialise it "
+                "with init(params) (or load the checkpoint of this model)"
+            )
+
+
+def check_state_type(state: Any, state_type: type, what: str = "state") -> None:
+    """``state`` is a ``state_type`` (what this optimiser's ``init`` returned)."""
+    if not isinstance(state, state_type):
+        raise TypeError(
+            f"{what} has type {type(state).__name__}, not {state_type.__name__}; pass the state returned by this "
+            "optimiser's init (or update)"
         )
 
 
@@ -282,17 +318,67 @@ def load_state(path: Any, state_type: type, *, xp: Any = "numpy", device: Any = 
     device : optional
         Device of ``xp``.
     """
-    import numpy as np  # host-side file I/O
-
     xp = _backend.get_namespace(xp)
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(bytes(data["__meta__"]).decode("utf-8"))
-        names = meta["__arrays__"]
-        arrays = {name: np.array(data[f"a{i}"]) for i, name in enumerate(names)}
+    meta, arrays = read_state_file(path)
     if meta["__type__"] != state_type.__name__ or list(meta["__fields__"]) != list(state_type._fields):
         raise ValueError(
             f"{path!s} holds a {meta['__type__']} with fields {meta['__fields__']}, not a "
             f"{state_type.__name__}; load it with the matching state type"
         )
-    values = {f: _unflatten(f, meta, arrays, xp, device) for f in state_type._fields}
+    try:
+        values = {f: _unflatten(f, meta, arrays, xp, device) for f in state_type._fields}
+    except (KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{path!s} is not a consistent egdnp state file (its index names an entry it does not hold: "
+            f"{type(exc).__name__}: {exc}); pass a file written by save_state"
+        ) from None
     return state_type(**values)
+
+
+class _NotAStateFile(ValueError):
+    """A readable file that is not egdnp's (its message is final; re-raised as a plain ValueError)."""
+
+
+def read_state_file(path: Any) -> tuple[dict, dict]:
+    """The JSON index and the host arrays of a file written by :func:`save_state`.
+
+    Every way a file can fail to be one (missing, empty, truncated, another
+    format, a ``.npz`` of other arrays) ends in one error naming the file.
+    """
+    import zipfile
+
+    import numpy as np  # host-side file I/O
+
+    what = "an egdnp state file written by save_state"
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path!s} does not exist; pass the path of {what}") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(
+            f"{path!s} cannot be read as {what} ({type(exc).__name__}: {exc}): it is empty, truncated or of "
+            "another format; save the state again"
+        ) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path!s} holds a single .npy array, not {what}; pass the .npz file save_state wrote")
+    try:
+        with loaded as data:
+            if "__meta__" not in data.files:
+                raise _NotAStateFile(
+                    f"{path!s} is a .npz file without egdnp's '__meta__' index (it holds {sorted(data.files)[:6]}); "
+                    f"pass {what}"
+                )
+            meta = json.loads(bytes(data["__meta__"]).decode("utf-8"))
+            if not isinstance(meta, dict) or not {"__type__", "__fields__", "__arrays__"} <= meta.keys():
+                raise _NotAStateFile(f"{path!s} has a '__meta__' entry that is not egdnp's state index; pass {what}")
+            arrays = {name: np.array(data[f"a{i}"]) for i, name in enumerate(meta["__arrays__"])}
+    except _NotAStateFile as exc:
+        raise ValueError(str(exc)) from None
+    except ValueError as exc:
+        raise ValueError(f"{path!s} cannot be read as {what} ({exc}); save the state again") from None
+    except (OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{path!s} cannot be read as {what} ({type(exc).__name__}: {exc}): it is truncated or damaged; "
+            "save the state again"
+        ) from None
+    return meta, arrays

@@ -35,7 +35,7 @@ from typing import Any, Callable
 from .. import _backend, rng
 from ._egd_mutation import dtype_name, is_lowrank, mutant, param_scale, weighted_unit_noise
 
-__all__ = ["Workspace", "run_cycle", "CycleResult"]
+__all__ = ["Workspace", "run_cycle", "CycleResult", "population_bytes", "check_population_fits"]
 
 BASE = "base"  # handle of the base member (member 0) in both stores
 PHASES = ("score", "rescore")
@@ -169,13 +169,42 @@ def _to_float(raw) -> float:
         raise TypeError(f"the closure returned {type(raw).__name__}; it must return a scalar loss") from None
 
 
+def population_bytes(cfg, params: dict, mutated) -> int:
+    """Bytes the population buffers of one cycle hold at once (0 for ``population_storage="seed"``).
+
+    Array storage holds ``k + 2`` candidate slots of every mutated tensor (the
+    elites, the candidate being scored, the one being built) and the
+    recombined copy.
+    """
+    if cfg.population_storage == "seed":
+        return 0
+    return (cfg.n_elites + 3) * sum(_nbytes(params[n]) for n in mutated)
+
+
+def check_population_fits(cfg, params: dict, mutated) -> None:
+    """MemoryError, before anything is allocated, when the population buffers exceed the memory they go to."""
+    nbytes = population_bytes(cfg, params, mutated)
+    if nbytes == 0:
+        return
+    xp = _backend.array_namespace(next(iter(params.values())))
+    on_device = not cfg.offload_population_to_cpu and not _backend.is_numpy(xp)
+    limit = _backend.device_memory_bytes(xp) if on_device else _backend.host_memory_bytes()
+    _backend.check_fits(
+        nbytes, limit,
+        f"EGD with pop_size={cfg.pop_size}, elite_frac={cfg.elite_frac} and population_storage='array' "
+        f"({cfg.n_elites} elites + 3 copies of the mutated parameters {'on the device' if on_device else 'in host memory'})",
+        "lower pop_size or elite_frac, or pass population_storage='seed' (members kept as noise addresses)",
+    )
+
+
 # ----------------------------------------------------------------------------
 # population stores
 # ----------------------------------------------------------------------------
 class _Population:
-    def __init__(self, cfg, xp, params: dict, mutated: list, scales: dict, cycle: int, workspace: Workspace):
+    def __init__(self, cfg, xp, params: dict, mutated: list, scales: dict, cycle: int, workspace: Workspace,
+                 seed: int):
         self.cfg, self.xp, self.params, self.mutated, self.scales = cfg, xp, params, mutated, scales
-        self.cycle, self.ws = cycle, workspace
+        self.cycle, self.ws, self.seed = cycle, workspace, seed
         self.bytes_to_device = 0
         self.bytes_to_host = 0
         first = params[mutated[0]] if mutated else next(iter(params.values()))
@@ -184,7 +213,7 @@ class _Population:
         self.numpy = _backend.is_numpy(xp)
 
     def _mutant(self, ns, base, name, member, device=None, out=None):
-        return mutant(base, self.scales[name], seed=self.cfg.seed, name=name, member=member, cycle=self.cycle,
+        return mutant(base, self.scales[name], seed=self.seed, name=name, member=member, cycle=self.cycle,
                       xp=ns, device=device, mutation=self.cfg.mutation, rank=self.cfg.rank, out=out)
 
     def _plans(self, bases: dict) -> dict:
@@ -196,10 +225,10 @@ class _Population:
             base = bases[n]
             if is_lowrank(tuple(base.shape), self.cfg.mutation):
                 if base.flags.c_contiguous:
-                    plans[n] = _egd_cpu.LowRankPlan(base, self.scales[n], self.cfg.rank, self.cfg.seed,
+                    plans[n] = _egd_cpu.LowRankPlan(base, self.scales[n], self.cfg.rank, self.seed,
                                                     rng.stream_id(n), self.cycle)
             else:
-                plans[n] = _egd_cpu.MutantPlan(base, self.scales[n], self.cfg.seed, rng.stream_id(n), self.cycle)
+                plans[n] = _egd_cpu.MutantPlan(base, self.scales[n], self.seed, rng.stream_id(n), self.cycle)
         return plans
 
     def _write_mutant(self, name, base, member, out, plans) -> None:
@@ -257,10 +286,10 @@ class SeedPopulation(_Population):
 
                 # one pass: regenerate the elites' noise, weight, round, add the base
                 g = self.xp.empty(p.shape, dtype=p.dtype)
-                _egd_cpu.seed_recombine_into(g, p, [w * self.scales[n] for w in ws], ms, self.cfg.seed,
+                _egd_cpu.seed_recombine_into(g, p, [w * self.scales[n] for w in ws], ms, self.seed,
                                              rng.stream_id(n), self.cycle)
             else:
-                g = weighted_unit_noise(ws, ms, p.shape, seed=self.cfg.seed, name=n, cycle=self.cycle,
+                g = weighted_unit_noise(ws, ms, p.shape, seed=self.seed, name=n, cycle=self.cycle,
                                         dtype=self.dtypes[n], xp=self.xp, device=dev, mutation=self.cfg.mutation,
                                         rank=self.cfg.rank, factor=self.scales[n])
                 g += p
@@ -433,8 +462,10 @@ def _softmax_weights(losses, temperature: float):
 
 
 def run_cycle(cfg, params: dict, *, sigma: float, cycle: int, step: int, closure: Callable,
-              workspace: Workspace) -> CycleResult:
+              workspace: Workspace, seed: int) -> CycleResult:
     """Run one evolution cycle on ``params`` (the parameters after the SGD step).
+
+    The mutations are addressed by ``seed`` (the state's, not ``cfg.seed``).
 
     Returns a :class:`CycleResult`; never modifies ``params``.  Raises
     RuntimeError when the base loss is not finite.
@@ -445,6 +476,7 @@ def run_cycle(cfg, params: dict, *, sigma: float, cycle: int, step: int, closure
         n for n, p in params.items()
         if _nbytes(p) > 0 and (cfg.mutate_filter is None or bool(cfg.mutate_filter(n, p)))
     ]
+    check_population_fits(cfg, params, mutated)
     if _backend.is_numpy(xp):
         # NumPy: the squares go to the (still free) candidate buffer instead of a fresh temporary
         scales = {
@@ -459,7 +491,7 @@ def run_cycle(cfg, params: dict, *, sigma: float, cycle: int, step: int, closure
         store_cls = SeedPopulation
     else:
         store_cls = HostPopulation if cfg.offload_population_to_cpu else DevicePopulation
-    store = store_cls(cfg, xp, params, mutated, scales, cycle, workspace)
+    store = store_cls(cfg, xp, params, mutated, scales, cycle, workspace, seed)
 
     base_loss = scorer(params, 0, "score")
     if not math.isfinite(base_loss):

@@ -20,7 +20,8 @@ import math
 from typing import Any, NamedTuple
 
 from .. import _backend
-from ._egd_base import Optimizer, check_float, check_lr, check_params_grads, check_state_keys, learning_rate_at
+from ._egd_base import (Optimizer, check_float, check_lr, check_params, check_params_grads, check_state_keys,
+                         check_state_type, learning_rate_at)
 
 __all__ = ["AdamState", "adam", "adamw"]
 
@@ -62,8 +63,7 @@ def _make(lr, betas, eps, weight_decay, amsgrad, decoupled: bool, name: str) -> 
         raise TypeError(f"amsgrad={amsgrad!r} must be True or False")
 
     def init(params: dict) -> AdamState:
-        if not isinstance(params, dict):
-            raise TypeError(f"params must be a dict[str, array]; got {type(params).__name__}")
+        check_params(params)
         zeros = {}
         for k, p in params.items():
             zeros[k] = _backend.array_namespace(p).zeros_like(p)
@@ -77,6 +77,18 @@ def _make(lr, betas, eps, weight_decay, amsgrad, decoupled: bool, name: str) -> 
 
     def update(grads: dict, state: AdamState, params: dict):
         check_params_grads(grads, params)
+        check_state_type(state, AdamState)
+        if not isinstance(state.steps, dict) or state.steps.keys() != params.keys():
+            keys = sorted(state.steps) if isinstance(state.steps, dict) else type(state.steps).__name__
+            raise ValueError(
+                f"state.steps has keys {keys!r} but params has keys {sorted(params)!r}; "
+                "initialise the optimiser state with init(params) for these params"
+            )
+        if (state.max_exp_avg_sq is None) == amsgrad:
+            raise ValueError(
+                f"state.max_exp_avg_sq is {'None' if state.max_exp_avg_sq is None else 'a dict'} but this optimiser "
+                f"has amsgrad={amsgrad}; pass the state of an optimiser with the same amsgrad setting"
+            )
         check_state_keys(state.exp_avg, params, "state.exp_avg")
         check_state_keys(state.exp_avg_sq, params, "state.exp_avg_sq")
         check_state_keys(state.max_exp_avg_sq, params, "state.max_exp_avg_sq")

@@ -77,10 +77,11 @@ import numbers
 from typing import Any, Callable, NamedTuple
 
 from .. import _backend
-from ._egd_base import check_float, check_lr, check_params_grads, check_state_keys, learning_rate_at
+from .. import rng as _rng
+from ._egd_base import check_float, check_lr, check_params_grads, check_state_keys, check_state_type, learning_rate_at
 from ._egd_base import load_state as _load_state
 from ._egd_base import save_state as _save_state
-from ._egd_cycle import Workspace, run_cycle
+from ._egd_cycle import Workspace, check_population_fits, run_cycle
 from .sgd import check_sgd_hyper, sgd_direction
 
 __all__ = ["EGDConfig", "EGDState", "EvolutionReport", "EGDOptimizer", "egd", "EGD", "save", "load"]
@@ -303,8 +304,11 @@ def make_config(**kw) -> EGDConfig:
     pop_size = _check_int("pop_size", cfg.pop_size)
     if pop_size < 2:
         raise ValueError(f"Invalid pop_size={pop_size}: pop_size must be >= 2 (the current params count as one member)")
-    if pop_size > 2**32 - 1:
-        raise ValueError(f"Invalid pop_size={pop_size}: member ids are 32-bit")
+    if pop_size > _rng.MAX_POP_SIZE:
+        raise ValueError(
+            f"Invalid pop_size={pop_size}: member ids are 32-bit words of the noise address; "
+            f"pass pop_size <= {_rng.MAX_POP_SIZE} (2**32 - 1)"
+        )
     elite_frac = check_float("elite_frac", cfg.elite_frac, low=0.0, low_inclusive=False, high=0.5,
                              fix="elite_frac must be in (0, 0.5]")
     sigma = check_float("sigma", cfg.sigma, low=0.0, low_inclusive=False, fix="sigma must be > 0")
@@ -337,13 +341,25 @@ def make_config(**kw) -> EGDConfig:
 def _check_params(params: dict) -> None:
     if not isinstance(params, dict) or not params:
         raise TypeError(f"params must be a non-empty dict[str, array]; got {type(params).__name__}")
-    for k, p in params.items():
-        if not isinstance(k, str):
-            raise TypeError(f"params keys must be str parameter names; got {k!r}")
-        xp = _backend.array_namespace(p)
-        name = _backend.numpy_dtype(xp, p.dtype).name
-        if name not in ("float32", "float64"):
-            raise TypeError(f"params[{k!r}] has dtype {name}; EGD mutates float32 or float64 parameters")
+    _backend.check_float_arrays(params, "params", fix="EGD mutates float32 or float64 parameters")
+
+
+def _check_state(cfg: EGDConfig, state, params: dict) -> None:
+    """The state is an EGDState whose scalars are valid and whose buffers fit ``params``."""
+    check_state_type(state, EGDState)
+    for name in ("step", "cycle"):
+        value = getattr(state, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"state.{name}={value!r} must be an int >= 0; pass the state init or update returned")
+    check_float("state.sigma", state.sigma, low=0.0, low_inclusive=False,
+                fix="pass the state init or update returned")
+    _rng._check_seed(state.seed)
+    if (state.momentum is None) != (cfg.momentum == 0.0):
+        raise ValueError(
+            f"state.momentum is {'None' if state.momentum is None else 'a dict of buffers'} but this optimiser "
+            f"has momentum={cfg.momentum}; pass a state of an EGD with the same momentum setting (or init(params))"
+        )
+    check_state_keys(state.momentum, params, "state.momentum")
 
 
 def _new_sigma(cfg: EGDConfig, step: int, sigma: float) -> float:
@@ -447,6 +463,10 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
     def init(params: dict) -> EGDState:
         """Fresh state: step 0, cycle 0, sigma = config.sigma, zero momentum buffers."""
         _check_params(params)
+        if cfg.evo_interval > 0 and cfg.mutate_filter is None:
+            # refused here rather than after the first training steps; with a filter the
+            # cycle checks (the filter is called once per cycle by contract)
+            check_population_fits(cfg, params, list(params))
         bufs = None
         if cfg.momentum != 0.0:
             bufs = {k: _backend.array_namespace(p).zeros_like(p) for k, p in params.items()}
@@ -479,8 +499,9 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
             )
         if state.cycle > 2**32 - 1:
             raise RuntimeError(f"cycle={state.cycle} exceeds the 32-bit generation counter of the noise")
+        # the state's seed is the rng position of this run; cfg.seed only seeds init
         result = run_cycle(cfg, params, sigma=sigma, cycle=state.cycle, step=step, closure=closure,
-                           workspace=workspace)
+                           workspace=workspace, seed=state.seed)
         if result.accepted and cfg.reset_momentum_on_evo and momentum is not None:
             momentum = {k: _backend.array_namespace(b).zeros_like(b) for k, b in momentum.items()}
         new_state = EGDState(step, state.cycle + 1, sigma * cfg.sigma_decay, state.seed, momentum)
@@ -509,6 +530,7 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
             ``None`` on plain SGD steps.
         """
         _check_params(params)
+        _check_state(cfg, state, params)
         new_params, momentum = _sgd(grads, state, params)
         step = state.step + 1
         sigma = _new_sigma(cfg, step, state.sigma)
@@ -519,7 +541,7 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
     def evolve(state: EGDState, params: dict, closure: Callable):
         """One evolution cycle now, without an SGD step (``state.step`` unchanged)."""
         _check_params(params)
-        check_state_keys(state.momentum, params, "state.momentum")
+        _check_state(cfg, state, params)
         return _cycle(state, params, state.momentum, state.step, state.sigma, closure)
 
     return EGDOptimizer(init, update, evolve, cfg, workspace)
@@ -540,7 +562,7 @@ def save(path, state: EGDState) -> None:
     _save_state(path, state)
 
 
-def load(path, *, xp: Any = "numpy", device: Any = None) -> EGDState:
+def load(path, *, xp: Any = "numpy", device: Any = None, params: dict | None = None) -> EGDState:
     """Read an :class:`EGDState` written by :func:`save`; resuming from it is bit-identical.
 
     Parameters
@@ -549,12 +571,28 @@ def load(path, *, xp: Any = "numpy", device: Any = None) -> EGDState:
     xp : namespace or {"numpy", "cupy"}
         Where to put the momentum buffers.
     device : optional
+    params : dict[str, array], optional
+        The parameters the state will update: the momentum buffers must have
+        their keys, shapes and dtypes (a checkpoint of another model is refused).
 
     Returns
     -------
     EGDState
+
+    Raises
+    ------
+    ValueError
+        The file is not a readable EGD state (empty, truncated, another format),
+        or its buffers do not match ``params``; the message names the file.
     """
-    return _load_state(path, EGDState, xp=xp, device=device)
+    state = _load_state(path, EGDState, xp=xp, device=device)
+    if params is not None:
+        _check_params(params)
+        try:
+            check_state_keys(state.momentum, params, "the checkpoint's momentum")
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path!s} does not fit these params: {exc}") from None
+    return state
 
 
 # ----------------------------------------------------------------------------
@@ -660,7 +698,11 @@ class EGD:
         xp = _backend.array_namespace(first)
         device = None if _backend.is_numpy(xp) or _backend.is_cupy(xp) else _backend.device_of(first)
         ck = _load_state(path, _Checkpoint, xp=xp, device=device)
-        check_state_keys(ck.params, self.params, "the checkpoint's params")
+        try:
+            check_state_keys(ck.params, self.params, "the checkpoint's params")
+            _check_state(self.opt.config, EGDState(ck.step, ck.cycle, ck.sigma, ck.seed, ck.momentum), self.params)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path!s} is not a checkpoint of this model and optimiser: {exc}") from None
         self.params = dict(ck.params)
         self.state = EGDState(ck.step, ck.cycle, ck.sigma, ck.seed, ck.momentum)
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .. import _backend
-from ._egd_base import Optimizer, check_float, check_lr, check_params_grads, check_state_keys, learning_rate_at
+from ._egd_base import (Optimizer, check_float, check_lr, check_params, check_params_grads, check_state_keys,
+                         check_state_type, learning_rate_at)
 
 __all__ = ["SGDState", "sgd", "sgd_direction"]
 
@@ -105,8 +106,7 @@ def sgd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
     lr, momentum, nesterov, weight_decay = check_sgd_hyper(lr, momentum, nesterov, weight_decay)
 
     def init(params: dict) -> SGDState:
-        if not isinstance(params, dict):
-            raise TypeError(f"params must be a dict[str, array]; got {type(params).__name__}")
+        check_params(params)
         if momentum == 0.0:
             return SGDState(0, None)
         bufs = {}
@@ -117,6 +117,12 @@ def sgd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
 
     def update(grads: dict, state: SGDState, params: dict):
         check_params_grads(grads, params)
+        check_state_type(state, SGDState)
+        if (state.momentum is None) != (momentum == 0.0):
+            raise ValueError(
+                f"state.momentum is {'None' if state.momentum is None else 'a dict of buffers'} but this sgd has "
+                f"momentum={momentum}; pass the state of an sgd with the same momentum setting (or init(params))"
+            )
         check_state_keys(state.momentum, params, "state.momentum")
         step_lr = learning_rate_at(lr, state.count)
         new_params = dict(params)

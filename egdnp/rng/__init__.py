@@ -47,9 +47,14 @@ __all__ = [
     "centered_ranks",
     "NORMAL_ATOL",
     "IMPLEMENTATIONS",
+    "MAX_POP_SIZE",
 ]
 
 IMPLEMENTATIONS = ("auto", "numba", "cupy", "array_api")
+
+#: The largest population egdnp addresses: member (and pair) ids are the 32-bit
+#: ``member`` word of the noise address.  EGD and EGGROLL both check it at construction.
+MAX_POP_SIZE = MAX_WORD
 
 
 # ----------------------------------------------------------------------------
@@ -75,6 +80,9 @@ def _check_word(name: str, value: Any) -> int:
 
 def _check_stream(stream: Any) -> int:
     if isinstance(stream, str):
+        if not stream:
+            # crc32(b"") == 0: the empty name would silently share stream 0's noise
+            raise ValueError("stream='' is empty; pass a non-empty name (e.g. the parameter name) or an int id")
         return stream_id(stream)
     return _check_word("stream", stream)
 
@@ -315,7 +323,7 @@ def weighted_noise_sum(weights, shape, *, seed, stream=0, members=None, generati
     return xp.reshape(flat, dims)
 
 
-def centered_ranks(fitness, *, xp=None, impl="auto"):
+def centered_ranks(fitness, *, xp=None, impl="auto", check_finite: bool = True):
     """Centered ranks of a fitness vector.
 
     ``rank_i`` is the 0-based ascending rank of ``fitness[i]``; tied values
@@ -326,14 +334,27 @@ def centered_ranks(fitness, *, xp=None, impl="auto"):
     Parameters
     ----------
     fitness : array, shape (pop,)
-        Finite floats.
+        Finite floats, or integers (ranked exactly; the result is then float64).
     xp, impl :
         As in :func:`normal`; by default the namespace of ``fitness``.
+    check_finite : bool
+        ``False`` skips the finiteness check (a device sync on a GPU) for a
+        caller that has already made it.
 
     Returns
     -------
-    array, shape (pop,), the dtype of ``fitness``
+    array, shape (pop,)
+        The dtype of ``fitness`` when it is floating, float64 for integer fitness.
+
+    Raises
+    ------
+    TypeError
+        Not an array, or a bool or complex dtype.
+    ValueError
+        Not 1-D, empty, or holding NaN/inf.
     """
+    if not (hasattr(fitness, "shape") and hasattr(fitness, "dtype")):
+        raise TypeError(f"fitness must be an array of shape (pop,); got {type(fitness).__name__}")
     if xp is None:
         xp = _backend.array_namespace(fitness)
     xp, impl = _resolve(xp, impl)
@@ -343,7 +364,14 @@ def centered_ranks(fitness, *, xp=None, impl="auto"):
         raise ValueError(f"fitness must be one-dimensional (one value per member); got shape {tuple(fitness.shape)}")
     if fitness.shape[0] == 0:
         raise ValueError("fitness is empty; centered ranks need at least one member")
-    if not bool(xp.all(xp.isfinite(fitness))):
+    if xp.isdtype(fitness.dtype, "integral"):
+        # ranks of integers are exact in float64, and a float result is what callers weight with
+        fitness = xp.astype(fitness, xp.float64)
+    elif not xp.isdtype(fitness.dtype, "real floating"):
+        raise TypeError(f"fitness has dtype {fitness.dtype}; pass real floats or integers")
+    elif not check_finite:
+        pass
+    elif not bool(xp.all(xp.isfinite(fitness))):
         raise ValueError("fitness contains non-finite values (nan or inf); rank only finite fitnesses")
     if impl == "array_api":
         return _array_api.centered_ranks(xp, fitness)
