@@ -211,7 +211,12 @@ def es_gradient(f_hat, perts: Perturbations, *, convention=None) -> dict:
 
 
 def loss_gradients(f_hat, perts: Perturbations, params: dict, *, convention=None) -> dict:
-    """``-g`` for every perturbed parameter and ``None`` for frozen ones, keyed like ``params``.
+    """``-g`` for every perturbed parameter and ``None`` (or zeros) for frozen ones, keyed like ``params``.
+
+    Frozen parameters get ``None`` (the optimiser skips them) unless the
+    convention's ``frozen_grads`` is ``"zeros"`` (``"hyperscalees-jax"``): then
+    they get a zero gradient and the optimiser still runs on them, so weight
+    decay shrinks them as optax does in the official JAX noiser.
 
     Feed it to any :mod:`egdnp.optim` optimiser: ``opt.update(grads, state, params)``
     descends the loss, i.e. ascends the fitness.
@@ -227,7 +232,8 @@ def loss_gradients(f_hat, perts: Perturbations, params: dict, *, convention=None
     Returns
     -------
     dict of str to array or None
-        ``-g`` of each perturbed parameter's own shape; None for frozen ones.
+        ``-g`` of each perturbed parameter's own shape; None (or zeros, see
+        above) for frozen ones.
     """
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict[str, array], got {type(params).__name__}")
@@ -238,4 +244,9 @@ def loss_gradients(f_hat, perts: Perturbations, params: dict, *, convention=None
         if tuple(int(s) for s in params[k].shape) != tuple(item.shape):
             raise ValueError(f"params[{k!r}] has shape {tuple(params[k].shape)} but perts were drawn for {tuple(item.shape)}")
     g = es_gradient(f_hat, perts, convention=convention)
+    conv = get_convention(perts.convention if convention is None else convention)
+    if conv.frozen_grads == "zeros":
+        # The official JAX noiser hands optax a zero gradient for every leaf it does not
+        # perturb, and optax still decays it (adamw) -- reproduce that under its convention.
+        return {k: (-g[k] if k in g else _backend.array_namespace(v).zeros_like(v)) for k, v in params.items()}
     return {k: (-g[k] if k in g else None) for k in params}
