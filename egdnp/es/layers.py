@@ -30,6 +30,7 @@ perturbed_matmul(x, w2, bias, perts, weight_key, bias_key, members)
 perturbed_linear(x, weight, bias, perts, *, weight_key, bias_key, members)
 perturbed_conv2d(x, weight, bias, perts, *, weight_key, bias_key, stride, padding, dilation, members)
 perturbed_batch_norm(x, gamma, beta, running_mean, running_var, perts, *, ...)   (eval statistics)
+perturbed_layer_norm(x, gamma, beta, perts, *, gamma_key, beta_key, eps, members)
 perturbed_model_forward(model, params, x, perts, *, members, state)
 dense_perturbed_params(params, perts, member)   (explicit W + A B^T, for tests)
 """
@@ -45,6 +46,7 @@ __all__ = [
     "perturbed_linear",
     "perturbed_conv2d",
     "perturbed_batch_norm",
+    "perturbed_layer_norm",
     "perturbed_model_forward",
     "dense_perturbed_params",
     "population_fitness",
@@ -311,8 +313,65 @@ def perturbed_batch_norm(x, gamma, beta, running_mean, running_var, perts: Pertu
     return xhat * member_vec(gamma, gn) + member_vec(beta, bn)
 
 
+def _member_vectors(xp, perts, members, base, noise, n_lead, x_dtype, device):
+    """``base + s_i eps_{p_i}`` for the members, shaped (N, 1, ..., 1, F) with ``n_lead`` unit axes."""
+    start, stop = member_range(perts, members)
+    n_members = stop - start
+    features = int(base.shape[0])
+    v = xp.reshape(base, (1,) * (n_lead + 1) + (features,))
+    if noise is None:
+        return v
+    pair_idx = xp.asarray(list(perts.pair[start:stop]), dtype=xp.int64, device=device)
+    sign = xp.reshape(xp.asarray(list(perts.sign[start:stop]), dtype=x_dtype, device=device), (n_members,) + (1,) * (n_lead + 1))
+    return v + xp.reshape(xp.take(noise.eps, pair_idx, axis=0), (n_members,) + (1,) * n_lead + (features,)) * sign
+
+
+def perturbed_layer_norm(x, gamma, beta, perts: Perturbations | None = None, *, gamma_key=None, beta_key=None,
+                         eps: float = 1e-5, members=None):
+    """Layer norm over the last axis with perturbed scale/shift.
+
+    ``y_i = (x_i - mean) / sqrt(var + eps) * (gamma + s_i e^g_{p_i}) + (beta + s_i e^b_{p_i})``
+    (row statistics of each member's own input; nothing is stored).
+
+    Parameters
+    ----------
+    x : array, shape (N, batch, F) per member, or shared (batch, F)
+    gamma, beta : array, shape (F,), or None (LayerNorm without affine)
+    perts : Perturbations or None
+    gamma_key, beta_key : str, optional
+        Keys of ``perts.noise`` (``"ln1.weight"``, ``"ln1.bias"``).
+    eps : float > 0
+    members : (start, stop), optional
+
+    Returns
+    -------
+    array, shape (N, batch, F) when anything is perturbed, else shape of x
+    """
+    from ..nn import functional as F
+
+    xp = _backend.array_namespace(x)
+    gn = _noise(perts, gamma_key, FullNoise) if gamma is not None else None
+    bn = _noise(perts, beta_key, FullNoise) if beta is not None else None
+    if gn is None and bn is None:
+        return F.layer_norm(x, gamma, beta, eps)
+    start, stop = member_range(perts, members)
+    n_members = stop - start
+    if len(x.shape) == 3 and int(x.shape[0]) != n_members:
+        raise ValueError(f"x has {int(x.shape[0])} members (axis 0) but members={start, stop} selects {n_members}")
+    if len(x.shape) not in (2, 3):
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected (N, batch, F) or shared (batch, F)")
+    xhat = F.layer_norm(x, None, None, eps)
+    if len(x.shape) == 2:
+        xhat = xp.broadcast_to(xhat[None, ...], (n_members,) + tuple(int(s) for s in x.shape))
+    device = _backend.device_of(x)
+    out = xhat if gamma is None else xhat * _member_vectors(xp, perts, members, gamma, gn, 1, x.dtype, device)
+    if beta is not None:
+        out = out + _member_vectors(xp, perts, members, beta, bn, 1, x.dtype, device)
+    return out
+
+
 def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None, *, members=None, state=None,
-                            impl: str = "auto", cache: dict | None = None):
+                            impl: str = "auto", cache: dict | None = None, prefix: str = ""):
     """Forward of a whole ``egdnp.nn`` model for every member (or a slice).
 
     Linear, Conv2d and BatchNorm layers run their perturbed versions; every
@@ -333,6 +392,10 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
     cache : dict, optional
         Scratch space shared by the chunks of one population evaluation (see
         :func:`perturbed_matmul`); create a fresh dict per evaluation.
+    prefix : str
+        Prepended to this model's parameter keys to find their noise (a
+        :class:`~egdnp.nn.Residual` body runs with ``prefix="block1."``);
+        noise of keys outside the prefix is ignored here.
 
     Returns
     -------
@@ -342,10 +405,12 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
 
     xp = _backend.array_namespace(x)
     start, stop = member_range(perts, members) if perts is not None else (0, None)
-    known = (L.Linear, L.Conv2d, L.BatchNorm1d, L.BatchNorm2d)
+    known = (L.Linear, L.Conv2d, L.BatchNorm1d, L.BatchNorm2d, L.LayerNorm, L.Residual)
     if perts is not None:
-        owners = {f"{n}.{k}": layer for n, layer in model.layers for k in layer.param_shapes()}
+        owners = {f"{prefix}{n}.{k}": layer for n, layer in model.layers for k in layer.param_shapes()}
         for key in perts.noise:
+            if not key.startswith(prefix):
+                continue
             if key not in owners:
                 raise ValueError(f"perts perturbs {key!r}, which is not a parameter of the model; keys are {list(owners)}")
             if not isinstance(owners[key], known):
@@ -354,7 +419,7 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
     seen: dict[str, bool] = {}  # whether the model's input was shared, judged by its first weighted layer
 
     def layer_fn(name, layer, local_params, h):
-        wk, bk = f"{name}.weight", f"{name}.bias"
+        wk, bk = f"{prefix}{name}.weight", f"{prefix}{name}.bias"
         if isinstance(layer, known) and "x_shared" not in seen:
             image = isinstance(layer, (L.Conv2d, L.BatchNorm2d))
             seen["x_shared"] = len(h.shape) == (4 if image else 2)
@@ -370,6 +435,17 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
                                         state[f"{name}.running_var"], perts, gamma_key=wk, beta_key=bk,
                                         feature_axis=-1 if isinstance(layer, L.BatchNorm1d) else -3,
                                         eps=layer.eps, members=members)
+        if isinstance(layer, L.LayerNorm):
+            return perturbed_layer_norm(h, local_params.get("weight"), local_params.get("bias"), perts, gamma_key=wk,
+                                        beta_key=bk, eps=layer.eps, members=members)
+        if isinstance(layer, L.Residual):
+            sub = f"{name}."
+            if perts is None or not any(k.startswith(prefix + sub) for k in perts.noise):
+                return None  # nothing perturbed inside: the plain forward (a shared input stays shared)
+            sub_state = {k[len(sub):]: v for k, v in state.items() if k.startswith(sub)}
+            body = perturbed_model_forward(layer.body, local_params, h, perts, members=members,
+                                           state=sub_state or None, impl=impl, cache=cache, prefix=prefix + sub)
+            return h + body
         return None
 
     out = model.apply(params, x, state=state if state else None, layer_fn=layer_fn)
