@@ -21,17 +21,29 @@ See docs/eggroll.md.
 from . import conventions, fitness, functional, gradient, layers, perturbations, strategy
 from .conventions import CONVENTIONS, Convention, get_convention, noise_generation
 from .fitness import centered_ranks, classification_fitness, group_zscore, shape_fitness, zscore, zscore_var_eps
-from .gradient import es_gradient, factorised_shortcut, loss_gradients, lowrank_weighted_sum, pair_weights
+from .gradient import es_gradient, factorised_shortcut, loss_gradients, lowrank_weighted_sum, pair_weights, sparse_weighted_sum
 from .layers import (
     dense_perturbed_params,
     perturbed_batch_norm,
     perturbed_conv2d,
+    perturbed_layer_norm,
     perturbed_linear,
     perturbed_matmul,
     perturbed_model_forward,
     population_fitness,
 )
-from .perturbations import FullNoise, LowRankNoise, Perturbations, generate, plan_parameters
+from .perturbations import (
+    FullNoise,
+    LowRankNoise,
+    Perturbations,
+    SparseNoise,
+    StackedLowRankNoise,
+    dense_noise,
+    generate,
+    plan_parameters,
+    resolve_noise_map,
+    slice_perturbations,
+)
 from .strategy import Eggroll, EggrollState
 
 __all__ = [
@@ -57,9 +69,11 @@ __all__ = [
     "loss_gradients",
     "lowrank_weighted_sum",
     "pair_weights",
+    "sparse_weighted_sum",
     "dense_perturbed_params",
     "perturbed_batch_norm",
     "perturbed_conv2d",
+    "perturbed_layer_norm",
     "perturbed_linear",
     "perturbed_matmul",
     "perturbed_model_forward",
@@ -67,8 +81,13 @@ __all__ = [
     "FullNoise",
     "LowRankNoise",
     "Perturbations",
+    "SparseNoise",
+    "StackedLowRankNoise",
+    "dense_noise",
     "generate",
     "plan_parameters",
+    "resolve_noise_map",
+    "slice_perturbations",
     "Eggroll",
     "EggrollState",
 ]

@@ -38,7 +38,7 @@ dense_perturbed_params(params, perts, member)   (explicit W + A B^T, for tests)
 from __future__ import annotations
 
 from .. import _backend
-from .perturbations import FullNoise, LowRankNoise, Perturbations
+from .perturbations import FullNoise, LowRankNoise, Perturbations, SparseNoise, StackedLowRankNoise, _one_hot, dense_noise
 
 __all__ = [
     "member_range",
@@ -115,6 +115,14 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
     array, shape (N, rows, m); or (rows, m) when x is shared and nothing is perturbed
     """
     xp = _backend.array_namespace(x, w2)
+    other = None if (perts is None or weight_key is None) else perts.noise.get(weight_key)
+    if isinstance(other, StackedLowRankNoise):
+        raise TypeError(f"perts.noise[{weight_key!r}] is stacked (shape {other.shape}); run one slice at a time with "
+                        f"es.slice_perturbations(perts, {{{weight_key!r}: l}}) and the weight's slice l")
+    if isinstance(other, (FullNoise, SparseNoise)):
+        # Full-rank (OpenAI-ES) or sparse weight noise: the unperturbed-weight product plus s_i x_i E_{p_i}^T.
+        base = perturbed_matmul(x, w2, bias, perts, None, bias_key, members, impl=impl, cache=cache)
+        return base + _weight_noise_term(xp, x, other, perts, members, int(w2.shape[0]), int(w2.shape[1]))
     wn = _noise(perts, weight_key, LowRankNoise)
     bn = _noise(perts, bias_key, FullNoise)
     m, n = int(w2.shape[0]), int(w2.shape[1])
@@ -180,6 +188,31 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
     if beps is not None:
         out = out + xp.take(beps, pair_idx, axis=0)[:, None, :] * sign
     return out
+
+
+def _weight_noise_term(xp, x, item, perts, members, m, n):
+    """``s_i x_i E_{p_i}^T`` of full-rank or sparse weight noise, shape (N, rows, m).
+
+    Full rank: one batched product with the members' (m, n) noise matrices
+    (memory ``O(N m n)``, what full-rank ES costs).  Sparse: ``x_i`` times the
+    one-hot columns, scaled by the values, times the one-hot rows (memory
+    ``O(N k (m + n))``; a gather/scatter-add written as array-API products).
+    """
+    start, stop = member_range(perts, members)
+    n_members = stop - start
+    if len(x.shape) == 3 and int(x.shape[0]) != n_members:
+        raise ValueError(f"x has {int(x.shape[0])} members (axis 0) but members={start, stop} selects {n_members}")
+    device = _backend.device_of(x)
+    pair_idx = xp.asarray(list(perts.pair[start:stop]), dtype=xp.int64, device=device)
+    sign = xp.reshape(xp.asarray(list(perts.sign[start:stop]), dtype=x.dtype, device=device), (n_members, 1, 1))
+    if isinstance(item, FullNoise):
+        eps = xp.take(xp.reshape(item.eps, (int(item.eps.shape[0]), m, n)), pair_idx, axis=0)  # (N, m, n)
+        return xp.matmul(x, xp.permute_dims(eps, (0, 2, 1))) * sign
+    k = int(item.values.shape[1])
+    cols = _one_hot(xp, xp.take(item.cols, pair_idx, axis=0), n, x.dtype)  # (N, k, n)
+    rows = _one_hot(xp, xp.take(item.rows, pair_idx, axis=0), m, x.dtype)  # (N, k, m)
+    vals = xp.reshape(xp.take(item.values, pair_idx, axis=0), (n_members, 1, k)) * sign
+    return xp.matmul(xp.matmul(x, xp.permute_dims(cols, (0, 2, 1))) * vals, rows)
 
 
 def perturbed_linear(x, weight, bias=None, perts: Perturbations | None = None, *, weight_key=None, bias_key=None,
@@ -476,15 +509,10 @@ def dense_perturbed_params(params: dict, perts: Perturbations, member: int) -> d
         A new dict: perturbed keys get new arrays of the parameter's shape,
         the others are the given arrays.
     """
-    xp = _backend.array_namespace(*params.values())
     p, s = perts.pair[member], perts.sign[member]
     out = dict(params)
     for key, item in perts.noise.items():
-        if isinstance(item, LowRankNoise):
-            e = s * xp.matmul(item.A[p, ...], item.B[p, ...].T)
-            out[key] = params[key] + xp.reshape(e, tuple(params[key].shape))
-        else:
-            out[key] = params[key] + s * item.eps[p, ...]
+        out[key] = params[key] + s * dense_noise(item, p)
     return out
 
 

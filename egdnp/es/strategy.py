@@ -30,7 +30,7 @@ from .. import optim as _optim
 from .conventions import get_convention
 from .fitness import METHODS, check_fitness, shape_fitness
 from .gradient import loss_gradients
-from .perturbations import Perturbations, generate, matrix_shape, plan_parameters, check_rank
+from .perturbations import Perturbations, _lowrank_dims, check_rank, generate, plan_parameters
 
 __all__ = ["Eggroll", "EggrollState"]
 
@@ -82,11 +82,16 @@ class Eggroll:
     noise_reuse : int or None, optional
         Default the convention's; ``0`` means the SAME noise every generation
         (see docs/eggroll.md).
+    noise_map : dict or callable, optional
+        Per-parameter ``"lowrank" | "full" | "frozen"`` overriding the default
+        (by number of dims): a dict of names or glob patterns, or
+        ``fn(name, array) -> kind or None``; see
+        :func:`egdnp.es.perturbations.plan_parameters`.
     """
 
     def __init__(self, *, pop_size: int, rank: int = 1, sigma: Any = 0.05, optimizer=None, lr: Any = 0.01,
                  convention="egdnp", antithetic: bool = True, fitness: str | None = None, group_size: int = 0,
-                 vectors: str | None = None, noise_reuse: Any = "default"):
+                 vectors: str | None = None, noise_reuse: Any = "default", noise_map=None):
         self.convention = get_convention(convention)
         if isinstance(pop_size, bool) or not isinstance(pop_size, int) or pop_size < 1:
             raise ValueError(f"pop_size={pop_size!r} must be an int >= 1")
@@ -108,6 +113,14 @@ class Eggroll:
         self.fitness, self.group_size, self.vectors = fitness, int(group_size), vectors
         self.noise_reuse = self.convention.noise_reuse if noise_reuse == "default" else noise_reuse
         self.optimizer = _optim.sgd(lr) if optimizer is None else optimizer
+        if noise_map is not None and not (isinstance(noise_map, dict) or callable(noise_map)):
+            raise TypeError(f"noise_map must be a dict {{name or pattern: kind}} or a callable (name, array) -> kind; "
+                            f"got {type(noise_map).__name__}")
+        self.noise_map = noise_map
+
+    def _generate_kwargs(self) -> dict:
+        """Extra keywords of :func:`generate` set by strategy variants (none here)."""
+        return {}
 
     def __repr__(self) -> str:
         return (f"Eggroll(pop_size={self.pop_size}, rank={self.rank}, sigma={self.sigma!r}, "
@@ -165,8 +178,8 @@ class Eggroll:
         """
         if not isinstance(params, dict) or not params:
             raise TypeError("params must be a non-empty dict[str, array]")
-        plan = plan_parameters(params, convention=self.convention, vectors=self.vectors)
-        check_rank(self.rank, {k: matrix_shape(params[k].shape) for k, how in plan.items() if how == "lowrank"})
+        plan = plan_parameters(params, convention=self.convention, vectors=self.vectors, noise_map=self.noise_map)
+        check_rank(self.rank, {k: _lowrank_dims(params[k].shape) for k, how in plan.items() if how == "lowrank"})
         from .. import rng as _rng
 
         seed = _rng._check_seed(seed)
@@ -200,7 +213,7 @@ class Eggroll:
             state.params, pop_size=self.pop_size, rank=self.rank, sigma=self.sigma_at(state.generation),
             seed=state.seed, generation=state.generation, convention=self.convention, antithetic=self.antithetic,
             vectors=self.vectors, noise_reuse=self.noise_reuse, factors=factors, xp=xp, dtype=dtype,
-            device=_backend.device_of(ref),
+            device=_backend.device_of(ref), noise_map=self.noise_map, **self._generate_kwargs(),
         )
 
     def shape(self, fitness):
