@@ -13,12 +13,13 @@ egdnp.es.layers         perturbed linear / conv2d / batch norm, whole-model forw
 egdnp.es.fitness        z-score, group, centered ranks; classification fitness
 egdnp.es.gradient       the ES gradient (true sum, never the factorised shortcut)
 egdnp.es.strategy       ``Eggroll`` with ``init`` / ``ask`` / ``tell``
+egdnp.es.variants       ``OpenES`` (full rank), ``SparseES``, ``EggrollBaseline`` (same API)
 egdnp.es.functional     the PyTorch port's names (get_weight_shapes, ...)
 
 See docs/eggroll.md.
 """
 
-from . import conventions, fitness, functional, gradient, layers, perturbations, strategy
+from . import conventions, fitness, functional, gradient, layers, perturbations, strategy, variants
 from .conventions import CONVENTIONS, Convention, get_convention, noise_generation
 from .fitness import centered_ranks, classification_fitness, group_zscore, shape_fitness, zscore, zscore_var_eps
 from .gradient import es_gradient, factorised_shortcut, loss_gradients, lowrank_weighted_sum, pair_weights, sparse_weighted_sum
@@ -45,6 +46,7 @@ from .perturbations import (
     slice_perturbations,
 )
 from .strategy import Eggroll, EggrollState
+from .variants import EggrollBaseline, OpenES, SparseES, baseline_zscore, clip_by_global_norm
 
 __all__ = [
     "conventions",
@@ -54,6 +56,7 @@ __all__ = [
     "layers",
     "perturbations",
     "strategy",
+    "variants",
     "CONVENTIONS",
     "Convention",
     "get_convention",
@@ -90,4 +93,9 @@ __all__ = [
     "slice_perturbations",
     "Eggroll",
     "EggrollState",
+    "OpenES",
+    "SparseES",
+    "EggrollBaseline",
+    "baseline_zscore",
+    "clip_by_global_norm",
 ]

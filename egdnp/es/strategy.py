@@ -122,6 +122,10 @@ class Eggroll:
         """Extra keywords of :func:`generate` set by strategy variants (none here)."""
         return {}
 
+    def _transform_grads(self, grads: dict) -> dict:
+        """Hook for variants between the ES gradient and the optimiser (identity here)."""
+        return grads
+
     def __repr__(self) -> str:
         return (f"Eggroll(pop_size={self.pop_size}, rank={self.rank}, sigma={self.sigma!r}, "
                 f"convention={self.convention.name!r}, antithetic={self.antithetic}, fitness={self.fitness!r})")
@@ -255,7 +259,7 @@ class Eggroll:
             raise ValueError(f"perts are for generation {perts.generation} but the state is at {state.generation}; call ask(state) again")
         xp = check_fitness(fitness, self.pop_size)
         f_hat = self.shape(fitness)
-        grads = loss_gradients(f_hat, perts, state.params, convention=self.convention)
+        grads = self._transform_grads(loss_gradients(f_hat, perts, state.params, convention=self.convention))
         params, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         norm2 = 0.0
         for g in grads.values():
