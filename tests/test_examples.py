@@ -95,6 +95,31 @@ def test_cartpole_example(tmp_path):
     assert results["history"]["eval_mean_return"]
 
 
+def test_pendulum_example(tmp_path):
+    pytest.importorskip("gymnasium")
+    out = tmp_path / "pend"
+    res = run_example("pendulum_eggroll.py", "--fast", "--out", out)
+    assert re.search(r"^\| EGGROLL +\|", res.stdout, re.M), res.stdout
+    assert "evaluations/s" in res.stdout and str(out) in res.stdout
+    _png(out / "returns.png")
+    results = json.loads((out / "results.json").read_text())
+    summary = results["summary"]
+    assert summary["env"] == "Pendulum-v1" and summary["evaluations_per_s"] > 0
+    assert summary["member_episodes"] == summary["generations"] * summary["population"] * summary["episodes_per_member"]
+    assert len(results["history"]["mean_return"]) == summary["generations"]
+    assert all(r < 0 for r in results["history"]["mean_return"])  # Pendulum's rewards are costs
+
+
+def test_mujoco_example(tmp_path):
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("mujoco")
+    out = tmp_path / "mj"
+    res = run_example("mujoco_eggroll.py", "--fast", "--no-plot", "--out", out)
+    assert "HalfCheetah-v5" in res.stdout and "evaluations/s" in res.stdout
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    assert summary["env"] == "HalfCheetah-v5" and summary["parameters"] > 0 and "improvement" in summary
+
+
 def test_egd_plateau_example(tmp_path):
     out = tmp_path / "plateau"
     run_example("egd_plateau.py", "--fast", "--out", out)
@@ -111,7 +136,7 @@ def test_noise_demo_example(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["quickstart.py", "cnn_digits.py", "cartpole_eggroll.py", "egd_plateau.py",
-                                  "noise_demo.py"])
+                                  "noise_demo.py", "pendulum_eggroll.py", "mujoco_eggroll.py"])
 def test_examples_have_help(name):
     res = subprocess.run([sys.executable, str(EXAMPLES / name), "--help"], capture_output=True, text=True, env=ENV,
                          timeout=60, cwd=ROOT)

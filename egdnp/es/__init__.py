@@ -14,12 +14,13 @@ egdnp.es.fitness        z-score, group, centered ranks; classification fitness
 egdnp.es.gradient       the ES gradient (true sum, never the factorised shortcut)
 egdnp.es.strategy       ``Eggroll`` with ``init`` / ``ask`` / ``tell``
 egdnp.es.variants       ``OpenES`` (full rank), ``SparseES``, ``EggrollBaseline`` (same API)
+egdnp.es.rl             policies (discrete / tanh heads), observation normalisation, episode returns
 egdnp.es.functional     the PyTorch port's names (get_weight_shapes, ...)
 
 See docs/eggroll.md.
 """
 
-from . import conventions, fitness, functional, gradient, layers, perturbations, strategy, variants
+from . import conventions, fitness, functional, gradient, layers, perturbations, rl, strategy, variants
 from .conventions import CONVENTIONS, Convention, get_convention, noise_generation
 from .fitness import centered_ranks, classification_fitness, group_zscore, shape_fitness, zscore, zscore_var_eps
 from .gradient import es_gradient, factorised_shortcut, loss_gradients, lowrank_weighted_sum, pair_weights, sparse_weighted_sum
@@ -55,6 +56,7 @@ __all__ = [
     "gradient",
     "layers",
     "perturbations",
+    "rl",
     "strategy",
     "variants",
     "CONVENTIONS",
