@@ -10,6 +10,8 @@ generation, new ones every generation), so fitness differences come from the
 policies, not from the luck of the start.  A member's fitness is its mean
 episode return; observations are normalised by running statistics updated
 from the population's rollouts after every generation (Salimans et al. 2017).
+Defaults: population 64 x 5 episodes, rank 1, sigma 0.5 and Adam lr 0.1,
+both decaying on cosine schedules (to 0.1 and 0.01) over 200 generations.
 
 Every --eval-every generations the unperturbed policy runs --eval-episodes
 fresh episodes.  Pendulum-v1 has no official "solved" threshold; this example
@@ -37,6 +39,7 @@ import numpy as np  # host-side: gymnasium speaks NumPy
 
 from egdnp import _backend, es, optim
 from egdnp.es import rl
+from egdnp.optim import schedules
 
 import _common
 
@@ -64,6 +67,8 @@ def add_es_args(parser, *, generations, pop, hidden, sigma, lr, episodes, eval_e
     parser.add_argument("--rank", type=int, default=1, help="rank of the perturbations (default 1)")
     parser.add_argument("--sigma", type=float, default=sigma, help=f"perturbation scale (default {sigma})")
     parser.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default {lr})")
+    parser.add_argument("--no-decay", dest="decay", action="store_false",
+                        help="constant sigma and lr (default: cosine decay to sigma/5 and lr/10 over the run)")
     parser.add_argument("--episodes", type=int, default=episodes,
                         help=f"episodes per member per generation, common start states (default {episodes})")
     parser.add_argument("--eval-every", type=int, default=eval_every, help=f"evaluate every N generations (default {eval_every})")
@@ -83,7 +88,11 @@ def train(env_id, args, *, title):
     eval_envs = make_envs(env_id, args.eval_episodes, args.max_steps)
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     policy = rl.policy_mlp(obs_dim, envs.single_action_space, hidden=(args.hidden, args.hidden), activation="tanh")
-    strategy = es.Eggroll(pop_size=args.pop, rank=args.rank, sigma=args.sigma, optimizer=optim.adam(args.lr))
+    # noise scale and learning rate decay on cosine schedules to a fifth and a tenth over the run:
+    # large early steps find the swing-up, small late ones settle it
+    sigma = schedules.cosine(args.sigma, args.generations, alpha=0.2) if args.decay else args.sigma
+    lr = schedules.cosine(args.lr, args.generations, alpha=0.1) if args.decay else args.lr
+    strategy = es.Eggroll(pop_size=args.pop, rank=args.rank, sigma=sigma, optimizer=optim.adam(lr))
     state = strategy.init(policy.model.init(seed=args.seed, xp=xp), seed=args.seed)
     norm = rl.ObsNorm.init(obs_dim, xp=xp)
     print(f"{env_id}: policy {obs_dim}-{args.hidden}-{args.hidden}-{policy.out_dim} ({policy.model.num_params()} "
@@ -175,7 +184,7 @@ def plot_returns(history, path, *, title, target=None) -> bool:
 
 def main(argv=None) -> int:
     parser = _common.make_parser(__doc__, "pendulum_out")
-    add_es_args(parser, generations=200, pop=64, hidden=32, sigma=0.5, lr=0.1, episodes=3, eval_every=10,
+    add_es_args(parser, generations=200, pop=64, hidden=32, sigma=0.5, lr=0.1, episodes=5, eval_every=10,
                 eval_episodes=20, max_steps=None)
     args = parser.parse_args(argv)
     if args.fast:
