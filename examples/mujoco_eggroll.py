@@ -39,7 +39,7 @@ from pendulum_eggroll import add_es_args, plot_returns, train
 def main(argv=None) -> int:
     parser = _common.make_parser(__doc__, "mujoco_out")
     parser.add_argument("--env", default="HalfCheetah-v5", help="gymnasium MuJoCo task (default HalfCheetah-v5)")
-    add_es_args(parser, generations=40, pop=32, hidden=32, sigma=0.05, lr=0.03, episodes=1, eval_every=5,
+    add_es_args(parser, generations=40, pop=32, hidden=32, sigma=0.1, lr=0.05, episodes=1, eval_every=5,
                 eval_episodes=8, max_steps=200)
     args = parser.parse_args(argv)
     if args.fast:

@@ -30,9 +30,9 @@ ENV = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREA
 TABLE_ROW = re.compile(r"^\| (SGD|EGD|EGGROLL) +\|", re.M)
 
 
-def run_example(name, *args, timeout=120):
+def run_example(name, *args, timeout=120, cwd=ROOT):
     res = subprocess.run([sys.executable, str(EXAMPLES / name), *map(str, args)], capture_output=True, text=True,
-                         env=ENV, timeout=timeout, cwd=ROOT)
+                         env=ENV, timeout=timeout, cwd=cwd)
     assert res.returncode == 0, f"{name} {' '.join(map(str, args))} failed:\n{res.stdout}\n{res.stderr}"
     return res
 
@@ -114,7 +114,7 @@ def test_mujoco_example(tmp_path):
     pytest.importorskip("gymnasium")
     pytest.importorskip("mujoco")
     out = tmp_path / "mj"
-    res = run_example("mujoco_eggroll.py", "--fast", "--no-plot", "--out", out)
+    res = run_example("mujoco_eggroll.py", "--fast", "--no-plot", "--out", out, cwd=tmp_path)  # MuJoCo logs to the cwd
     assert "HalfCheetah-v5" in res.stdout and "evaluations/s" in res.stdout
     summary = json.loads((out / "results.json").read_text())["summary"]
     assert summary["env"] == "HalfCheetah-v5" and summary["parameters"] > 0 and "improvement" in summary
