@@ -109,6 +109,10 @@ def train(env_id, args, *, title):
                "eval_std_return": [], "wall_s": []}
     env_steps, episodes_run, rollout_s = 0, 0, 0.0
     t0 = time.perf_counter()
+    ev = evaluate(state.params, norm, 0)  # the untrained policy, the baseline of the curve
+    history["eval_generation"].append(0)
+    history["eval_mean_return"].append(float(ev.mean()))
+    history["eval_std_return"].append(float(ev.std()))
     bar = _common.progress(args.generations, "EGGROLL", disable=args.no_progress)
     for gen in range(1, args.generations + 1):
         perts = strategy.ask(state)
