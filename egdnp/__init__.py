@@ -29,6 +29,8 @@ egdnp.data       scikit-learn's digits (no download), upsampling, seeded batches
 egdnp.reference  scenarios, reference bundles and a comparator for validating
                  ports (``python -m egdnp.reference --help``;
                  docs/validating-a-port.md)
+egdnp.testing    ``assert_port_matches`` and a pytest fixture for a port's own
+                 test suite (imported on request; never imports pytest itself)
 
 Backends
 --------

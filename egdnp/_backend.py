@@ -33,6 +33,8 @@ __all__ = [
     "synchronize",
     "pinned_empty",
     "numpy_dtype",
+    "device_count",
+    "select_device",
 ]
 
 _CUPY_HELP = (
@@ -75,6 +77,73 @@ def cupy_available() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def device_count() -> int:
+    """Number of GPUs CuPy can use in this process; 0 where CuPy or a GPU is missing (never raises).
+
+    Returns
+    -------
+    int
+        ``cupy.cuda.runtime.getDeviceCount()`` when a GPU is usable, else 0.
+    """
+    try:
+        cupy = _import_cupy()
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # noqa: BLE001 - no CuPy, no driver, no device: none usable
+        return 0
+
+
+def select_device(index: int) -> Any:
+    """Make GPU ``index`` the current CuPy device of the calling thread.
+
+    Every CuPy array, kernel launch, stream and pinned copy that egdnp makes
+    afterwards in this thread goes to that device.  One process per GPU picks
+    its own, e.g. ``select_device(local_rank % device_count())``.
+
+    Parameters
+    ----------
+    index : int
+        A device ordinal in ``[0, device_count())`` (as CUDA numbers them,
+        after ``CUDA_VISIBLE_DEVICES``).
+
+    Returns
+    -------
+    cupy.cuda.Device
+        The device now current.
+
+    Raises
+    ------
+    TypeError
+        ``index`` is not an int.
+    ValueError
+        ``index`` is outside ``[0, device_count())``.
+    RuntimeError
+        CuPy cannot be imported or no GPU is usable.
+    """
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"index={index!r} must be an int GPU ordinal, e.g. local_rank % device_count()")
+    cupy = _import_cupy()
+    device = cupy.cuda.Device(_gpu_ordinal(cupy, index, "index"))
+    device.use()
+    return device
+
+
+def _gpu_ordinal(cupy: Any, device: Any, what: str = "device") -> int:
+    """The ordinal of a GPU given as an int or a ``cupy.cuda.Device``; errors name the fix."""
+    index = getattr(device, "id", device)
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise TypeError(
+            f"{what}={device!r} is not a GPU: pass an int ordinal or a cupy.cuda.Device (e.g. device_of(x))"
+        )
+    count = int(cupy.cuda.runtime.getDeviceCount())
+    index = int(index)
+    if not 0 <= index < count:
+        raise ValueError(
+            f"{what}={index} is not a GPU of this process: CuPy sees {count} device(s), ordinals "
+            f"0..{count - 1}; pass index % device_count() or check CUDA_VISIBLE_DEVICES"
+        )
+    return index
 
 
 def get_namespace(backend: Any = "numpy") -> types.ModuleType:
@@ -264,7 +333,10 @@ def to_device(
     xp : module
         Target namespace.
     device : optional
-        Target device of ``xp`` (default: its default device).
+        Target device of ``xp`` (default: its default device).  CuPy: a GPU
+        ordinal or a ``cupy.cuda.Device``; default the current device, and a
+        CuPy array already there is returned as it is (one on another GPU is
+        copied through the host).
     stream : optional
         CuPy stream for the copy; ignored on CPU backends.
     non_blocking : bool
@@ -279,6 +351,15 @@ def to_device(
     """
     if is_cupy(xp):
         cupy = _import_cupy()
+        if device is not None:
+            index = _gpu_ordinal(cupy, device)
+            if out is not None and out.device.id != index:
+                raise ValueError(f"out lives on GPU {out.device.id}, not on device={index}; pass an out on that GPU")
+            if isinstance(x, cupy.ndarray) and x.device.id != index:
+                x = to_host(x)  # between GPUs through the host: simple, and rare in egdnp
+            if index != cupy.cuda.Device().id:
+                with cupy.cuda.Device(index):
+                    return to_device(x, xp, stream=stream, non_blocking=non_blocking, out=out)
         src = np.asarray(x) if not isinstance(x, cupy.ndarray) else x
         if isinstance(src, cupy.ndarray):
             if out is not None:

@@ -48,20 +48,27 @@ def test_unknown_backends_raise_with_the_fix(bad, exc):
         _backend.get_namespace(bad)
 
 
-def test_cupy_missing_gives_one_clear_error(monkeypatch):
+@pytest.mark.parametrize("error", [
+    ModuleNotFoundError("No module named 'cupy'"),
+    OSError("libcudart.so.13: cannot open shared object file"),  # a broken CUDA install raising at import
+])
+def test_cupy_missing_gives_one_clear_error(monkeypatch, error):
     real_import = importlib.import_module
 
     def fake_import(name, *args):
         if name == "cupy":
-            raise ModuleNotFoundError("No module named 'cupy'")
+            raise error
         return real_import(name, *args)
 
     monkeypatch.setattr(importlib, "import_module", fake_import)
     with pytest.raises(RuntimeError, match=r"egdnp\[cuda12\]") as info:
         _backend.get_namespace("cupy")
-    assert "cannot be imported" in str(info.value)
+    assert f"cannot be imported ({type(error).__name__}: {error})" in str(info.value)
     assert info.value.__cause__ is None  # no traceback from deep inside CuPy
     assert not _backend.cupy_available()
+    assert _backend.device_count() == 0
+    with pytest.raises(RuntimeError, match="cannot be imported"):
+        _backend.select_device(0)
 
 
 def test_cupy_without_a_gpu_gives_one_clear_error(monkeypatch):

@@ -151,9 +151,25 @@ def test_help_of_the_package_reads_well():
         assert words in text, words
 
 
-@pytest.mark.parametrize("module", ["egdnp", "egdnp.rng._spec"])
+@pytest.mark.parametrize("module", ["egdnp", "egdnp.rng._spec", "egdnp.testing"])
 def test_docstring_examples_run(module):
     import doctest
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_the_port_testing_helpers_are_covered():
+    """egdnp.testing (and its pytest plugin) are public modules: their names are held to the same rule."""
+    names = public_callables()
+    for name in ("egdnp.testing.assert_port_matches", "egdnp.testing.reference_bundle",
+                 "egdnp.testing.pytest_plugin.egdnp_bundle", "egdnp.reference.explain", "egdnp.reference.Bundle.dtype"):
+        assert name in names, name
+
+
+def test_the_walk_finds_the_distributed_package():
+    names = public_callables()
+    for expected in ("egdnp.distributed.DistributedEggroll", "egdnp.distributed.DistributedEggroll.step",
+                     "egdnp.distributed.Comm.allgatherv", "egdnp.distributed.average_gradients",
+                     "egdnp.es.checkpoint.load", "egdnp.es.Eggroll.save"):
+        assert expected in names, expected

@@ -166,3 +166,21 @@ def test_eggroll_with_noise_map_and_a_residual_model():
     assert np.array_equal(new.params["fc_in.weight"], params["fc_in.weight"])
     assert not np.array_equal(new.params["block1.fc1.weight"], params["block1.fc1.weight"])
     assert not np.array_equal(new.params["block1.ln.weight"], params["block1.ln.weight"])
+
+
+@pytest.mark.parametrize("matrix_noise", ["lowrank", "full", "sparse"])
+def test_pair_windows_draw_the_same_noise(matrix_noise):
+    """ask/generate(pairs=(lo, hi)) (a distributed worker's share) draws exactly pairs lo..hi-1 of the
+    whole population's noise, for stacked, full-rank and sparse matrices too."""
+    g = np.random.default_rng(4)
+    p = {"a.weight": g.standard_normal((4, 5)), "a.bias": g.standard_normal(4)}
+    if matrix_noise == "lowrank":
+        p["s.weight"] = g.standard_normal((2, 3, 4))
+    kw = dict(pop_size=8, rank=1, sigma=0.3, seed=6, generation=3, dtype="float64", matrix_noise=matrix_noise)
+    whole = es.generate(p, **kw)
+    part = es.generate(p, pairs=(1, 3), **kw)
+    assert part.first_pair == 1 and part.pop_size == 4
+    for key, item in whole.noise.items():
+        for field, value in item._asdict().items():
+            if field != "shape":
+                np.testing.assert_array_equal(getattr(part.noise[key], field), value[1:3], err_msg=f"{key}.{field}")

@@ -168,6 +168,9 @@ def test_baseline_groups_shaping_and_errors():
     perts = s.ask(s.init({"w.weight": np.ones((3, 4))}, seed=0))
     A = perts.noise["w.weight"].A
     assert np.all(A[0] == 0) and np.all(A[2] == 0) and np.any(A[1] != 0) and np.any(A[3] != 0)
+    window = s.ask(s.init({"w.weight": np.ones((3, 4))}, seed=0), pairs=(1, 3))  # global pairs 1, 2
+    np.testing.assert_array_equal(window.noise["w.weight"].A[0], A[1])
+    assert np.all(window.noise["w.weight"].A[1] == 0)  # pair 2 is group 1's baseline
     with pytest.raises(ValueError, match="divide pop_size"):
         es.EggrollBaseline(pop_size=8, group_size=6)
     with pytest.raises(ValueError, match="interleaved"):

@@ -174,7 +174,10 @@ def test_doc_page_python_snippets_run_in_order(page, tmp_path, monkeypatch, caps
     In-process (egdnp is already imported, so this takes a second), in a scratch directory:
     the pages write bundles to relative paths such as ``ref/``.
     """
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / page).read_text(), re.S)
+    # blocks marked <!-- example: FILE --> are files of a separate project, run by their own test
+    # (validating-a-port.md's pytest example: tests/test_testing.py)
+    blocks = [code for marker, code in re.findall(r"(<!-- example: [\w.]+ -->\n)?```python\n(.*?)```",
+                                                  (ROOT / "docs" / page).read_text(), re.S) if not marker]
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__main__"}
     for i, code in enumerate(blocks):

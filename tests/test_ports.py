@@ -1,14 +1,18 @@
 """The worked ports in examples/ports/ reproduce the checked-in reference bundles.
 
-Each port (PyTorch and JAX; MLP + EGGROLL generation and one EGD cycle) reads a bundle's inputs,
+Each port (PyTorch, JAX and optax: MLP + EGGROLL generation, one EGD cycle, the CNN layer by layer, the
+optimiser steps, the noise) reads a bundle's inputs,
 writes its outputs with egdnp.reference.dump_arrays, and the comparator must accept them at the
 tolerances documented in docs/validating-a-port.md:
 
 * float64: rtol=1e-10, atol=1e-12 -- the port and egdnp evaluate the same formulas in a
-  different order (BLAS blocking, einsum contraction order, log-sum-exp), ~1e-15 apart;
-* float32: rtol=1e-5, atol=1e-5 -- a few float32 ulps of the inputs, but the z-scored fitness
+  different order (BLAS blocking, einsum contraction order, log-sum-exp), <= 8.3e-15 apart;
+* float32: rtol=1e-4, atol=2e-5 -- a few float32 ulps of the inputs, but the z-scored fitness
   divides rounding errors of the raw fitness by its (small) standard deviation, so its absolute
-  error reaches ~3e-6 and its relative error is large where it crosses zero.
+  error reaches 4.5e-6 and its relative error is large where it crosses zero.
+
+These are the comparator's defaults for the bundle's dtype (reference.DEFAULT_TOLERANCES): every
+port here passes the default ``python -m egdnp.reference compare BUNDLE OUT`` run.
 
 Integer outputs (member pairs and signs, elite indices) must match exactly.  Skipped, with the
 reason, where torch or JAX is not installed; CI installs both.
@@ -31,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PORTS = ROOT / "examples" / "ports"
 BUNDLES = Path(__file__).parent / "reference_bundles"
 SEED = 42
-PORT_TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-5, atol=1e-5)}
+PORT_TOL = {dtype: dict(rtol=rtol, atol=atol) for dtype, (rtol, atol) in reference.DEFAULT_TOLERANCES.items()}
 EGGROLL = ["eggroll_hyperscalees_torch", "eggroll_hyperscalees_jax", "eggroll_egdnp"]
 DTYPES = ["float32", "float64"]
 
@@ -57,11 +61,13 @@ def bundle_path(name: str, dtype: str) -> Path:
 
 
 def check(port, name, dtype, tmp_path):
+    """The port passes with the comparator's defaults, which are the documented tolerances of its dtype."""
     bundle = bundle_path(name, dtype)
     out = port.run(bundle, tmp_path / f"{name}-{dtype}.npz")
-    report = reference.compare(bundle, out, **PORT_TOL[dtype])
+    report = reference.compare(bundle, out)
+    assert report.tolerance_source == f"{dtype} defaults" and (report.rtol, report.atol) == tuple(PORT_TOL[dtype].values())
     assert report.ok, report.format()
-    assert not report.extra, report.extra
+    assert not report.extra and not report.dtype_mismatch and not report.not_produced, report.format()
     return report
 
 
@@ -114,6 +120,38 @@ def test_jax_egd_cycle_port(name, dtype, tmp_path):
     check(load_port("jax_egd_cycle", "jax"), name, dtype, tmp_path)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("module,framework", [("torch_cnn", "torch"), ("jax_cnn", "jax")])
+def test_cnn_ports_layer_by_layer(module, framework, dtype, tmp_path):
+    """Every layer's output and gradient, the logits, loss, dx and parameter gradients of the ``cnn`` scenario."""
+    report = check(load_port(module, framework), "cnn", dtype, tmp_path)
+    assert len(report.arrays) == 26 and [a.name for a in report.arrays][0] == "activations/conv1"
+
+
+OPTIMIZER_STEPS = ["sgd_steps", "nesterov_steps", "adam_steps", "adamw_steps"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", OPTIMIZER_STEPS)
+@pytest.mark.parametrize("module,framework", [("torch_optim", "torch"), ("optax_optim", "optax")])
+def test_optimizer_ports(module, framework, name, dtype, tmp_path):
+    """torch.optim and optax reproduce egdnp's steps: params and every state buffer after each step."""
+    report = check(load_port(module, framework), name, dtype, tmp_path)
+    assert any(a.name.startswith("outputs/state/") for a in report.arrays)
+
+
+def test_the_worked_float32_ports_pass_the_default_command_line_run(tmp_path):
+    """`compare BUNDLE OUT` without tolerance flags: the port whose z-scored fitness failed the old defaults passes."""
+    pytest.importorskip("jax", reason="jax is not installed; the jax port needs it")
+    port = load_port("jax_eggroll", "jax")
+    bundle = bundle_path("eggroll_hyperscalees_jax", "float32")
+    out = port.run(bundle, tmp_path / "out.npz")
+    run = subprocess.run([sys.executable, "-m", "egdnp.reference", "compare", str(bundle), str(out)], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0 and run.stdout.rstrip().endswith("PASS"), run.stdout + run.stderr
+    assert "rtol=0.0001 atol=2e-05 (float32 defaults)" in run.stdout
+
+
 def test_comparator_tells_conventions_apart(tmp_path):
     """A port run in one convention fails against another convention's bundle (same inputs and noise):
     the perturbed logits agree, the fitness shaping, gradient and update do not."""
@@ -144,7 +182,8 @@ def test_port_command_line_and_compare_command_line(tmp_path):
 
 
 @pytest.mark.parametrize("module,framework", [("torch_eggroll", "torch"), ("torch_egd_cycle", "torch"), ("torch_noise", "torch"),
-                                              ("jax_eggroll", "jax"), ("jax_egd_cycle", "jax")])
+                                              ("jax_eggroll", "jax"), ("jax_egd_cycle", "jax"), ("torch_cnn", "torch"),
+                                              ("jax_cnn", "jax"), ("torch_optim", "torch"), ("optax_optim", "optax")])
 def test_port_scripts_take_help(module, framework, monkeypatch, capsys):
     """Each port script has an argparse command line (run in-process: importing JAX again would take seconds)."""
     import runpy

@@ -24,7 +24,7 @@ BUNDLES = Path(__file__).parent / "reference_bundles"
 SEED = 42
 # float64: the same formulas in another order agree to ~1e-15; float32 to a few ulps of the inputs.
 TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-4, atol=1e-5)}
-KNOWN_PREFIXES = ("inputs/", "params/", "outputs/", "grads/", "noise/")
+KNOWN_PREFIXES = ("inputs/", "params/", "outputs/", "grads/", "noise/", "activations/", "grad_activations/")
 
 
 @functools.lru_cache(maxsize=None)

@@ -109,38 +109,42 @@ def egdnp_generation(strategy, model, state, x, y, chunk=G_CHUNK):
     return strategy.tell(state, perts, f)[0]
 
 
-def torch_generation(torch, params, x, y, generation, chunk=G_CHUNK):
-    """The same generation in PyTorch eager: egdnp's default convention, same formulas, same chunking."""
-    n, p_pairs, r, sigma = G_POP, G_POP // 2, G_RANK, G_SIGMA
-    gen = torch.Generator().manual_seed(1000 + generation)
+def torch_generation(torch, params, x, y, generation, chunk=G_CHUNK, pop=G_POP, device=None):
+    """The same generation in PyTorch eager: egdnp's default convention, same formulas, same chunking.
+
+    ``device``: torch device of ``params``/``x``/``y`` (None: the CPU); ``pop``: population size
+    (tools/gpu_bench.py runs it on CUDA at pop 16384)."""
+    n, p_pairs, r, sigma = pop, pop // 2, G_RANK, G_SIGMA
+    batch = x.shape[0]
+    gen = torch.Generator(device=device or "cpu").manual_seed(1000 + generation)
     noise = {}
     for name in ("fc1.weight", "fc2.weight"):
         m, k = params[name].shape
-        flat = torch.randn(p_pairs, (m + k) * r, generator=gen)
+        flat = torch.randn(p_pairs, (m + k) * r, generator=gen, device=device)
         noise[name] = (flat[:, k * r :].reshape(p_pairs, m, r) * (sigma / math.sqrt(r)), flat[:, : k * r].reshape(p_pairs, k, r))
     for name in ("fc1.bias", "fc2.bias"):
-        noise[name] = torch.randn(p_pairs, params[name].shape[0], generator=gen) * sigma
-    sign = torch.tensor([1.0, -1.0]).repeat(p_pairs)
-    pair = torch.arange(n) // 2
+        noise[name] = torch.randn(p_pairs, params[name].shape[0], generator=gen, device=device) * sigma
+    sign = torch.tensor([1.0, -1.0], device=device).repeat(p_pairs)
+    pair = torch.arange(n, device=device) // 2
     w1, b1, w2, b2 = (params[k] for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"))
     a1, bb1 = noise["fc1.weight"]
     a2, bb2 = noise["fc2.weight"]
     base1 = x @ w1.T + b1  # shared input: once for every member
-    xb1 = (x @ bb1.permute(1, 0, 2).reshape(SIZES[0], p_pairs * r)).reshape(G_BATCH, p_pairs, r).permute(1, 0, 2)
+    xb1 = (x @ bb1.permute(1, 0, 2).reshape(SIZES[0], p_pairs * r)).reshape(batch, p_pairs, r).permute(1, 0, 2)
     fits = []
     for s in range(0, n, chunk):
         pr, sg = pair[s : s + chunk], sign[s : s + chunk]
         h = base1 + torch.bmm(xb1[pr] * sg[:, None, None], a1[pr].transpose(1, 2)) + (sg[:, None] * noise["fc1.bias"][pr])[:, None, :]
         h = torch.tanh(h)
         c = h.shape[0]
-        out = (h.reshape(c * G_BATCH, SIZES[1]) @ w2.T).reshape(c, G_BATCH, SIZES[2]) + b2
+        out = (h.reshape(c * batch, SIZES[1]) @ w2.T).reshape(c, batch, SIZES[2]) + b2
         out = out + torch.bmm(torch.bmm(h, bb2[pr]) * sg[:, None, None], a2[pr].transpose(1, 2))
         out = out + (sg[:, None] * noise["fc2.bias"][pr])[:, None, :]
         logp = torch.log_softmax(out, -1)
         fits.append(logp.gather(2, y.view(1, -1, 1).expand(c, -1, 1)).squeeze(-1).mean(-1))
     f = torch.cat(fits)
-    ranks = torch.empty(n)
-    ranks[torch.argsort(f)] = torch.arange(n, dtype=torch.float32)
+    ranks = torch.empty(n, device=device)
+    ranks[torch.argsort(f)] = torch.arange(n, dtype=torch.float32, device=device)
     f_hat = ranks / (n - 1) - 0.5
     w = f_hat[0::2] - f_hat[1::2]
     scale = 1.0 / (n * sigma)

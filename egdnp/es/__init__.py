@@ -16,6 +16,7 @@ egdnp.es.strategy       ``Eggroll`` with ``init`` / ``ask`` / ``tell``
 egdnp.es.variants       ``OpenES`` (full rank), ``SparseES``, ``EggrollBaseline`` (same API)
 egdnp.es.rl             policies (discrete / tanh heads), observation normalisation, episode returns
 egdnp.es.functional     the PyTorch port's names (get_weight_shapes, ...)
+egdnp.es.checkpoint     save / load a whole run (atomic; resumes bit for bit)
 
 See docs/eggroll.md.
 """
@@ -48,6 +49,7 @@ from .perturbations import (
 )
 from .strategy import Eggroll, EggrollState
 from .variants import EggrollBaseline, OpenES, SparseES, baseline_zscore, clip_by_global_norm
+from . import checkpoint  # noqa: E402  (needs strategy)
 
 __all__ = [
     "conventions",
@@ -59,6 +61,7 @@ __all__ = [
     "rl",
     "strategy",
     "variants",
+    "checkpoint",
     "CONVENTIONS",
     "Convention",
     "get_convention",

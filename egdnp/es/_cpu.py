@@ -505,8 +505,8 @@ def _members_normal_serial(out, members, k0, k1, c1, c3):
 PARALLEL_MIN_VALUES = 1 << 20
 
 
-def members_normal(n_members, size, seed, stream, generation, dtype):
-    """``out[k] = egdnp.rng.normal((size,), seed, stream, member=k, generation)`` for k < n_members.
+def members_normal(n_members, size, seed, stream, generation, dtype, first=0):
+    """``out[k] = egdnp.rng.normal((size,), seed, stream, member=first + k, generation)`` for k < n_members.
 
     One kernel launch instead of ``n_members`` calls (a per-call parallel region
     right after BLAS work costs ~0.3 ms on a busy 2-core machine).
@@ -515,7 +515,7 @@ def members_normal(n_members, size, seed, stream, generation, dtype):
     out = np.empty((n_members, size), dtype=np.dtype(dtype))
     if n_members and size:
         k0, k1 = _rng_cpu._key(seed)
-        members = np.arange(n_members, dtype=np.uint32)
+        members = np.arange(first, first + n_members, dtype=np.uint32)
         kernel = _members_normal_parallel if n_members * size >= PARALLEL_MIN_VALUES else _members_normal_serial
         kernel(out, members, k0, k1, np.uint32(stream), np.uint32(generation))
     return out

@@ -278,6 +278,8 @@ def es_gradient(f_hat, perts: Perturbations, *, convention=None) -> dict:
                 dname = "float64" if item.eps.dtype == xq.float64 else "float32"
                 w_host = [float(v) * perts.sigma for v in _backend.to_host(w).tolist()]
                 g = _rng.weighted_noise_sum(w_host, tuple(item.shape), seed=perts.seed, stream=key,
+                                            members=None if not perts.first_pair else
+                                            range(perts.first_pair, perts.first_pair + len(w_host)),
                                             generation=perts.noise_generation, dtype=dname, xp=xq,
                                             device=_backend.device_of(item.eps))
             grads[key] = g * c

@@ -163,6 +163,9 @@ class Perturbations(NamedTuple):
     external : frozenset of str
         Names whose noise the caller supplied (the rest is egdnp's own,
         regenerable from ``seed``).
+    first_pair : int
+        Pair ``k`` of this object is noise index ``first_pair + k`` (``0``
+        unless it holds a window of a larger population: ``generate(pairs=...)``).
     """
 
     noise: dict
@@ -177,6 +180,7 @@ class Perturbations(NamedTuple):
     convention: str
     layout: str
     external: frozenset = frozenset()
+    first_pair: int = 0
 
     @property
     def n_pairs(self) -> int:
@@ -511,8 +515,9 @@ def member_layout(pop_size: int, *, antithetic: bool, layout: str) -> tuple[tupl
     raise ValueError(f"layout={layout!r} must be 'halves' or 'interleaved'")
 
 
-def pair_normals(n_pairs: int, size: int, *, seed: int, stream, generation: int, dtype: str, xp, device=None, impl: str = "auto"):
-    """``out[k] = egdnp.rng.normal((size,), seed=seed, stream=stream, member=k, generation=generation)``.
+def pair_normals(n_pairs: int, size: int, *, seed: int, stream, generation: int, dtype: str, xp, device=None, impl: str = "auto",
+                 first: int = 0):
+    """``out[k] = egdnp.rng.normal((size,), seed=seed, stream=stream, member=first + k, generation=generation)``.
 
     Returns an array of shape (n_pairs, size).  NumPy uses one Numba kernel
     launch for all pairs (bitwise the same values); other namespaces call
@@ -528,6 +533,8 @@ def pair_normals(n_pairs: int, size: int, *, seed: int, stream, generation: int,
     xp : namespace
     device : optional
     impl : {"auto", "numba", "cupy", "array_api"}
+    first : int
+        Noise index of ``out[0]`` (a window of pairs ``first .. first + n_pairs - 1``).
 
     Returns
     -------
@@ -539,9 +546,10 @@ def pair_normals(n_pairs: int, size: int, *, seed: int, stream, generation: int,
         from . import _cpu
 
         stream_word = _rng.stream_id(stream) if isinstance(stream, str) else int(stream)
-        return _cpu.members_normal(n_pairs, size, seed, stream_word, generation, dtype)
+        return _cpu.members_normal(n_pairs, size, seed, stream_word, generation, dtype, first)
     draws = [
-        _rng.normal((size,), seed=seed, stream=stream, member=k, generation=generation, dtype=dtype, xp=xp, device=device)
+        _rng.normal((size,), seed=seed, stream=stream, member=first + k, generation=generation, dtype=dtype, xp=xp,
+                    device=device)
         for k in range(n_pairs)
     ]
     return xp.stack(draws, axis=0)
@@ -575,7 +583,8 @@ def _check_external(name, kind, value, n_pairs, shape, rank, xp):
 def generate(shapes: dict, *, pop_size: int, rank: int = 1, sigma: float = 0.05, seed: int | None = 0,
              generation: int = 0, convention="egdnp", antithetic: bool = True, vectors: str | None = None,
              noise_reuse: int | None = "default", factors: dict | None = None, xp=None, dtype="float32",
-             device=None, noise_map=None, matrix_noise: str = "lowrank", sparse_k: int | None = None) -> Perturbations:
+             device=None, pairs: tuple | None = None, noise_map=None, matrix_noise: str = "lowrank",
+             sparse_k: int | None = None) -> Perturbations:
     """Perturbations of one generation.
 
     Parameters
@@ -606,6 +615,13 @@ def generate(shapes: dict, *, pop_size: int, rank: int = 1, sigma: float = 0.05,
     xp : namespace or name, optional
         Default: the namespace of the arrays in ``shapes``/``factors``, else NumPy.
     dtype : {"float32", "float64"}
+    pairs : (int, int), optional
+        Draw only the noise of pairs ``[lo, hi)`` of the population of
+        ``pop_size``: the result is a population of their members (``2 (hi -
+        lo)`` with antithetic sampling, in the convention's layout: for
+        ``"halves"`` the ``+`` members of the window, then its ``-`` members),
+        with ``first_pair = lo``; one worker's share of a distributed
+        generation (:mod:`egdnp.distributed`).  Not with ``factors``.
     noise_map : dict or callable, optional
         Per-parameter ``"lowrank" | "full" | "frozen"`` overriding the default
         plan (see :func:`plan_parameters`).  A 3-D parameter (L, m, n) is a
@@ -662,8 +678,12 @@ def generate(shapes: dict, *, pop_size: int, rank: int = 1, sigma: float = 0.05,
     lowrank_shapes = {k: _lowrank_dims(plain_shapes[k]) for k, how in plan.items() if how == "lowrank"}
     rank = check_rank(rank, lowrank_shapes)
     layout = conv.layout if antithetic else "none"
-    pair, sign = member_layout(pop_size, antithetic=antithetic, layout=layout)
     n_pairs = pop_size // 2 if antithetic else pop_size
+    first = 0
+    if pairs is not None:  # a window of pairs [lo, hi): a population of just their members
+        first, n_pairs = _pair_window(pairs, n_pairs, pop_size, factors)
+        pop_size = 2 * n_pairs if antithetic else n_pairs
+    pair, sign = member_layout(pop_size, antithetic=antithetic, layout=layout)
     factors = {} if factors is None else dict(factors)
     unknown = [k for k in factors if plan.get(k, "frozen") == "frozen"]
     if unknown:
@@ -684,8 +704,8 @@ def generate(shapes: dict, *, pop_size: int, rank: int = 1, sigma: float = 0.05,
             m, n = matrix_shape(shape)
             k = max(m, n) if sparse_k is None else sparse_k
             values = pair_normals(n_pairs, k, seed=seed, stream=name, generation=gen_noise, dtype=dtype, xp=xp,
-                                  device=device)
-            draws = [_rng.uniform((k,), seed=seed, stream=name + "#entries", member=p, generation=gen_noise,
+                                  device=device, first=first)
+            draws = [_rng.uniform((k,), seed=seed, stream=name + "#entries", member=first + p, generation=gen_noise,
                                   dtype="float64", xp=xp, device=device) for p in range(n_pairs)]
             flat_idx = xp.astype(xp.floor(xp.stack(draws, axis=0) * float(m * n)), xp.int64)
             noise[name] = SparseNoise(values * sigma, flat_idx // n, flat_idx % n, shape)
@@ -699,7 +719,7 @@ def generate(shapes: dict, *, pop_size: int, rank: int = 1, sigma: float = 0.05,
                 a_parts, b_parts = [], []
                 for sl in range(n_stack):
                     flat = pair_normals(n_pairs, (m + n) * rank, seed=seed, stream=slice_stream(name, sl),
-                                        generation=gen_noise, dtype=dtype, xp=xp, device=device)
+                                        generation=gen_noise, dtype=dtype, xp=xp, device=device, first=first)
                     b_parts.append(xp.reshape(flat[:, : n * rank], (n_pairs, n, rank)))
                     a_parts.append(xp.reshape(flat[:, n * rank :], (n_pairs, m, rank)))
                 a_raw, b = xp.stack(a_parts, axis=1), xp.stack(b_parts, axis=1)
@@ -712,7 +732,7 @@ def generate(shapes: dict, *, pop_size: int, rank: int = 1, sigma: float = 0.05,
                 a_raw, b = xp.astype(a_raw, dt), xp.astype(b, dt)
             else:
                 flat = pair_normals(n_pairs, (m + n) * rank, seed=seed, stream=name, generation=gen_noise,
-                                    dtype=dtype, xp=xp, device=device)  # (P, (m+n) r)
+                                    dtype=dtype, xp=xp, device=device, first=first)  # (P, (m+n) r)
                 b = xp.reshape(flat[:, : n * rank], (n_pairs, n, rank))
                 a_raw = xp.reshape(flat[:, n * rank :], (n_pairs, m, rank))
             noise[name] = LowRankNoise(a_raw * a_scale, b, shape)
@@ -724,7 +744,7 @@ def generate(shapes: dict, *, pop_size: int, rank: int = 1, sigma: float = 0.05,
                 for s in shape:
                     size *= s
                 flat = pair_normals(n_pairs, size, seed=seed, stream=name, generation=gen_noise, dtype=dtype,
-                                    xp=xp, device=device)
+                                    xp=xp, device=device, first=first)
                 eps = xp.reshape(flat, (n_pairs,) + shape)
             noise[name] = FullNoise(eps * sigma, shape)
     return Perturbations(
@@ -740,4 +760,18 @@ def generate(shapes: dict, *, pop_size: int, rank: int = 1, sigma: float = 0.05,
         convention=conv.name,
         layout=layout,
         external=frozenset(checked),
+        first_pair=first,
     )
+
+
+def _pair_window(pairs, n_pairs: int, pop_size: int, factors) -> tuple[int, int]:
+    """``(lo, hi - lo)`` of a valid window ``pairs=(lo, hi)`` of ``n_pairs`` pairs."""
+    try:
+        lo, hi = (int(v) for v in pairs)
+    except (TypeError, ValueError):
+        raise TypeError(f"pairs={pairs!r} must be None or a (lo, hi) pair of ints") from None
+    if not 0 <= lo < hi <= n_pairs:
+        raise ValueError(f"pairs={pairs!r} must satisfy 0 <= lo < hi <= {n_pairs} (the pairs of pop_size={pop_size})")
+    if factors:
+        raise ValueError("pairs= draws a window of egdnp's own noise; it cannot be combined with factors=")
+    return lo, hi - lo

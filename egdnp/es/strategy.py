@@ -189,7 +189,7 @@ class Eggroll:
         seed = _rng._check_seed(seed)
         return EggrollState(params=dict(params), opt_state=self.optimizer.init(params), generation=0, seed=seed)
 
-    def ask(self, state: EggrollState, *, factors: dict | None = None) -> Perturbations:
+    def ask(self, state: EggrollState, *, factors: dict | None = None, pairs: tuple | None = None) -> Perturbations:
         """Perturbations of ``state.generation`` (see :func:`egdnp.es.perturbations.generate`).
 
         Parameters
@@ -202,6 +202,9 @@ class Eggroll:
             key ``(A~ (P, m, r), B (P, n, r))`` for matrices or ``eps (P, *shape)``
             for vectors, ``P`` the number of pairs (the layout of a reference
             bundle's ``inputs/factors``).
+        pairs : (int, int), optional
+            Only the members of noise pairs ``[lo, hi)``, as a population of
+            their own (one worker's share, see :func:`egdnp.es.perturbations.generate`).
 
         Returns
         -------
@@ -217,7 +220,7 @@ class Eggroll:
             state.params, pop_size=self.pop_size, rank=self.rank, sigma=self.sigma_at(state.generation),
             seed=state.seed, generation=state.generation, convention=self.convention, antithetic=self.antithetic,
             vectors=self.vectors, noise_reuse=self.noise_reuse, factors=factors, xp=xp, dtype=dtype,
-            device=_backend.device_of(ref), noise_map=self.noise_map, **self._generate_kwargs(),
+            device=_backend.device_of(ref), pairs=pairs, noise_map=self.noise_map, **self._generate_kwargs(),
         )
 
     def shape(self, fitness):
@@ -272,3 +275,47 @@ class Eggroll:
             "grad_norm": math.sqrt(norm2),
         }
         return EggrollState(params, opt_state, state.generation + 1, state.seed), info
+
+    def save(self, path, state: EggrollState) -> None:
+        """Write ``state`` and this strategy's noise settings to one ``.npz`` file, atomically.
+
+        See :func:`egdnp.es.checkpoint.save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+        state : EggrollState
+
+        Returns
+        -------
+        None
+        """
+        from . import checkpoint
+
+        checkpoint.save(path, self, state)
+
+    def load(self, path, *, like: dict | None = None, xp: Any = None, device: Any = None) -> EggrollState:
+        """Read a checkpoint of :meth:`save`; the run resumes bit for bit.
+
+        See :func:`egdnp.es.checkpoint.load`.
+
+        Parameters
+        ----------
+        path : str or path-like
+        like : dict of str to array, optional
+            The model's params; keys, shapes and dtypes must match the file's.
+        xp : namespace or name, optional
+        device : optional
+
+        Returns
+        -------
+        EggrollState
+
+        Raises
+        ------
+        ValueError
+            The file's noise settings, parameters or optimiser state do not fit this strategy.
+        """
+        from . import checkpoint
+
+        return checkpoint.load(path, self, like=like, xp=xp, device=device)

@@ -224,7 +224,7 @@ class EggrollBaseline(Eggroll):
         """
         return tuple(i for i in range(self.pop_size) if i % self.group_size < 2)
 
-    def ask(self, state: EggrollState, *, factors: dict | None = None) -> Perturbations:
+    def ask(self, state: EggrollState, *, factors: dict | None = None, pairs: tuple | None = None) -> Perturbations:
         """Perturbations of ``state.generation`` with the baseline pairs' noise set to zero.
 
         Parameters
@@ -232,6 +232,8 @@ class EggrollBaseline(Eggroll):
         state : EggrollState
         factors : dict, optional
             Raw noise as for :meth:`Eggroll.ask` (the baseline pairs' entries are zeroed too).
+        pairs : (int, int), optional
+            A window of pairs, as for :meth:`Eggroll.ask` (baseline pairs keep their global index).
 
         Returns
         -------
@@ -239,13 +241,13 @@ class EggrollBaseline(Eggroll):
             As :meth:`Eggroll.ask`, factors of shape (P, ...) with pair ``k``
             zero when ``2k % group_size == 0``.
         """
-        perts = super().ask(state, factors=factors)
-        n_pairs = self.pop_size // 2
+        perts = super().ask(state, factors=factors, pairs=pairs)
+        n_pairs, first = perts.pop_size // 2, perts.first_pair
         noise = {}
         for key, item in perts.noise.items():
             ref = item.values if isinstance(item, SparseNoise) else (item.eps if isinstance(item, FullNoise) else item.A)
             xp = _backend.array_namespace(ref)
-            mask_host = [0.0 if (2 * k) % self.group_size == 0 else 1.0 for k in range(n_pairs)]
+            mask_host = [0.0 if (2 * (first + k)) % self.group_size == 0 else 1.0 for k in range(n_pairs)]
             mask = xp.asarray(mask_host, dtype=ref.dtype, device=_backend.device_of(ref))
 
             def masked(a):

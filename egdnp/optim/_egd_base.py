@@ -28,6 +28,7 @@ __all__ = [
     "learning_rate_at",
     "save_state",
     "load_state",
+    "register_state_type",
 ]
 
 
@@ -129,7 +130,74 @@ def check_state_keys(state_dict: dict | None, params: dict, what: str) -> None:
 _SEP = "\x1f"  # unit separator: cannot appear in sensible parameter names
 
 
+# NamedTuple types that may sit INSIDE a saved state (an EGGROLL state's ``opt_state``),
+# rebuilt by name on load; the optimisers' own states are known without registering.
+_STATE_TYPES: dict[str, type] = {}
+
+
+def register_state_type(cls: type) -> type:
+    """Let :func:`load_state` rebuild ``cls`` when it is nested inside a saved state.
+
+    A state field that is itself a NamedTuple (an EGGROLL state's optimiser
+    state, say) is saved with its type's name and fields; on loading, the name
+    is looked up among the registered types.  ``SGDState``, ``AdamState`` and
+    ``EGDState`` are always known.
+
+    Parameters
+    ----------
+    cls : type
+        A NamedTuple class.
+
+    Returns
+    -------
+    type
+        ``cls`` itself (so this works as a class decorator).
+
+    Raises
+    ------
+    TypeError
+        ``cls`` is not a NamedTuple class.
+    ValueError
+        Another class of the same name is already registered.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")):
+        raise TypeError(f"cls={cls!r} must be a NamedTuple class")
+    known = _STATE_TYPES.get(cls.__name__)
+    if known is not None and known is not cls:
+        raise ValueError(f"a state type named {cls.__name__!r} is already registered ({known!r}); rename the class")
+    _STATE_TYPES[cls.__name__] = cls
+    return cls
+
+
+def _state_type(name: str, fields: list, where: str) -> type:
+    if "SGDState" not in _STATE_TYPES:  # the optimisers' own states, imported on first use
+        from .adam import AdamState
+        from .egd import EGDState
+        from .sgd import SGDState
+
+        for cls in (SGDState, AdamState, EGDState):
+            _STATE_TYPES.setdefault(cls.__name__, cls)
+    cls = _STATE_TYPES.get(name)
+    if cls is None:
+        raise ValueError(
+            f"state field {where!r} was saved as a {name}, which is not a known state type "
+            f"(known: {sorted(_STATE_TYPES)}); call egdnp.optim.register_state_type({name}) before loading"
+        )
+    if list(cls._fields) != list(fields):
+        raise ValueError(
+            f"state field {where!r} was saved as a {name} with fields {list(fields)}, but {name} now has fields "
+            f"{list(cls._fields)}; the file was written by another version"
+        )
+    return cls
+
+
 def _flatten(prefix: str, value: Any, arrays: dict, meta: dict) -> None:
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        # a nested NamedTuple (e.g. the optimiser state inside an EGGROLL state): keep its type
+        meta[prefix] = {"kind": "namedtuple", "type": type(value).__name__, "fields": list(value._fields)}
+        for field in value._fields:
+            _flatten(prefix + _SEP + field, getattr(value, field), arrays, meta)
+        return
     if isinstance(value, dict):
         if all(isinstance(v, (int, float, str, bool)) or v is None for v in value.values()) and value and not any(
             hasattr(v, "shape") for v in value.values()
@@ -195,6 +263,9 @@ def _unflatten(prefix: str, meta: dict, arrays: dict, xp, device) -> Any:
         return entry["value"]
     if kind == "list":
         return tuple(entry["value"]) if entry["tuple"] else list(entry["value"])
+    if kind == "namedtuple":
+        cls = _state_type(entry["type"], entry["fields"], prefix.replace(_SEP, "."))
+        return cls(**{f: _unflatten(prefix + _SEP + f, meta, arrays, xp, device) for f in entry["fields"]})
     return {k: _unflatten(prefix + _SEP + k, meta, arrays, xp, device) for k in entry["keys"]}
 
 

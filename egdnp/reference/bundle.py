@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,7 +29,7 @@ import numpy as np
 
 from .._files import atomic_write
 
-__all__ = ["Bundle", "checksum", "to_numpy_arrays", "save_bundle", "load_bundle", "load_arrays", "dump_arrays",
+__all__ = ["Bundle", "checksum", "to_numpy_arrays", "save_bundle", "make_manifest", "load_bundle", "load_arrays", "dump_arrays",
            "platform_fingerprint", "MANIFEST", "ARRAYS", "FORMAT_VERSION"]
 
 MANIFEST = "manifest.json"
@@ -140,9 +142,37 @@ class Bundle:
         return self.manifest["scenario"]
 
     @property
-    def params(self) -> dict:
-        """The scenario's hyper-parameters (the manifest's ``"hyperparameters"``)."""
+    def hyperparameters(self) -> dict:
+        """The scenario's hyper-parameters and formulas (the manifest's ``"hyperparameters"``).
+
+        Not the weights: those are the arrays ``params/<key>`` (:meth:`inputs`).
+        """
         return self.manifest.get("hyperparameters", {})
+
+    @property
+    def params(self) -> dict:
+        """Same as :attr:`hyperparameters` (the older name; the weights are the arrays ``params/<key>``)."""
+        return self.hyperparameters
+
+    @property
+    def dtype(self) -> str | None:
+        """The float dtype the bundle was generated in (``"float32"`` or ``"float64"``; None if the manifest lacks it)."""
+        return self.manifest.get("dtype")
+
+    @property
+    def seed(self) -> int | None:
+        """The seed every input and all noise derive from (None if the manifest lacks it)."""
+        return self.manifest.get("seed")
+
+    @property
+    def data_flow(self) -> list:
+        """The expected arrays in data-flow order: ``[{"array", "stage", "what", "steps"}, ...]``.
+
+        ``steps`` is 0 for a plain array, or ``k`` for an array stacked over
+        steps whose row ``r`` belongs to step ``(r + 1) * k``.  Empty for
+        bundles that do not record it (the comparator then sorts by name).
+        """
+        return list(self.hyperparameters.get("data_flow", []))
 
     def inputs(self) -> dict[str, np.ndarray]:
         """Arrays a port reads: names under ``inputs/`` and ``params/``.
@@ -209,12 +239,42 @@ def save_bundle(
     -------
     pathlib.Path of the directory.
     """
+    directory = Path(directory)
+    host = to_numpy_arrays(arrays)
+    manifest = make_manifest(scenario, host, hyperparameters=hyperparameters, backend=backend, dtype=dtype, seed=seed, notes=notes)
+    directory.mkdir(parents=True, exist_ok=True)
+    # Both files are written in full to temporary names before either replaces the old one, so a
+    # failed write leaves the previous bundle as it was (and no temporary file behind).
+    with atomic_write(directory / ARRAYS) as fh_arrays:
+        np.savez(fh_arrays, **host)
+        with atomic_write(directory / MANIFEST, "w") as fh_manifest:
+            fh_manifest.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def make_manifest(scenario: str, arrays: Mapping[str, np.ndarray], *, hyperparameters: Mapping[str, Any] | None = None,
+                  backend: str = "numpy", dtype: str = "float32", seed: int | None = None, notes: str = "") -> dict:
+    """The manifest :func:`save_bundle` writes for these arrays (also used for in-memory bundles).
+
+    Parameters
+    ----------
+    scenario : str
+    arrays : mapping of str to numpy.ndarray
+        Host arrays, any shapes.
+    hyperparameters, backend, dtype, seed, notes :
+        As for :func:`save_bundle`.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: format, scenario, versions, backend, dtype, seed,
+        hyper-parameters, notes, platform fingerprint and the array table
+        (shape, dtype, SHA-256 per array).
+    """
     from .. import __version__
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    host = to_numpy_arrays(arrays)
-    manifest = {
+    host = {name: np.asarray(a) for name, a in arrays.items()}
+    return {
         "format": FORMAT_VERSION,
         "scenario": scenario,
         "egdnp_version": __version__,
@@ -229,13 +289,6 @@ def save_bundle(
             name: {"shape": list(a.shape), "dtype": a.dtype.str, "sha256": checksum(a)} for name, a in sorted(host.items())
         },
     }
-    # Both files are written in full to temporary names before either replaces the old one, so a
-    # failed write leaves the previous bundle as it was (and no temporary file behind).
-    with atomic_write(directory / ARRAYS) as fh_arrays:
-        np.savez(fh_arrays, **host)
-        with atomic_write(directory / MANIFEST, "w") as fh_manifest:
-            fh_manifest.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return directory
 
 
 def load_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
@@ -260,7 +313,8 @@ def load_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
     ValueError
         The manifest is not valid JSON or lacks a required field; a checksum,
         shape or dtype differs from the manifest, or arrays are missing from /
-        extra to the manifest.
+        extra to the manifest; ``arrays.npz`` is empty, truncated or not an
+        ``.npz`` archive.
     """
     directory = Path(directory)
     manifest_path = directory / MANIFEST
@@ -281,8 +335,7 @@ def load_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
     arrays_path = directory / ARRAYS
     if not arrays_path.is_file():
         raise FileNotFoundError(f"bundle {directory} has a manifest but no {ARRAYS}")
-    with np.load(arrays_path, allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
+    arrays = _read_npz(arrays_path, what=f"the arrays of bundle {directory}")
     if verify:
         table = manifest.get("arrays", {})
         missing = sorted(set(table) - set(arrays))
@@ -302,6 +355,36 @@ def load_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
                     "(the file was modified or corrupted); regenerate the bundle"
                 )
     return Bundle(manifest=manifest, arrays=arrays)
+
+
+def _unreadable(path, what: str, exc: BaseException) -> ValueError:
+    size = path.stat().st_size if path.is_file() else 0
+    state = "empty (0 bytes)" if size == 0 else f"truncated or not written by NumPy ({size} bytes)"
+    return ValueError(f"{what} {path} cannot be read: the file is {state} ({type(exc).__name__}: {exc}); "
+                      "write it again (egdnp.reference.dump_arrays / save_bundle) or regenerate the bundle")
+
+
+def _read_npz(path: Path, what: str = "the arrays file") -> dict[str, np.ndarray]:
+    """Every array of a ``.npz``; a zero-byte, truncated or foreign file raises a ValueError naming it."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single .npy array, not an .npz archive")
+        with data:
+            return {name: data[name] for name in data.files}
+    except (EOFError, ValueError, OSError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise  # not a content problem: the caller's message says what it is
+        raise _unreadable(path, what, exc) from None
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (EOFError, ValueError, OSError) as exc:
+        if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise
+        raise _unreadable(path, "the array file", exc) from None
 
 
 def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -325,18 +408,20 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     ------
     FileNotFoundError
         ``path`` is none of these, or a directory without any ``.npy`` file.
+    ValueError
+        A ``.npz``/``.npy`` file that is empty, truncated or not written by
+        NumPy (the message names the file).
     """
     path = Path(path)
     if path.is_dir() and (path / MANIFEST).is_file():
         return load_bundle(path).arrays
     if path.is_file() and path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
+        return _read_npz(path)
     if path.is_dir():
         found = sorted(path.rglob("*.npy"))
         if not found:
             raise FileNotFoundError(f"{path} holds no manifest.json and no .npy files; nothing to compare")
-        return {p.relative_to(path).with_suffix("").as_posix(): np.load(p, allow_pickle=False) for p in found}
+        return {p.relative_to(path).with_suffix("").as_posix(): _read_npy(p) for p in found}
     raise FileNotFoundError(f"{path} is neither a bundle directory, a .npz file nor a directory of .npy files")
 
 

@@ -19,8 +19,19 @@ Array naming
     (P, n, r), ``.../eps`` (P, *shape)).
 ``grads/<key>``
     Loss gradients keyed like params.
+``activations/<layer>``, ``grad_activations/<layer>``
+    Model scenarios (``mlp``, ``cnn``): every layer's forward output and the
+    gradient of the loss with respect to it, named by the model's layer names
+    (``activations/conv2`` (N, C, H, W)); optional for a port.
 ``outputs/...``
     Everything else a port must reproduce.
+
+Data flow
+---------
+Every scenario's hyper-parameters hold ``"data_flow"``: the expected arrays in
+the order they are computed (``{"array", "stage", "what", "steps"}``; forward
+layers, loss, backward layers, parameter gradients, optimiser state, ...).
+The comparator lists arrays in that order and names the first divergence.
 
 Multi-step scenarios (optimiser steps, training trajectories) stack the
 per-step arrays on a leading step axis (``inputs/x`` (steps, batch, n_in),
@@ -107,7 +118,28 @@ def noise(xp, dtype, seed):
         "inputs/fitness": fitness,
         "outputs/centered_ranks": rng.centered_ranks(fitness, xp=xp),
     }
-    hyper = {"address_a": a, "address_b": b, "weights": weights, "weighted_sum_members": list(range(len(weights)))}
+    hyper = {
+        "address_a": a, "address_b": b, "weights": weights, "weighted_sum_members": list(range(len(weights))),
+        "weighted_sum_address": dict(seed=seed, stream="fc1.weight", members=list(range(len(weights))), generation=3),
+        "weighted_sum": "noise/weighted_sum (6, 5) = sum_i weights[i] * normal((6, 5), seed, stream='fc1.weight', member=i, "
+                        "generation=3) for members i = 0..4 (address a's stream and generation, not its member 17); "
+                        "summed in float64 and cast to the dtype at the end (egdnp's CPU kernel draws each member's normals "
+                        "in the dtype, the array-API oracle in float64: they agree within egdnp.rng.NORMAL_ATOL)",
+        "streams": "a str stream is crc32(name.encode('utf-8')) (address a: 'fc1.weight' -> 980894944); "
+                   "an int stream is used as is, without crc32 (address b: stream 7 is the word 7)",
+        "uniform": "24-bit uniforms: (word >> 8) * 2**-24, in [0, 1)",
+        "normal": "Box-Muller on pairs of uniforms (docs/noise.md)",
+        "centered_ranks": "rank / (n - 1) - 0.5 of inputs/fitness, ties averaged",
+        "data_flow": [
+            _entry("noise/words_a", "words", "Philox4x32-10 words at address a"),
+            _entry("noise/words_b", "words", "Philox4x32-10 words at address b (integer stream 7)"),
+            _entry("noise/uniform_a", "uniforms", "24-bit uniforms at address a"),
+            _entry("noise/normal_a", "normals", "Box-Muller normals at address a"),
+            _entry("noise/normal_b", "normals", "Box-Muller normals at address b"),
+            _entry("noise/weighted_sum", "weighted sum", "weighted sum of members 0..4's normals (stream 'fc1.weight', generation 3)"),
+            _entry("outputs/centered_ranks", "ranks", "centered ranks of inputs/fitness"),
+        ],
+    }
     return arrays, hyper
 
 
@@ -163,23 +195,87 @@ def _scalar(xp, value, dtype):
     return xp.asarray(float(value), dtype=getattr(xp, dtype))
 
 
+def _entry(array: str, stage: str, what: str, steps: int = 0) -> dict:
+    """One data-flow entry; ``steps=k``: row r of the stacked array belongs to step (r + 1) * k."""
+    entry = {"array": array, "stage": stage, "what": what}
+    if steps:
+        entry["steps"] = int(steps)
+    return entry
+
+
 # ----------------------------------------------------------------------------
 # models: forward and backward
 # ----------------------------------------------------------------------------
+def _layer_trace(model, params, x, dout):
+    """Every layer's output and ``d loss / d output``, layer by layer, through the public ``Serial`` API.
+
+    Each layer runs as a one-layer ``Serial`` with its own params (the same
+    layer forward/backward calls, in the same order, as ``model.forward`` /
+    ``model.backward``, so the results are the model's bit for bit).  Models
+    without buffers only.  Returns ``(activations, grad_activations, dx)``,
+    the first two keyed by layer name.
+    """
+    from .. import nn
+
+    activations, steps, h = {}, [], x
+    for name, layer in model.layers:
+        single = nn.Serial((name, layer))
+        local = {k: v for k, v in params.items() if k.split(".", 1)[0] == name}
+        h, cache = single.forward(local, h)
+        activations[name] = h
+        steps.append((name, single, local, cache))
+    grad_activations, d = {}, dout
+    for name, single, local, cache in reversed(steps):
+        grad_activations[name] = d
+        d, _ = single.backward(local, cache, d)
+    return activations, grad_activations, d
+
+
+def _model_flow(model) -> list:
+    """Data flow of a forward/backward scenario: forward layers, loss, backward layers, parameter gradients."""
+    names = list(model.names)
+    flow = [_entry(f"activations/{n}", "forward", f"{n} forward output") for n in names]
+    flow += [_entry("outputs/logits", "forward", "logits (the last layer's output)"),
+             _entry("outputs/loss", "loss", "mean softmax cross-entropy"),
+             _entry("outputs/dlogits", "loss", "d loss / d logits")]
+    for i in range(len(names) - 1, -1, -1):
+        by = f"{names[i + 1]} backward's input gradient" if i + 1 < len(names) else "= dlogits"
+        flow.append(_entry(f"grad_activations/{names[i]}", "backward", f"gradient at {names[i]}'s output ({by})"))
+    flow.append(_entry("outputs/dx", "backward", f"d loss / d x ({names[0]} backward's input gradient)"))
+    for n in reversed(names):
+        for key in model.param_shapes():
+            if key.split(".", 1)[0] == n:
+                flow.append(_entry(f"grads/{key}", "parameter gradients", f"d loss / d {key}"))
+    return flow
+
+
+MODEL_CONVENTIONS = {
+    "linear": "y = x @ weight.T + bias, weight (n_out, n_in) (torch.nn.functional.linear)",
+    "activations": "activations/<layer> is the layer's output; grad_activations/<layer> is d loss / d (that output), "
+                   "what torch's tensor.retain_grad() on the layer's output holds after loss.backward(); both optional for a port",
+    "loss": "softmax cross-entropy, mean over the batch (torch.nn.functional.cross_entropy)",
+}
+
+
 def _forward_backward(model, params, x, y, xp):
     from .. import nn
 
     logits, cache = model.forward(params, x)
     loss, dlogits = nn.softmax_cross_entropy_with_grad(logits, y, "mean")
     dx, grads = model.backward(params, cache, dlogits)
+    activations, grad_activations, _ = _layer_trace(model, params, x, dlogits)
     arrays = {"inputs/x": x, "inputs/y": y}
     arrays.update(_prefixed("params", params))
-    arrays.update({"outputs/logits": logits, "outputs/loss": loss, "outputs/dlogits": dlogits, "outputs/dx": dx})
+    arrays.update(_prefixed("activations", activations))
+    arrays.update({"outputs/logits": logits, "outputs/loss": loss, "outputs/dlogits": dlogits})
+    arrays.update(_prefixed("grad_activations", grad_activations))
+    arrays.update({"outputs/dx": dx})
     arrays.update(_prefixed("grads", grads))
     return arrays
 
 
-@scenario("mlp", "MLP 5-7-3 (tanh) forward and backward: logits, mean cross-entropy, d loss/d logits, d loss/d x, every parameter gradient")
+@scenario("mlp", "MLP 5-7-3 (tanh) forward and backward: every layer's output and gradient, logits, mean cross-entropy, "
+                "d loss/d logits, d loss/d x, every parameter gradient")
 def mlp_forward_backward(xp, dtype, seed):
     """``fc1 -> tanh -> fc2``; ``y = x @ W.T + b``; loss = mean softmax cross-entropy over the batch."""
     from .. import nn
@@ -192,14 +288,15 @@ def mlp_forward_backward(xp, dtype, seed):
         "model": "egdnp.nn.mlp(sizes, activation='tanh')",
         "sizes": list(MLP_SIZES),
         "layers": ["fc1 (Linear)", "tanh1", "fc2 (Linear)"],
-        "linear": "y = x @ weight.T + bias, weight (n_out, n_in)",
-        "loss": "softmax cross-entropy, mean over the batch",
+        **MODEL_CONVENTIONS,
         "batch": 4,
+        "data_flow": _model_flow(model),
     }
     return _forward_backward(model, params, x, y, xp), hyper
 
 
-@scenario("cnn", "CNN conv(2->3,3x3,pad1)-relu-maxpool2-conv(3->4)-relu-maxpool2-fc(16->3) on 2x8x8 images: forward, backward, every gradient")
+@scenario("cnn", "CNN conv(2->3,3x3,pad1)-relu-maxpool2-conv(3->4,3x3,pad1)-relu-maxpool2-flatten-fc(16->3) on a batch of 2 "
+                "2x8x8 images: every layer's output and gradient, logits, loss, d loss/d x, every parameter gradient")
 def cnn_forward_backward(xp, dtype, seed):
     """``egdnp.nn.cnn(in_channels=2, image_size=8, n_classes=3, channels=(3, 4))``; cross-correlation as torch.nn.functional.conv2d."""
     from .. import nn
@@ -212,9 +309,15 @@ def cnn_forward_backward(xp, dtype, seed):
         "model": "egdnp.nn.cnn(in_channels=2, image_size=8, n_classes=3, channels=(3, 4))",
         "layers": ["conv1 Conv2d(2, 3, 3, padding=1)", "relu1", "pool1 MaxPool2d(2)", "conv2 Conv2d(3, 4, 3, padding=1)",
                    "relu2", "pool2 MaxPool2d(2)", "flatten (C, H, W) row-major", "fc Linear(16, 3)"],
-        "conv": "cross-correlation (torch.nn.functional.conv2d), weight (C_out, C_in, kh, kw)",
-        "loss": "softmax cross-entropy, mean over the batch",
+        "conv": "cross-correlation (torch.nn.functional.conv2d, no kernel flip), weight (C_out, C_in, kh, kw), "
+                "zero padding 1 on every side, stride 1",
+        "pool": "max pooling, 2x2 windows, stride 2 (torch.nn.functional.max_pool2d); its gradient goes to the first maximum",
+        "flatten": "(N, C, H, W) -> (N, C*H*W) in C, H, W row-major order (torch's x.flatten(1) on NCHW; "
+                   "not NHWC as in TensorFlow/flax): fc.weight column c*H*W + h*W + w",
+        "layout": "images and feature maps (N, C, H, W); activations/<layer> have the layer's output shape",
+        **MODEL_CONVENTIONS,
         "batch": 2,
+        "data_flow": _model_flow(model),
     }
     return _forward_backward(model, params, x, y, xp), hyper
 
@@ -235,8 +338,28 @@ def _make_optimizer(kind):
     from .. import optim
 
     factory, kw = OPTIMIZERS[kind]
-    return getattr(optim, factory)(**kw), {"optimizer": f"egdnp.optim.{factory}", **kw,
-                                           "semantics": "torch.optim." + {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[factory]}
+    torch_name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[factory]
+    hyper = {"optimizer": f"egdnp.optim.{factory}", **kw, "semantics": "torch.optim." + torch_name}
+    if factory == "sgd":
+        hyper.update(nesterov=kw.get("nesterov", False), dampening=0.0, maximize=False,
+                     state="outputs/state/momentum/<key> is torch.optim.SGD's state[p]['momentum_buffer']: "
+                           "buf = momentum * buf + (grad + weight_decay * p) (the first step sets buf = grad + weight_decay * p); "
+                           "p -= lr * (grad + weight_decay * p + momentum * buf if nesterov else buf)")
+    else:
+        hyper.update(amsgrad=False, maximize=False,
+                     state="outputs/state/exp_avg/<key>, outputs/state/exp_avg_sq/<key> are torch.optim."
+                           f"{torch_name}'s state[p]['exp_avg'], ['exp_avg_sq'] (after the step; bias correction "
+                           "1 - beta**t is applied in the update, not stored)",
+                     weight_decay_rule="decoupled: p *= 1 - lr * weight_decay before the Adam step (AdamW)" if factory == "adamw"
+                     else "L2: grad + weight_decay * p enters the moments (torch.optim.Adam)")
+    return getattr(optim, factory)(**kw), hyper
+
+
+def _optimizer_flow(kind, keys, stage_params="params after the update") -> list:
+    fields = ["momentum"] if OPTIMIZERS[kind][0] == "sgd" else ["exp_avg", "exp_avg_sq"]
+    flow = [_entry(f"outputs/state/{f}/{k}", "optimiser state", f"{f} buffer of {k} after the step", steps=1)
+            for f in fields for k in keys]
+    return flow + [_entry(f"outputs/params/{k}", stage_params, f"{k} after the step", steps=1) for k in keys]
 
 
 def _state_arrays(state):
@@ -265,7 +388,8 @@ def _optimizer_steps(kind):
             _append(history, _prefixed("outputs/state", _state_arrays(state)))
         arrays.update(_stacked(xp, history))
         hyper.update(steps=OPT_STEPS, layout="inputs/grads/<key> and outputs/params/<key>, outputs/state/<buffer>/<key> "
-                     "have a leading step axis: row t-1 is the gradient of / the value after update t; buffers start at zero")
+                     "have a leading step axis: row t-1 is the gradient of / the value after update t; buffers start at zero",
+                     data_flow=_optimizer_flow(kind, list(shapes)))
         return arrays, hyper
 
     fn.__name__ = f"{kind}_steps"
@@ -345,6 +469,16 @@ def _egd_cycle(recombine, temperature):
             "recombination": "mean of the elites' params" if recombine == "mean" else
                              "sum_i w_i params_i with w = softmax(-(loss - min loss) / temperature) over the elites",
             "sigma_next": "sigma * sigma_decay",
+            "data_flow": [_entry("outputs/scales", "mutation", "per-tensor mutation scales (param_order)")]
+            + [_entry(f"outputs/mutants/{k}", "mutation", f"mutants of {k} (members 1..pop-1)") for k in params]
+            + [_entry("outputs/base_loss", "scoring", "loss of the base (member 0)"),
+               _entry("outputs/member_losses", "scoring", "every member's loss"),
+               _entry("outputs/elite_indices", "selection", "elite members, best first"),
+               _entry("outputs/elite_losses", "selection", "elite losses, best first"),
+               _entry("outputs/elite_weights", "recombination", "recombination weights of the elites")]
+            + [_entry(f"outputs/recombined/{k}", "recombination", f"recombined {k}") for k in params]
+            + [_entry("outputs/recombined_loss", "recombination", "loss of the recombined params"),
+               _entry("outputs/sigma_next", "sigma schedule", "sigma of the next cycle")],
         }
         return arrays, hyper
 
@@ -464,6 +598,13 @@ def _eggroll_scenario(convention):
             "perturbation": "member i (pair p, sign s): W_i = W + s (sigma/sqrt(r)) A~_p B_p^T; v_i = v + s sigma eps_p",
             "fitness_raw": "f_i = -mean_b cross_entropy(logits_i[b], y[b])",
             **CONVENTION_NOTES[convention],
+            "data_flow": [_entry("outputs/member_pair", "layout", "antithetic pair of each member"),
+                          _entry("outputs/member_sign", "layout", "sign of each member's perturbation"),
+                          _entry("outputs/logits", "forward", "perturbed logits (pop, batch, classes)"),
+                          _entry("outputs/fitness", "fitness", "raw fitness of each member"),
+                          _entry("outputs/shaped_fitness", "shaping", "shaped fitness")]
+            + [_entry(f"outputs/es_gradient/{k}", "ES gradient", f"ES gradient of {k}") for k in sorted(ascent)]
+            + [_entry(f"outputs/params/{k}", "update", f"{k} after the update") for k in new_state.params],
         }
         return arrays, hyper
 
@@ -516,6 +657,8 @@ def _train_gradient(kind):
             _append(history, _prefixed("outputs/params", params))
         arrays.update(_stacked(xp, history))
         hyper.update(TRAIN_HYPER)
+        hyper["data_flow"] = [_entry("outputs/losses", "loss", "loss of the step's batch before the update", steps=1)] + [
+            _entry(f"outputs/params/{k}", "update", f"{k} after the step", steps=1) for k in params]
         return arrays, hyper
 
     fn.__name__ = f"train_{kind}"
@@ -564,6 +707,13 @@ def train_egd(xp, dtype, seed):
                  "cycle scored on the same batch; momentum buffers are zeroed after a cycle",
         "noise": "cycle c (0-based) uses inputs/noise/<key>[c, m - 1] = normal(shape, seed, stream=key, member=m, generation=c)",
         "cycles": "outputs/cycles/*[c] report cycle c (after step (c + 1) * evo_interval)",
+        "data_flow": [_entry("outputs/losses", "loss", "loss of the step's batch before the update", steps=1),
+                      _entry("outputs/cycles/member_losses", "evolution cycle", "every member's loss in the cycle",
+                             steps=EGD_TRAIN["evo_interval"]),
+                      _entry("outputs/cycles/elite_indices", "evolution cycle", "elite members, best first", steps=EGD_TRAIN["evo_interval"]),
+                      _entry("outputs/cycles/recombined_loss", "evolution cycle", "loss of the recombined params",
+                             steps=EGD_TRAIN["evo_interval"])]
+        + [_entry(f"outputs/params/{k}", "update", f"{k} after the step", steps=1) for k in params],
     }
     return arrays, hyper
 
@@ -592,5 +742,7 @@ def train_eggroll(xp, dtype, seed):
         _append(history, _prefixed("outputs/params", state.params))
     arrays.update(_stacked(xp, history))
     hyper = {"convention": "egdnp", **c, "seed": seed, **TRAIN_HYPER, **CONVENTION_NOTES["egdnp"],
-             "noise": "step t (generation t-1) uses inputs/factors/<key>/{A,B,eps}[t-1] (noise addresses of generation t-1)"}
+             "noise": "step t (generation t-1) uses inputs/factors/<key>/{A,B,eps}[t-1] (noise addresses of generation t-1)",
+             "data_flow": [_entry("outputs/fitness", "fitness", "raw fitness of each member", steps=1)]
+             + [_entry(f"outputs/params/{k}", "update", f"{k} after the generation", steps=1) for k in state.params]}
     return arrays, hyper

@@ -276,8 +276,8 @@ def weighted_noise_sum(weights, shape, *, seed, stream=0, members=None, generati
         Member ids; ``range(pop)`` by default.
     generation : int
     dtype : {"float32", "float64"}
-        Output dtype.  Sums accumulate in float64 on CPU and in the output
-        dtype's wider partner on GPU; see docs/noise.md.
+        Output dtype.  Sums accumulate in float64 on every backend; see
+        docs/noise.md.
     xp, device, impl :
         As in :func:`normal`.
 

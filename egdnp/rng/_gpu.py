@@ -6,11 +6,19 @@ spec's formulas are written (fused multiply-adds would change the last bits of
 the normals).  Words are bitwise equal to the Numba and array-API versions;
 normals use CUDA's ``logf``/``sincospif`` (float32) and ``log``/``sincospi``
 (float64), within ``NORMAL_ATOL`` of the float64 reference.
+
+Every CUDA source this module hands to CuPy is listed in :data:`CUDA_SOURCES`
+with the exact options and name expressions CuPy receives.  The tests compile
+each of them with nvcc for sm_80 and sm_90 and run the kernels' bodies as host
+code over 10**6 addresses on every CPU run (tests/test_cuda_sources.py,
+docs/gpu.md); only the device's own math library and the launch itself need a
+GPU (tools/gpu_check.sh).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -119,6 +127,8 @@ __global__ void egdnp_weighted_sum(T* out, long long n, const double* w, const u
 }
 """.replace("M0", f"{PHILOX_M0}u").replace("M1", f"{PHILOX_M1}u").replace("W0", f"{PHILOX_W0}u").replace("W1", f"{PHILOX_W1}u")
 
+OPTIONS = ("--fmad=false", "-std=c++14")
+
 _NAMES = (
     "egdnp_bits",
     "egdnp_normal<float>",
@@ -128,18 +138,53 @@ _NAMES = (
 )
 
 
+class CudaSource(NamedTuple):
+    """One CUDA compilation unit as ``cupy.RawModule`` receives it.
+
+    Attributes
+    ----------
+    name : str
+        A label for test reports.
+    code : str
+        The source text, byte for byte.
+    options : tuple of str
+        The compiler options egdnp passes (CuPy appends ``-ftz=true`` and the
+        ``-arch`` of the current device itself).
+    name_expressions : tuple of str
+        The kernels fetched with ``get_function``; templates are instantiated
+        from these.
+    """
+
+    name: str
+    code: str
+    options: tuple
+    name_expressions: tuple
+
+
+#: Every CUDA source egdnp compiles at run time (a new RawModule/RawKernel/
+#: ElementwiseKernel anywhere in egdnp must be added here: a test checks it).
+CUDA_SOURCES = (CudaSource("rng philox", KERNEL_SOURCE, OPTIONS, _NAMES),)
+
+
 @functools.lru_cache(maxsize=None)
 def _module():
     cupy = _backend._import_cupy()
-    return cupy.RawModule(code=KERNEL_SOURCE, options=("--fmad=false", "-std=c++14"), name_expressions=_NAMES)
+    src = CUDA_SOURCES[0]
+    return cupy.RawModule(code=src.code, options=src.options, name_expressions=src.name_expressions)
+
+
+def _grid(n):
+    """Launch shape ``(grid, threads)`` for ``n`` values: one thread per Philox block
+    (four values), at most 65535 thread blocks (the kernels loop grid-stride)."""
+    nblocks = (n + 3) // 4
+    return max(1, min((nblocks + _THREADS - 1) // _THREADS, 65535)), _THREADS
 
 
 def _launch(name, n, args):
     cupy = _backend._import_cupy()
     kernel = _module().get_function(name)
-    nblocks = (n + 3) // 4
-    grid = max(1, min((nblocks + _THREADS - 1) // _THREADS, 65535))
-    kernel((grid,), (_THREADS,), args)
+    grid, threads = _grid(n)
+    kernel((grid,), (threads,), args)
     return cupy
 
 
