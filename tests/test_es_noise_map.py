@@ -184,3 +184,21 @@ def test_pair_windows_draw_the_same_noise(matrix_noise):
         for field, value in item._asdict().items():
             if field != "shape":
                 np.testing.assert_array_equal(getattr(part.noise[key], field), value[1:3], err_msg=f"{key}.{field}")
+
+
+def test_checkpoint_records_noise_map_and_variant(tmp_path):
+    """A run saved with a noise map (or by a variant) resumes only with the same map / variant settings."""
+    params = {"a.weight": np.ones((3, 4)), "a.bias": np.zeros(3)}
+    s = es.Eggroll(pop_size=4, noise_map={"a.bias": "frozen"})
+    path = tmp_path / "run.npz"
+    s.save(path, s.init(params, seed=1))
+    assert es.Eggroll(pop_size=4, noise_map={"a.bias": "frozen"}).load(path).seed == 1
+    with pytest.raises(ValueError, match="noise_map=None"):
+        es.Eggroll(pop_size=4).load(path)
+    b = es.EggrollBaseline(pop_size=4, group_size=4, clip_norm=2.0)
+    b.save(path, b.init(params, seed=2))
+    assert es.EggrollBaseline(pop_size=4, group_size=4, clip_norm=2.0).load(path).seed == 2
+    with pytest.raises(ValueError, match="clip_norm"):
+        es.EggrollBaseline(pop_size=4, group_size=4, clip_norm=1.0).load(path)
+    with pytest.raises(ValueError, match="strategy="):
+        es.SparseES(pop_size=4).load(path)
