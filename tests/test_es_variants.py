@@ -210,3 +210,21 @@ def test_variants_learn_digits(make):
         f = es.population_fitness(model, state.params, xb, perts, lambda out: es.classification_fitness(out, yb))
         state, _ = strategy.tell(state, perts, f)
     assert loss(state.params) < before - 0.2, (before, loss(state.params))
+
+
+@pytest.mark.parametrize("matrix_noise", ["full", "sparse"])
+def test_full_and_sparse_noise_forward_equals_dense_members_cnn(xp, matrix_noise):
+    """Full-rank and sparse weight noise through every weighted layer of a small CNN (conv weights as their
+    row-major (C_out, C_in kh kw) matrices): the perturbed forward equals the explicit dense members."""
+    from conftest import to_numpy
+
+    model = nn.cnn(1, 8, 4, channels=(2, 3))
+    params = model.init(seed=0, xp=xp, dtype="float64")
+    perts = es.generate(params, pop_size=4, sigma=0.3, seed=5, dtype="float64", matrix_noise=matrix_noise, sparse_k=7)
+    kinds = {type(v).__name__ for k, v in perts.noise.items() if k.endswith("weight")}
+    assert kinds == {"FullNoise" if matrix_noise == "full" else "SparseNoise"}
+    x = xp.asarray(np.random.default_rng(0).standard_normal((3, 1, 8, 8)))
+    out = es.perturbed_model_forward(model, params, x, perts)
+    for i in range(4):
+        ref = model.apply(es.dense_perturbed_params(params, perts, i), x)
+        np.testing.assert_allclose(to_numpy(out)[i], to_numpy(ref), rtol=0, atol=TOL)
