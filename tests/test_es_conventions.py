@@ -311,3 +311,49 @@ def test_conv_against_torch_port_style(dtype, atol):
     for ref in (dense, port):
         np.testing.assert_allclose(np.asarray(out, np.float64), ref.double().numpy(), rtol=0, atol=atol)
     np.testing.assert_allclose(np.asarray(grad, np.float64), ref_grad.double().numpy(), rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("convention,decays", [("hyperscalees-jax", True), ("egdnp", False), ("hyperscalees-torch", False)])
+def test_frozen_leaves_and_adamw_weight_decay(convention, decays):
+    """Frozen leaves (vectors="frozen", the official freeze_nonlora=True) under AdamW: the official JAX
+    noiser hands optax a zero gradient for them and optax's adamw still decays them; egdnp does the
+    same under "hyperscalees-jax" (checked against optax itself, float64, three generations) and
+    skips them (None) under the other two conventions."""
+    params, x, y, raw = _scenario()
+    lr, wd = 0.05, 0.3
+    strategy = es.Eggroll(pop_size=N, rank=R, sigma=SIGMA, convention=convention, vectors="frozen",
+                          optimizer=optim.adamw(lr, weight_decay=wd))
+    model = nn.mlp(SIZES, activation="tanh")
+    state = strategy.init(dict(params), seed=3)
+    history = []
+    for _ in range(3):
+        perts = strategy.ask(state)
+        f = es.population_fitness(model, state.params, x, perts, lambda out: es.classification_fitness(out, y))
+        grads = es.loss_gradients(strategy.shape(f), perts, state.params, convention=convention)
+        history.append(grads)
+        state, _ = strategy.tell(state, perts, f)
+    for k in ("fc1.bias", "fc2.bias"):
+        if decays:
+            assert all(np.array_equal(g[k], np.zeros_like(params[k])) for g in history)
+            np.testing.assert_allclose(state.params[k], params[k] * (1.0 - lr * wd) ** 3, rtol=1e-13)
+        else:
+            assert all(g[k] is None for g in history)
+            np.testing.assert_array_equal(state.params[k], params[k])
+    if not decays:
+        return
+    optax = pytest.importorskip("optax")
+    jax = pytest.importorskip("jax")
+    old_x64 = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        solver = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=wd)
+        p = {k: jax.numpy.asarray(v) for k, v in params.items()}
+        opt_state = solver.init(p)
+        for grads in history:  # the same gradients egdnp computed; optax applies them to every leaf
+            g = {k: jax.numpy.asarray(v) for k, v in grads.items()}
+            updates, opt_state = solver.update(g, opt_state, p)
+            p = optax.apply_updates(p, updates)
+    finally:
+        jax.config.update("jax_enable_x64", old_x64)
+    for k in params:
+        np.testing.assert_allclose(state.params[k], np.asarray(p[k]), rtol=1e-12, atol=1e-14)

@@ -102,13 +102,18 @@ def test_perturbed_conv2d_equals_dense(xp, shared):
         np.testing.assert_allclose(to_numpy(out)[i], ref, rtol=0, atol=TOL)
 
 
-@pytest.mark.parametrize("builder", ["mlp", "cnn", "mlp_bn", "cnn_bn"])
+@pytest.mark.parametrize("builder", ["mlp", "cnn", "mlp_bn", "cnn_bn", "resmlp", "resmlp_plain_ln"])
 def test_model_forward_equals_dense_per_member(xp, builder):
-    """Every weighted egdnp.nn layer (Linear, Conv2d, BatchNorm1d, BatchNorm2d) in the mlp/cnn builders."""
+    """Every weighted egdnp.nn layer (Linear, Conv2d, BatchNorm1d/2d, LayerNorm, Residual) in the builders."""
     if builder == "mlp":
         model, x_shape = nn.mlp((10, 8, 3)), (5, 10)
     elif builder == "mlp_bn":
         model, x_shape = nn.mlp((10, 8, 3), batch_norm=True), (5, 10)
+    elif builder == "resmlp":  # Residual blocks, LayerNorm (affine), SiLU
+        model, x_shape = nn.residual_mlp(10, 3, width=6, depth=2, hidden=7), (5, 10)
+    elif builder == "resmlp_plain_ln":  # LayerNorm without affine; residual first (a shared input into a block)
+        model, x_shape = nn.serial(("block1", nn.Residual(nn.LayerNorm(10, affine=False), nn.Linear(10, 10), nn.SiLU())),
+                                   ("ln", nn.LayerNorm(10)), ("fc", nn.Linear(10, 3))), (5, 10)
     elif builder == "cnn_bn":
         model, x_shape = nn.cnn(1, 8, 4, channels=(3, 4), batch_norm=True), (3, 1, 8, 8)
     else:

@@ -30,9 +30,9 @@ ENV = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREA
 TABLE_ROW = re.compile(r"^\| (SGD|EGD|EGGROLL) +\|", re.M)
 
 
-def run_example(name, *args, timeout=120):
+def run_example(name, *args, timeout=120, cwd=ROOT):
     res = subprocess.run([sys.executable, str(EXAMPLES / name), *map(str, args)], capture_output=True, text=True,
-                         env=ENV, timeout=timeout, cwd=ROOT)
+                         env=ENV, timeout=timeout, cwd=cwd)
     assert res.returncode == 0, f"{name} {' '.join(map(str, args))} failed:\n{res.stdout}\n{res.stderr}"
     return res
 
@@ -95,6 +95,31 @@ def test_cartpole_example(tmp_path):
     assert results["history"]["eval_mean_return"]
 
 
+def test_pendulum_example(tmp_path):
+    pytest.importorskip("gymnasium")
+    out = tmp_path / "pend"
+    res = run_example("pendulum_eggroll.py", "--fast", "--out", out)
+    assert re.search(r"^\| EGGROLL +\|", res.stdout, re.M), res.stdout
+    assert "evaluations/s" in res.stdout and str(out) in res.stdout
+    _png(out / "returns.png")
+    results = json.loads((out / "results.json").read_text())
+    summary = results["summary"]
+    assert summary["env"] == "Pendulum-v1" and summary["evaluations_per_s"] > 0
+    assert summary["member_episodes"] == summary["generations"] * summary["population"] * summary["episodes_per_member"]
+    assert len(results["history"]["mean_return"]) == summary["generations"]
+    assert all(r < 0 for r in results["history"]["mean_return"])  # Pendulum's rewards are costs
+
+
+def test_mujoco_example(tmp_path):
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("mujoco")
+    out = tmp_path / "mj"
+    res = run_example("mujoco_eggroll.py", "--fast", "--no-plot", "--out", out, cwd=tmp_path)  # MuJoCo logs to the cwd
+    assert "HalfCheetah-v5" in res.stdout and "evaluations/s" in res.stdout
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    assert summary["env"] == "HalfCheetah-v5" and summary["parameters"] > 0 and "improvement" in summary
+
+
 def test_egd_plateau_example(tmp_path):
     out = tmp_path / "plateau"
     run_example("egd_plateau.py", "--fast", "--out", out)
@@ -111,7 +136,7 @@ def test_noise_demo_example(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["quickstart.py", "cnn_digits.py", "cartpole_eggroll.py", "egd_plateau.py",
-                                  "noise_demo.py"])
+                                  "noise_demo.py", "pendulum_eggroll.py", "mujoco_eggroll.py"])
 def test_examples_have_help(name):
     res = subprocess.run([sys.executable, str(EXAMPLES / name), "--help"], capture_output=True, text=True, env=ENV,
                          timeout=60, cwd=ROOT)

@@ -156,7 +156,7 @@ def test_avg_pool_grad(xp, kernel, stride, padding):
     check_op(xp, lambda x: F.avg_pool2d_forward(x, kernel, stride, padding), F.avg_pool2d_backward, [x])
 
 
-@pytest.mark.parametrize("kind", ["relu", "tanh", "sigmoid", "gelu"])
+@pytest.mark.parametrize("kind", ["relu", "tanh", "sigmoid", "gelu", "silu"])
 def test_activation_grad(xp, kind):
     fwd, bwd = F.ACTIVATIONS[kind]
     x = _rand(3, 7) * 3.0

@@ -13,27 +13,42 @@ egdnp.es.layers         perturbed linear / conv2d / batch norm, whole-model forw
 egdnp.es.fitness        z-score, group, centered ranks; classification fitness
 egdnp.es.gradient       the ES gradient (true sum, never the factorised shortcut)
 egdnp.es.strategy       ``Eggroll`` with ``init`` / ``ask`` / ``tell``
+egdnp.es.variants       ``OpenES`` (full rank), ``SparseES``, ``EggrollBaseline`` (same API)
+egdnp.es.rl             policies (discrete / tanh heads), observation normalisation, episode returns
 egdnp.es.functional     the PyTorch port's names (get_weight_shapes, ...)
 egdnp.es.checkpoint     save / load a whole run (atomic; resumes bit for bit)
 
 See docs/eggroll.md.
 """
 
-from . import conventions, fitness, functional, gradient, layers, perturbations, strategy
+from . import conventions, fitness, functional, gradient, layers, perturbations, rl, strategy, variants
 from .conventions import CONVENTIONS, Convention, get_convention, noise_generation
 from .fitness import centered_ranks, classification_fitness, group_zscore, shape_fitness, zscore, zscore_var_eps
-from .gradient import es_gradient, factorised_shortcut, loss_gradients, lowrank_weighted_sum, pair_weights
+from .gradient import es_gradient, factorised_shortcut, loss_gradients, lowrank_weighted_sum, pair_weights, sparse_weighted_sum
 from .layers import (
     dense_perturbed_params,
     perturbed_batch_norm,
     perturbed_conv2d,
+    perturbed_layer_norm,
     perturbed_linear,
     perturbed_matmul,
     perturbed_model_forward,
     population_fitness,
 )
-from .perturbations import FullNoise, LowRankNoise, Perturbations, generate, plan_parameters
+from .perturbations import (
+    FullNoise,
+    LowRankNoise,
+    Perturbations,
+    SparseNoise,
+    StackedLowRankNoise,
+    dense_noise,
+    generate,
+    plan_parameters,
+    resolve_noise_map,
+    slice_perturbations,
+)
 from .strategy import Eggroll, EggrollState
+from .variants import EggrollBaseline, OpenES, SparseES, baseline_zscore, clip_by_global_norm
 from . import checkpoint  # noqa: E402  (needs strategy)
 
 __all__ = [
@@ -43,7 +58,9 @@ __all__ = [
     "gradient",
     "layers",
     "perturbations",
+    "rl",
     "strategy",
+    "variants",
     "checkpoint",
     "CONVENTIONS",
     "Convention",
@@ -60,9 +77,11 @@ __all__ = [
     "loss_gradients",
     "lowrank_weighted_sum",
     "pair_weights",
+    "sparse_weighted_sum",
     "dense_perturbed_params",
     "perturbed_batch_norm",
     "perturbed_conv2d",
+    "perturbed_layer_norm",
     "perturbed_linear",
     "perturbed_matmul",
     "perturbed_model_forward",
@@ -70,8 +89,18 @@ __all__ = [
     "FullNoise",
     "LowRankNoise",
     "Perturbations",
+    "SparseNoise",
+    "StackedLowRankNoise",
+    "dense_noise",
     "generate",
     "plan_parameters",
+    "resolve_noise_map",
+    "slice_perturbations",
     "Eggroll",
     "EggrollState",
+    "OpenES",
+    "SparseES",
+    "EggrollBaseline",
+    "baseline_zscore",
+    "clip_by_global_norm",
 ]

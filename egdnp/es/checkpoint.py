@@ -48,12 +48,16 @@ def noise_settings(strategy: Eggroll) -> dict:
     dict of str to (int, float, str, bool or None)
         ``pop_size``, ``rank``, ``antithetic``, ``convention``, ``vectors``,
         ``noise_reuse``, ``sigma`` (``"schedule"`` for a callable), ``fitness``,
-        ``group_size``: a checkpoint can only be resumed by a strategy with
-        the same values.
+        ``group_size``, plus the strategy class, its noise map (a dict as text,
+        ``"callable"`` for a function, which cannot be compared) and a
+        variant's own settings (``SparseES.k``, ``EggrollBaseline.clip_norm``):
+        a checkpoint can only be resumed by a strategy with the same values.
     """
     if not isinstance(strategy, Eggroll):
         raise TypeError(f"strategy must be an es.Eggroll, got {type(strategy).__name__}")
+    extra = _extra_settings(strategy)
     return {
+        "strategy": extra.pop("strategy"),  # first: the most telling mismatch
         "pop_size": int(strategy.pop_size),
         "rank": int(strategy.rank),
         "antithetic": bool(strategy.antithetic),
@@ -63,7 +67,26 @@ def noise_settings(strategy: Eggroll) -> dict:
         "sigma": "schedule" if callable(strategy.sigma) else float(strategy.sigma),
         "fitness": strategy.fitness,
         "group_size": int(strategy.group_size),
+        **extra,
     }
+
+
+# Settings added after the first checkpoints were written: a file without them was
+# written by a plain Eggroll without a noise map.
+_EXTRA_DEFAULTS = {"strategy": "Eggroll", "noise_map": None}
+
+
+def _extra_settings(strategy) -> dict:
+    noise_map = getattr(strategy, "noise_map", None)
+    if isinstance(noise_map, dict):
+        noise_map = repr(sorted(noise_map.items()))
+    elif noise_map is not None:
+        noise_map = "callable"
+    extra = {"strategy": type(strategy).__name__, "noise_map": noise_map}
+    for name in ("k", "clip_norm"):  # SparseES, EggrollBaseline
+        if hasattr(strategy, name):
+            extra[name] = getattr(strategy, name)
+    return extra
 
 
 def save(path: Any, strategy: Eggroll, state: EggrollState) -> None:
@@ -138,7 +161,7 @@ def load(path: Any, strategy: Eggroll, *, like: dict | None = None, xp: Any = No
         raise ValueError(f"{where} is not an EGGROLL checkpoint written by es.save / Eggroll.save: {exc}") from None
     want = noise_settings(strategy)
     for key, value in want.items():
-        saved = ck.settings.get(key, "<missing>")
+        saved = ck.settings.get(key, _EXTRA_DEFAULTS.get(key, "<missing>"))
         if saved != value:
             raise ValueError(
                 f"{where} was saved by a strategy with {key}={saved!r}, but this Eggroll has {key}={value!r}; "

@@ -33,6 +33,12 @@ update                       ``W <- W + lr g``           optimiser on loss grad 
 noise across generations     fresh each generation       ``noise_reuse=0``: SAME     fresh each generation
                              (caller's generator)        noise every generation;
                                                          ``K >= 1``: new every K
+frozen params and the        not updated at all (the     a ZERO gradient goes to     skipped (``None``): no
+optimiser (``frozen_grads``) port's SGD touches only     the optimiser, which still  weight decay, no moment
+                             perturbed weights):         runs on them: AdamW / SGD   update, no step count
+                             ``None``, skipped           weight decay shrinks them   (``"none"``)
+                                                         (optax on every leaf;
+                                                         ``"zeros"``)
 ===========================  ==========================  ==========================  ==========================
 
 The noise_reuse trap
@@ -74,6 +80,13 @@ class Convention:
         Default treatment of parameters that are not low rank.
     noise_reuse : int or None
         Default noise_reuse (None: the generation addresses the noise).
+    frozen_grads : {"none", "zeros"}
+        What the optimiser receives for a parameter that is not perturbed
+        (frozen by ``vectors="frozen"``, a noise map or the convention):
+        ``"none"`` -- nothing, the optimiser skips it (no weight decay, no
+        moment update); ``"zeros"`` -- a zero gradient, so the optimiser still
+        runs on it (AdamW / SGD weight decay shrink it), as optax does for
+        every leaf in the official JAX noiser.
     """
 
     name: str
@@ -83,6 +96,7 @@ class Convention:
     weight_names_only: bool
     vectors: str
     noise_reuse: int | None
+    frozen_grads: str = "none"
 
 
 CONVENTIONS: dict[str, Convention] = {
@@ -103,6 +117,7 @@ CONVENTIONS: dict[str, Convention] = {
         weight_names_only=False,
         vectors="full",
         noise_reuse=1,
+        frozen_grads="zeros",
     ),
     "egdnp": Convention(
         name="egdnp",

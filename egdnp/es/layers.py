@@ -30,6 +30,7 @@ perturbed_matmul(x, w2, bias, perts, weight_key, bias_key, members)
 perturbed_linear(x, weight, bias, perts, *, weight_key, bias_key, members)
 perturbed_conv2d(x, weight, bias, perts, *, weight_key, bias_key, stride, padding, dilation, members)
 perturbed_batch_norm(x, gamma, beta, running_mean, running_var, perts, *, ...)   (eval statistics)
+perturbed_layer_norm(x, gamma, beta, perts, *, gamma_key, beta_key, eps, members)
 perturbed_model_forward(model, params, x, perts, *, members, state)
 dense_perturbed_params(params, perts, member)   (explicit W + A B^T, for tests)
 """
@@ -39,7 +40,7 @@ from __future__ import annotations
 import numbers
 
 from .. import _backend
-from .perturbations import FullNoise, LowRankNoise, Perturbations
+from .perturbations import FullNoise, LowRankNoise, Perturbations, SparseNoise, StackedLowRankNoise, _one_hot, dense_noise
 
 __all__ = [
     "member_range",
@@ -47,6 +48,7 @@ __all__ = [
     "perturbed_linear",
     "perturbed_conv2d",
     "perturbed_batch_norm",
+    "perturbed_layer_norm",
     "perturbed_model_forward",
     "dense_perturbed_params",
     "population_fitness",
@@ -121,6 +123,14 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
     array, shape (N, rows, m); or (rows, m) when x is shared and nothing is perturbed
     """
     xp = _backend.array_namespace(x, w2)
+    other = None if (perts is None or weight_key is None) else perts.noise.get(weight_key)
+    if isinstance(other, StackedLowRankNoise):
+        raise TypeError(f"perts.noise[{weight_key!r}] is stacked (shape {other.shape}); run one slice at a time with "
+                        f"es.slice_perturbations(perts, {{{weight_key!r}: l}}) and the weight's slice l")
+    if isinstance(other, (FullNoise, SparseNoise)):
+        # Full-rank (OpenAI-ES) or sparse weight noise: the unperturbed-weight product plus s_i x_i E_{p_i}^T.
+        base = perturbed_matmul(x, w2, bias, perts, None, bias_key, members, impl=impl, cache=cache)
+        return base + _weight_noise_term(xp, x, other, perts, members, int(w2.shape[0]), int(w2.shape[1]))
     wn = _noise(perts, weight_key, LowRankNoise)
     bn = _noise(perts, bias_key, FullNoise)
     m, n = int(w2.shape[0]), int(w2.shape[1])
@@ -187,6 +197,31 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
     if beps is not None:
         out = out + xp.take(beps, pair_idx, axis=0)[:, None, :] * sign
     return out
+
+
+def _weight_noise_term(xp, x, item, perts, members, m, n):
+    """``s_i x_i E_{p_i}^T`` of full-rank or sparse weight noise, shape (N, rows, m).
+
+    Full rank: one batched product with the members' (m, n) noise matrices
+    (memory ``O(N m n)``, what full-rank ES costs).  Sparse: ``x_i`` times the
+    one-hot columns, scaled by the values, times the one-hot rows (memory
+    ``O(N k (m + n))``; a gather/scatter-add written as array-API products).
+    """
+    start, stop = member_range(perts, members)
+    n_members = stop - start
+    if len(x.shape) == 3 and int(x.shape[0]) != n_members:
+        raise ValueError(f"x has {int(x.shape[0])} members (axis 0) but members={start, stop} selects {n_members}")
+    device = _backend.device_of(x)
+    pair_idx = xp.asarray(list(perts.pair[start:stop]), dtype=xp.int64, device=device)
+    sign = xp.reshape(xp.asarray(list(perts.sign[start:stop]), dtype=x.dtype, device=device), (n_members, 1, 1))
+    if isinstance(item, FullNoise):
+        eps = xp.take(xp.reshape(item.eps, (int(item.eps.shape[0]), m, n)), pair_idx, axis=0)  # (N, m, n)
+        return xp.matmul(x, xp.permute_dims(eps, (0, 2, 1))) * sign
+    k = int(item.values.shape[1])
+    cols = _one_hot(xp, xp.take(item.cols, pair_idx, axis=0), n, x.dtype)  # (N, k, n)
+    rows = _one_hot(xp, xp.take(item.rows, pair_idx, axis=0), m, x.dtype)  # (N, k, m)
+    vals = xp.reshape(xp.take(item.values, pair_idx, axis=0), (n_members, 1, k)) * sign
+    return xp.matmul(xp.matmul(x, xp.permute_dims(cols, (0, 2, 1))) * vals, rows)
 
 
 def perturbed_linear(x, weight, bias=None, perts: Perturbations | None = None, *, weight_key=None, bias_key=None,
@@ -320,8 +355,65 @@ def perturbed_batch_norm(x, gamma, beta, running_mean, running_var, perts: Pertu
     return xhat * member_vec(gamma, gn) + member_vec(beta, bn)
 
 
+def _member_vectors(xp, perts, members, base, noise, n_lead, x_dtype, device):
+    """``base + s_i eps_{p_i}`` for the members, shaped (N, 1, ..., 1, F) with ``n_lead`` unit axes."""
+    start, stop = member_range(perts, members)
+    n_members = stop - start
+    features = int(base.shape[0])
+    v = xp.reshape(base, (1,) * (n_lead + 1) + (features,))
+    if noise is None:
+        return v
+    pair_idx = xp.asarray(list(perts.pair[start:stop]), dtype=xp.int64, device=device)
+    sign = xp.reshape(xp.asarray(list(perts.sign[start:stop]), dtype=x_dtype, device=device), (n_members,) + (1,) * (n_lead + 1))
+    return v + xp.reshape(xp.take(noise.eps, pair_idx, axis=0), (n_members,) + (1,) * n_lead + (features,)) * sign
+
+
+def perturbed_layer_norm(x, gamma, beta, perts: Perturbations | None = None, *, gamma_key=None, beta_key=None,
+                         eps: float = 1e-5, members=None):
+    """Layer norm over the last axis with perturbed scale/shift.
+
+    ``y_i = (x_i - mean) / sqrt(var + eps) * (gamma + s_i e^g_{p_i}) + (beta + s_i e^b_{p_i})``
+    (row statistics of each member's own input; nothing is stored).
+
+    Parameters
+    ----------
+    x : array, shape (N, batch, F) per member, or shared (batch, F)
+    gamma, beta : array, shape (F,), or None (LayerNorm without affine)
+    perts : Perturbations or None
+    gamma_key, beta_key : str, optional
+        Keys of ``perts.noise`` (``"ln1.weight"``, ``"ln1.bias"``).
+    eps : float > 0
+    members : (start, stop), optional
+
+    Returns
+    -------
+    array, shape (N, batch, F) when anything is perturbed, else shape of x
+    """
+    from ..nn import functional as F
+
+    xp = _backend.array_namespace(x)
+    gn = _noise(perts, gamma_key, FullNoise) if gamma is not None else None
+    bn = _noise(perts, beta_key, FullNoise) if beta is not None else None
+    if gn is None and bn is None:
+        return F.layer_norm(x, gamma, beta, eps)
+    start, stop = member_range(perts, members)
+    n_members = stop - start
+    if len(x.shape) == 3 and int(x.shape[0]) != n_members:
+        raise ValueError(f"x has {int(x.shape[0])} members (axis 0) but members={start, stop} selects {n_members}")
+    if len(x.shape) not in (2, 3):
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected (N, batch, F) or shared (batch, F)")
+    xhat = F.layer_norm(x, None, None, eps)
+    if len(x.shape) == 2:
+        xhat = xp.broadcast_to(xhat[None, ...], (n_members,) + tuple(int(s) for s in x.shape))
+    device = _backend.device_of(x)
+    out = xhat if gamma is None else xhat * _member_vectors(xp, perts, members, gamma, gn, 1, x.dtype, device)
+    if beta is not None:
+        out = out + _member_vectors(xp, perts, members, beta, bn, 1, x.dtype, device)
+    return out
+
+
 def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None, *, members=None, state=None,
-                            impl: str = "auto", cache: dict | None = None):
+                            impl: str = "auto", cache: dict | None = None, prefix: str = ""):
     """Forward of a whole ``egdnp.nn`` model for every member (or a slice).
 
     Linear, Conv2d and BatchNorm layers run their perturbed versions; every
@@ -342,6 +434,10 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
     cache : dict, optional
         Scratch space shared by the chunks of one population evaluation (see
         :func:`perturbed_matmul`); create a fresh dict per evaluation.
+    prefix : str
+        Prepended to this model's parameter keys to find their noise (a
+        :class:`~egdnp.nn.Residual` body runs with ``prefix="block1."``);
+        noise of keys outside the prefix is ignored here.
 
     Returns
     -------
@@ -351,10 +447,12 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
 
     xp = _backend.array_namespace(x)
     start, stop = member_range(perts, members) if perts is not None else (0, None)
-    known = (L.Linear, L.Conv2d, L.BatchNorm1d, L.BatchNorm2d)
+    known = (L.Linear, L.Conv2d, L.BatchNorm1d, L.BatchNorm2d, L.LayerNorm, L.Residual)
     if perts is not None:
-        owners = {f"{n}.{k}": layer for n, layer in model.layers for k in layer.param_shapes()}
+        owners = {f"{prefix}{n}.{k}": layer for n, layer in model.layers for k in layer.param_shapes()}
         for key in perts.noise:
+            if not key.startswith(prefix):
+                continue
             if key not in owners:
                 raise ValueError(f"perts perturbs {key!r}, which is not a parameter of the model; keys are {list(owners)}")
             if not isinstance(owners[key], known):
@@ -363,7 +461,7 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
     seen: dict[str, bool] = {}  # whether the model's input was shared, judged by its first weighted layer
 
     def layer_fn(name, layer, local_params, h):
-        wk, bk = f"{name}.weight", f"{name}.bias"
+        wk, bk = f"{prefix}{name}.weight", f"{prefix}{name}.bias"
         if isinstance(layer, known) and "x_shared" not in seen:
             image = isinstance(layer, (L.Conv2d, L.BatchNorm2d))
             seen["x_shared"] = len(h.shape) == (4 if image else 2)
@@ -379,6 +477,17 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
                                         state[f"{name}.running_var"], perts, gamma_key=wk, beta_key=bk,
                                         feature_axis=-1 if isinstance(layer, L.BatchNorm1d) else -3,
                                         eps=layer.eps, members=members)
+        if isinstance(layer, L.LayerNorm):
+            return perturbed_layer_norm(h, local_params.get("weight"), local_params.get("bias"), perts, gamma_key=wk,
+                                        beta_key=bk, eps=layer.eps, members=members)
+        if isinstance(layer, L.Residual):
+            sub = f"{name}."
+            if perts is None or not any(k.startswith(prefix + sub) for k in perts.noise):
+                return None  # nothing perturbed inside: the plain forward (a shared input stays shared)
+            sub_state = {k[len(sub):]: v for k, v in state.items() if k.startswith(sub)}
+            body = perturbed_model_forward(layer.body, local_params, h, perts, members=members,
+                                           state=sub_state or None, impl=impl, cache=cache, prefix=prefix + sub)
+            return h + body
         return None
 
     out = model.apply(params, x, state=state if state else None, layer_fn=layer_fn)
@@ -409,15 +518,10 @@ def dense_perturbed_params(params: dict, perts: Perturbations, member: int) -> d
         A new dict: perturbed keys get new arrays of the parameter's shape,
         the others are the given arrays.
     """
-    xp = _backend.array_namespace(*params.values())
     p, s = int(perts.pair[member]), float(perts.sign[member])
     out = dict(params)
     for key, item in perts.noise.items():
-        if isinstance(item, LowRankNoise):
-            e = s * xp.matmul(item.A[p, ...], item.B[p, ...].T)
-            out[key] = params[key] + xp.reshape(e, tuple(params[key].shape))
-        else:
-            out[key] = params[key] + s * item.eps[p, ...]
+        out[key] = params[key] + s * dense_noise(item, p)
     return out
 
 

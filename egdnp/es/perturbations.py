@@ -43,6 +43,8 @@ from .conventions import get_convention, noise_generation
 
 __all__ = [
     "LowRankNoise",
+    "StackedLowRankNoise",
+    "SparseNoise",
     "FullNoise",
     "Perturbations",
     "matrix_shape",
@@ -51,7 +53,13 @@ __all__ = [
     "generate",
     "check_rank",
     "pair_normals",
+    "resolve_noise_map",
+    "slice_stream",
+    "slice_perturbations",
+    "dense_noise",
 ]
+
+KINDS = ("lowrank", "full", "frozen")
 
 
 class LowRankNoise(NamedTuple):
@@ -69,6 +77,51 @@ class LowRankNoise(NamedTuple):
 
     A: Any
     B: Any
+    shape: tuple
+
+
+class StackedLowRankNoise(NamedTuple):
+    """Factors of a stack of L matrices, a 3-D parameter (L, m, n): rank-r noise per slice.
+
+    Slice ``l`` is its own matrix with its own factors (the official noiser's
+    scan map): member ``i`` evaluates slice ``l`` at ``W[l] + s_i A[p_i, l] B[p_i, l]^T``.
+    egdnp's own noise of slice ``l`` is addressed by the stream
+    :func:`slice_stream` ``(name, l)`` = ``"<name>[<l>]"``.
+
+    Attributes
+    ----------
+    A : array, shape (P, L, m, r)
+        Unsigned, scaled factors ``sigma / sqrt(r) * A~``.
+    B : array, shape (P, L, n, r)
+    shape : tuple of int
+        (L, m, n).
+    """
+
+    A: Any
+    B: Any
+    shape: tuple
+
+
+class SparseNoise(NamedTuple):
+    """Sparse perturbation of one matrix: ``k`` random entries per pair.
+
+    Pair ``p`` adds ``values[p, j]`` at entry ``(rows[p, j], cols[p, j])``
+    for ``j < k`` (entries drawn uniformly with replacement; a repeated entry
+    adds up).  Member ``i`` evaluates ``W + s_i E_{p_i}``.
+
+    Attributes
+    ----------
+    values : array, shape (P, k)
+        Unsigned, scaled values ``sigma * eps``.
+    rows, cols : array of int64, shape (P, k)
+        Entry positions in the (m, n) matrix (a conv weight's row-major flattening).
+    shape : tuple of int
+        The parameter's own shape.
+    """
+
+    values: Any
+    rows: Any
+    cols: Any
     shape: tuple
 
 
@@ -214,8 +267,98 @@ def check_rank(rank, shapes: dict[str, tuple[int, int]]) -> int:
     return rank
 
 
-def plan_parameters(shapes: dict, *, convention="egdnp", vectors: str | None = None) -> dict[str, str]:
+def slice_stream(name: str, index: int) -> str:
+    """The noise stream of slice ``index`` of a stacked (L, m, n) parameter: ``"<name>[<index>]"``.
+
+    Parameters
+    ----------
+    name : str
+        The parameter key (``"blocks.weight"``).
+    index : int
+        Slice number in ``0 .. L - 1``.
+
+    Returns
+    -------
+    str
+    """
+    return f"{name}[{int(index)}]"
+
+
+def _is_pattern(key: str) -> bool:
+    return any(c in key for c in "*?[")
+
+
+def resolve_noise_map(noise_map, shapes: dict) -> dict[str, str]:
+    """The kinds a noise map assigns: ``{name: "lowrank" | "full" | "frozen"}`` for the names it covers.
+
+    Parameters
+    ----------
+    noise_map : dict, callable or None
+        * a dict ``{key or glob pattern: kind}``: an exact key wins; otherwise
+          the first pattern (``fnmatch``: ``*``, ``?``, ``[...]``) that matches,
+          in the dict's order.  An exact key that is no parameter raises (a typo
+          would otherwise be ignored silently).
+        * a callable ``fn(name, value) -> kind or None`` with ``value`` the
+          entry of ``shapes`` (the array when a params dict is given, else the
+          shape tuple); None keeps the default for that name.
+    shapes : dict[str, tuple of int or array]
+        The parameters (or their shapes).
+
+    Returns
+    -------
+    dict[str, str]
+        Only the names the map decides.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not a dict/callable, a kind not in ``("lowrank", "full", "frozen")``,
+        or an exact key that is not a parameter.
+    """
+    import fnmatch
+
+    if noise_map is None:
+        return {}
+    out: dict[str, str] = {}
+    if isinstance(noise_map, dict):
+        for key, kind in noise_map.items():
+            if not isinstance(key, str):
+                raise TypeError(f"noise_map key {key!r} must be a parameter name or a glob pattern (str)")
+            if kind not in KINDS:
+                raise ValueError(f"noise_map[{key!r}]={kind!r} must be one of {KINDS}")
+            if not _is_pattern(key) and key not in shapes:
+                raise ValueError(f"noise_map names {key!r}, which is not a parameter; parameters are {list(shapes)} "
+                                 "(use a glob pattern such as 'fc*.bias' to match several)")
+        patterns = [(k, v) for k, v in noise_map.items() if _is_pattern(k)]
+        for name in shapes:
+            if name in noise_map:
+                out[name] = noise_map[name]
+                continue
+            for pattern, kind in patterns:
+                if fnmatch.fnmatchcase(name, pattern):
+                    out[name] = kind
+                    break
+        return out
+    if callable(noise_map):
+        for name, value in shapes.items():
+            kind = noise_map(name, value)
+            if kind is None:
+                continue
+            if kind not in KINDS:
+                raise ValueError(f"noise_map({name!r}, ...) returned {kind!r}; it must return one of {KINDS} or None")
+            out[name] = kind
+        return out
+    raise TypeError(f"noise_map must be a dict {{name or pattern: kind}} or a callable (name, array) -> kind; "
+                    f"got {type(noise_map).__name__}")
+
+
+def plan_parameters(shapes: dict, *, convention="egdnp", vectors: str | None = None, noise_map=None) -> dict[str, str]:
     """How each parameter is perturbed: ``"lowrank"``, ``"full"`` or ``"frozen"``.
+
+    Default: 2-D and 4-D parameters low rank, 3-D parameters (L stacked
+    matrices) low rank per slice, everything else full rank (or frozen with
+    ``vectors="frozen"``); ``"hyperscalees-torch"`` perturbs only ``*weight*``
+    2-D/4-D parameters.  A ``noise_map`` overrides the default per parameter.
 
     Parameters
     ----------
@@ -223,9 +366,13 @@ def plan_parameters(shapes: dict, *, convention="egdnp", vectors: str | None = N
         Parameter shapes (a params dict works too: its arrays' shapes are used).
     convention : str
     vectors : {"full", "frozen"}, optional
-        Treatment of parameters that are not 2-D/4-D; the convention's default
+        Treatment of parameters that are not matrices; the convention's default
         when None.  Ignored by ``"hyperscalees-torch"`` (only ``*weight*``
         2-D/4-D parameters are perturbed there).
+    noise_map : dict or callable, optional
+        Per-parameter override (see :func:`resolve_noise_map`), e.g.
+        ``{"emb.weight": "frozen", "head.weight": "full", "*.bias": "frozen"}``.
+        ``"lowrank"`` needs a 2-D, 3-D (stacked) or 4-D parameter.
 
     Returns
     -------
@@ -235,17 +382,108 @@ def plan_parameters(shapes: dict, *, convention="egdnp", vectors: str | None = N
     vectors = conv.vectors if vectors is None else vectors
     if vectors not in ("full", "frozen"):
         raise ValueError(f"vectors={vectors!r} must be 'full' (full-rank noise) or 'frozen' (not perturbed)")
+    overrides = resolve_noise_map(noise_map, shapes)
     plan = {}
     for name, shape in shapes.items():
         shape = tuple(int(s) for s in (shape.shape if hasattr(shape, "shape") else shape))
         is_matrix = matrix_shape(shape) is not None
-        if conv.weight_names_only:
+        if name in overrides:
+            kind = overrides[name]
+            if kind == "lowrank" and not (is_matrix or len(shape) == 3):
+                raise ValueError(f"noise_map asks for low-rank noise on {name!r} of shape {shape}, which is not a matrix "
+                                 "(2-D, 3-D stacked or 4-D conv); use 'full' or 'frozen' for it")
+            plan[name] = kind
+        elif conv.weight_names_only:
             plan[name] = "lowrank" if (is_matrix and "weight" in name) else "frozen"
-        elif is_matrix:
+        elif is_matrix or len(shape) == 3:
             plan[name] = "lowrank"
         else:
             plan[name] = "frozen" if vectors == "frozen" else "full"
     return plan
+
+
+def _lowrank_dims(shape) -> tuple[int, int]:
+    """(m, n) of a low-rank parameter: a matrix, a conv weight, or one slice of a stack."""
+    shape = tuple(int(s) for s in shape)
+    return (shape[1], shape[2]) if len(shape) == 3 else matrix_shape(shape)
+
+
+def slice_perturbations(perts: "Perturbations", indices: dict) -> "Perturbations":
+    """The perturbations of single slices of stacked parameters, as ordinary entries.
+
+    ``indices={"stack.weight": l, "stack.bias": l}`` replaces the noise of a
+    stacked (L, m, n) weight by the :class:`LowRankNoise` of its slice ``l``
+    (and a (L, m) bias's :class:`FullNoise` by row ``l``), so the usual
+    perturbed layers run slice ``l`` as its own matrix::
+
+        h = es.perturbed_linear(h, W[l], b[l], es.slice_perturbations(perts, {"w": l, "b": l}),
+                                weight_key="w", bias_key="b")
+
+    Parameters
+    ----------
+    perts : Perturbations
+    indices : dict[str, int]
+        Stacked parameter key -> slice index.
+
+    Returns
+    -------
+    Perturbations
+        A new tuple sharing the arrays (slices are views); other entries unchanged.
+    """
+    noise = dict(perts.noise)
+    for key, index in indices.items():
+        item = noise.get(key)
+        if item is None:
+            continue  # not perturbed: nothing to slice
+        length = int(item.shape[0])
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= int(index) < length:
+            raise ValueError(f"slice index {index!r} for {key!r} must be an int in [0, {length})")
+        index = int(index)
+        if isinstance(item, StackedLowRankNoise):
+            noise[key] = LowRankNoise(item.A[:, index, ...], item.B[:, index, ...], tuple(item.shape[1:]))
+        elif isinstance(item, FullNoise) and len(item.shape) >= 2:
+            noise[key] = FullNoise(item.eps[:, index, ...], tuple(item.shape[1:]))
+        else:
+            raise TypeError(f"perts.noise[{key!r}] is a {type(item).__name__} of shape {item.shape}; only stacked "
+                            "low-rank noise or full noise with a leading slice axis can be sliced")
+    return perts._replace(noise=noise)
+
+
+def _one_hot(xp, index, size, dtype):
+    """``(..., k) int -> (..., k, size)`` one-hot rows (array-API: a comparison, no scatter)."""
+    grid = xp.reshape(xp.arange(size, dtype=index.dtype, device=_backend.device_of(index)), (1,) * len(index.shape) + (size,))
+    return xp.astype(index[..., None] == grid, dtype)
+
+
+def dense_noise(item, pair: int):
+    """The explicit perturbation ``E_p`` of one pair, in the parameter's shape (tests, small models).
+
+    Parameters
+    ----------
+    item : LowRankNoise, StackedLowRankNoise, SparseNoise or FullNoise
+    pair : int
+        Pair (noise) index.
+
+    Returns
+    -------
+    array, shape ``item.shape``
+        Unsigned: member ``i`` adds ``sign[i] * dense_noise(item, pair[i])``.
+    """
+    if isinstance(item, FullNoise):
+        return item.eps[pair, ...]
+    if isinstance(item, LowRankNoise):
+        xp = _backend.array_namespace(item.A)
+        return xp.reshape(xp.matmul(item.A[pair, ...], item.B[pair, ...].T), tuple(item.shape))
+    if isinstance(item, StackedLowRankNoise):
+        xp = _backend.array_namespace(item.A)
+        return xp.matmul(item.A[pair, ...], xp.permute_dims(item.B[pair, ...], (0, 2, 1)))
+    if isinstance(item, SparseNoise):
+        xp = _backend.array_namespace(item.values)
+        m, n = matrix_shape(item.shape)
+        rows = _one_hot(xp, item.rows[pair, ...], m, item.values.dtype)  # (k, m)
+        cols = _one_hot(xp, item.cols[pair, ...], n, item.values.dtype)  # (k, n)
+        return xp.reshape(xp.matmul(rows.T * item.values[pair, ...], cols), tuple(item.shape))
+    raise TypeError(f"{type(item).__name__} is not a noise item of egdnp.es.perturbations")
 
 
 def member_layout(pop_size: int, *, antithetic: bool, layout: str) -> tuple[np.ndarray, np.ndarray]:
@@ -341,12 +579,17 @@ def pair_normals(n_pairs: int, size: int, *, seed: int, stream, generation: int,
 
 def _check_external(name, kind, value, n_pairs, shape, rank, xp):
     """Shapes of caller-supplied raw factors; returns arrays in ``xp``."""
+    if kind == "sparse":
+        raise ValueError(f"factors[{name!r}]: caller-supplied noise is not supported for sparse perturbations; "
+                         "leave it out (egdnp draws the entries from the seed)")
     if kind == "lowrank":
-        m, n = matrix_shape(shape)
+        m, n = _lowrank_dims(shape)
+        stack = (int(shape[0]),) if len(shape) == 3 else ()
         if not isinstance(value, (tuple, list)) or len(value) != 2:
-            raise TypeError(f"factors[{name!r}] must be a pair (A, B) of arrays with shapes ({n_pairs}, {m}, {rank}) and ({n_pairs}, {n}, {rank})")
+            raise TypeError(f"factors[{name!r}] must be a pair (A, B) of arrays with shapes {(n_pairs,) + stack + (m, rank)} "
+                            f"and {(n_pairs,) + stack + (n, rank)}")
         a, b = value
-        want_a, want_b = (n_pairs, m, rank), (n_pairs, n, rank)
+        want_a, want_b = (n_pairs,) + stack + (m, rank), (n_pairs,) + stack + (n, rank)
         if tuple(a.shape) != want_a or tuple(b.shape) != want_b:
             raise ValueError(
                 f"factors[{name!r}] have shapes A {tuple(a.shape)}, B {tuple(b.shape)}; expected A {want_a} and "
@@ -362,7 +605,8 @@ def _check_external(name, kind, value, n_pairs, shape, rank, xp):
 def generate(shapes: dict, *, pop_size: int, rank: int = 1, sigma: float = 0.05, seed: int | None = 0,
              generation: int = 0, convention="egdnp", antithetic: bool = True, vectors: str | None = None,
              noise_reuse: int | None = "default", factors: dict | None = None, xp=None, dtype="float32",
-             device=None, pairs: tuple | None = None) -> Perturbations:
+             device=None, pairs: tuple | None = None, noise_map=None, matrix_noise: str = "lowrank",
+             sparse_k: int | None = None) -> Perturbations:
     """Perturbations of one generation.
 
     Parameters
@@ -400,12 +644,30 @@ def generate(shapes: dict, *, pop_size: int, rank: int = 1, sigma: float = 0.05,
         ``"halves"`` the ``+`` members of the window, then its ``-`` members),
         with ``first_pair = lo``; one worker's share of a distributed
         generation (:mod:`egdnp.distributed`).  Not with ``factors``.
+    noise_map : dict or callable, optional
+        Per-parameter ``"lowrank" | "full" | "frozen"`` overriding the default
+        plan (see :func:`plan_parameters`).  A 3-D parameter (L, m, n) is a
+        stack of L matrices: rank-r noise per slice (:class:`StackedLowRankNoise`,
+        slice ``l`` addressed by the stream ``"<name>[<l>]"``).
+    matrix_noise : {"lowrank", "full", "sparse"}
+        How the parameters planned ``"lowrank"`` are perturbed: EGGROLL's
+        low-rank factors; full-rank ``sigma * eps`` (OpenAI-ES,
+        :class:`FullNoise` addressed like a vector's); or ``sparse_k`` random
+        entries (:class:`SparseNoise`: values ``sigma * normal((k,), stream=name)``,
+        flat positions ``floor(uniform((k,), stream=name + "#entries") * m n)``
+        in float64 -- with replacement; exact for ``m n <= 2**24``).
+    sparse_k : int, optional
+        Entries per sparse matrix; default ``max(m, n)`` (the official noiser's k).
 
     Returns
     -------
     Perturbations
     """
     conv = get_convention(convention)
+    if matrix_noise not in ("lowrank", "full", "sparse"):
+        raise ValueError(f"matrix_noise={matrix_noise!r} must be 'lowrank', 'full' or 'sparse'")
+    if sparse_k is not None:
+        sparse_k = _as_int("sparse_k", sparse_k, 1)
     pop_size = _as_int("pop_size", pop_size, 1)
     sigma = _as_sigma(sigma)
     generation = _as_int("generation", generation, 0)
@@ -428,8 +690,14 @@ def generate(shapes: dict, *, pop_size: int, rank: int = 1, sigma: float = 0.05,
             raise TypeError(f"dtype={dtype!r} is not supported; use 'float32' or 'float64'")
     dt = getattr(xp, dtype)
     plain_shapes = {k: tuple(int(s) for s in (v.shape if hasattr(v, "shape") else v)) for k, v in shapes.items()}
-    plan = plan_parameters(plain_shapes, convention=conv, vectors=vectors)
-    lowrank_shapes = {k: matrix_shape(plain_shapes[k]) for k, how in plan.items() if how == "lowrank"}
+    plan = plan_parameters(plain_shapes, convention=conv, vectors=vectors, noise_map=noise_map)
+    if matrix_noise != "lowrank":
+        for k, how in plan.items():
+            if how == "lowrank" and matrix_noise == "sparse" and len(plain_shapes[k]) == 3:
+                raise ValueError(f"matrix_noise='sparse' needs 2-D or 4-D matrices; {k!r} has the stacked shape "
+                                 f"{plain_shapes[k]} (mark it 'full' or 'frozen' with noise_map)")
+        plan = {k: (matrix_noise if how == "lowrank" else how) for k, how in plan.items()}
+    lowrank_shapes = {k: _lowrank_dims(plain_shapes[k]) for k, how in plan.items() if how == "lowrank"}
     rank = check_rank(rank, lowrank_shapes)
     layout = conv.layout if antithetic else "none"
     n_pairs = pop_size // 2 if antithetic else pop_size
@@ -454,6 +722,31 @@ def generate(shapes: dict, *, pop_size: int, rank: int = 1, sigma: float = 0.05,
         if how == "frozen":
             continue
         shape = plain_shapes[name]
+        if how == "sparse":
+            m, n = matrix_shape(shape)
+            k = max(m, n) if sparse_k is None else sparse_k
+            values = pair_normals(n_pairs, k, seed=seed, stream=name, generation=gen_noise, dtype=dtype, xp=xp,
+                                  device=device, first=first)
+            draws = [_rng.uniform((k,), seed=seed, stream=name + "#entries", member=first + p, generation=gen_noise,
+                                  dtype="float64", xp=xp, device=device) for p in range(n_pairs)]
+            flat_idx = xp.astype(xp.floor(xp.stack(draws, axis=0) * float(m * n)), xp.int64)
+            noise[name] = SparseNoise(values * sigma, flat_idx // n, flat_idx % n, shape)
+            continue
+        if how == "lowrank" and len(shape) == 3:
+            n_stack = shape[0]
+            m, n = lowrank_shapes[name]
+            if name in checked:
+                a_raw, b = (xp.astype(v, dt) for v in checked[name])
+            else:
+                a_parts, b_parts = [], []
+                for sl in range(n_stack):
+                    flat = pair_normals(n_pairs, (m + n) * rank, seed=seed, stream=slice_stream(name, sl),
+                                        generation=gen_noise, dtype=dtype, xp=xp, device=device, first=first)
+                    b_parts.append(xp.reshape(flat[:, : n * rank], (n_pairs, n, rank)))
+                    a_parts.append(xp.reshape(flat[:, n * rank :], (n_pairs, m, rank)))
+                a_raw, b = xp.stack(a_parts, axis=1), xp.stack(b_parts, axis=1)
+            noise[name] = StackedLowRankNoise(a_raw * a_scale, b, shape)
+            continue
         if how == "lowrank":
             m, n = lowrank_shapes[name]
             if name in checked:

@@ -32,7 +32,7 @@ from .. import rng as _rng
 from .conventions import get_convention
 from .fitness import METHODS, check_fitness, shape_checked, shape_fitness
 from .gradient import loss_gradients_checked
-from .perturbations import Perturbations, generate, matrix_shape, plan_parameters, check_rank
+from .perturbations import Perturbations, _lowrank_dims, check_rank, generate, plan_parameters
 
 __all__ = ["Eggroll", "EggrollState"]
 
@@ -85,6 +85,11 @@ class Eggroll:
     noise_reuse : int or None, optional
         Default the convention's; ``0`` means the SAME noise every generation
         (see docs/eggroll.md).
+    noise_map : dict or callable, optional
+        Per-parameter ``"lowrank" | "full" | "frozen"`` overriding the default
+        (by number of dims): a dict of names or glob patterns, or
+        ``fn(name, array) -> kind or None``; see
+        :func:`egdnp.es.perturbations.plan_parameters`.
 
     Raises
     ------
@@ -95,7 +100,7 @@ class Eggroll:
 
     def __init__(self, *, pop_size: int, rank: int = 1, sigma: Any = 0.05, optimizer=None, lr: Any = 0.01,
                  convention="egdnp", antithetic: bool = True, fitness: str | None = None, group_size: int = 0,
-                 vectors: str | None = None, noise_reuse: Any = "default"):
+                 vectors: str | None = None, noise_reuse: Any = "default", noise_map=None):
         self.convention = get_convention(convention)
         if isinstance(pop_size, bool) or not isinstance(pop_size, numbers.Integral):
             raise TypeError(f"pop_size={pop_size!r} must be an int >= 2")
@@ -147,6 +152,18 @@ class Eggroll:
         self.noise_reuse = self.convention.noise_reuse if noise_reuse == "default" else (
             None if noise_reuse is None else int(noise_reuse))
         self.optimizer = _optim.sgd(lr) if optimizer is None else optimizer
+        if noise_map is not None and not (isinstance(noise_map, dict) or callable(noise_map)):
+            raise TypeError(f"noise_map must be a dict {{name or pattern: kind}} or a callable (name, array) -> kind; "
+                            f"got {type(noise_map).__name__}")
+        self.noise_map = noise_map
+
+    def _generate_kwargs(self) -> dict:
+        """Extra keywords of :func:`generate` set by strategy variants (none here)."""
+        return {}
+
+    def _transform_grads(self, grads: dict) -> dict:
+        """Hook for variants between the ES gradient and the optimiser (identity here)."""
+        return grads
 
     def __repr__(self) -> str:
         return (f"Eggroll(pop_size={self.pop_size}, rank={self.rank}, sigma={self.sigma!r}, "
@@ -205,8 +222,8 @@ class Eggroll:
         if not isinstance(params, dict) or not params:
             raise TypeError(f"params must be a non-empty dict[str, array]; got {type(params).__name__}")
         _backend.check_float_arrays(params, "params", fix="EGGROLL perturbs float32 or float64 parameters")
-        plan = plan_parameters(params, convention=self.convention, vectors=self.vectors)
-        check_rank(self.rank, {k: matrix_shape(params[k].shape) for k, how in plan.items() if how == "lowrank"})
+        plan = plan_parameters(params, convention=self.convention, vectors=self.vectors, noise_map=self.noise_map)
+        check_rank(self.rank, {k: _lowrank_dims(params[k].shape) for k, how in plan.items() if how == "lowrank"})
         seed = _rng._check_seed(seed)
         return EggrollState(params=dict(params), opt_state=self.optimizer.init(params), generation=0, seed=seed)
 
@@ -243,7 +260,7 @@ class Eggroll:
             state.params, pop_size=self.pop_size, rank=self.rank, sigma=self.sigma_at(state.generation),
             seed=state.seed, generation=state.generation, convention=self.convention, antithetic=self.antithetic,
             vectors=self.vectors, noise_reuse=self.noise_reuse, factors=factors, xp=xp, dtype=dtype,
-            device=_backend.device_of(ref), pairs=pairs,
+            device=_backend.device_of(ref), pairs=pairs, noise_map=self.noise_map, **self._generate_kwargs(),
         )
 
     def shape(self, fitness):
@@ -292,8 +309,11 @@ class Eggroll:
             _backend.check_same_library(fitness, ref, "fitness", "state.params")
         # the only finiteness check of this generation (each one is a device sync on a GPU)
         xp = check_fitness(fitness, self.pop_size)
-        f_hat = shape_checked(xp, fitness, self.fitness, group_size=self.group_size)
-        grads = loss_gradients_checked(xp, f_hat, perts, state.params, convention=self.convention)
+        if type(self).shape is Eggroll.shape:
+            f_hat = shape_checked(xp, fitness, self.fitness, group_size=self.group_size)
+        else:  # a variant's own shaping (e.g. EggrollBaseline's baseline-subtracted z-score)
+            f_hat = self.shape(fitness)
+        grads = self._transform_grads(loss_gradients_checked(xp, f_hat, perts, state.params, convention=self.convention))
         params, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         norm2 = 0.0
         for g in grads.values():
@@ -360,7 +380,7 @@ class Eggroll:
         """
         if perts.pop_size != self.pop_size:
             raise ValueError(f"perts have {perts.pop_size} members but this strategy has pop_size={self.pop_size}; call ask(state)")
-        plan = plan_parameters(params, convention=self.convention, vectors=self.vectors)
+        plan = plan_parameters(params, convention=self.convention, vectors=self.vectors, noise_map=self.noise_map)
         expected = {k for k, how in plan.items() if how != "frozen"}
         if expected != perts.noise.keys():
             extra = sorted(expected - perts.noise.keys())

@@ -10,7 +10,7 @@ egdnp.nn.functional  stateless ops (linear, conv2d via im2col, pooling,
 egdnp.nn.losses      softmax cross-entropy, MSE (with gradients), accuracy
 egdnp.nn.init        He / Glorot / LeCun / zeros initialisers on egdnp.rng
 egdnp.nn.layers      layer objects (static config) used by models
-egdnp.nn.model       ``Serial`` composition, ``mlp`` and ``cnn`` builders
+egdnp.nn.model       ``Serial`` composition, ``mlp``, ``cnn`` and ``residual_mlp`` builders
 
 Quick start
 -----------
@@ -33,10 +33,13 @@ from .layers import (
     Flatten,
     GELU,
     Layer,
+    LayerNorm,
     Linear,
     MaxPool2d,
     ReLU,
+    Residual,
     Sigmoid,
+    SiLU,
     Tanh,
 )
 from .losses import (
@@ -49,7 +52,7 @@ from .losses import (
     softmax_cross_entropy_grad,
     softmax_cross_entropy_with_grad,
 )
-from .model import ForwardCache, Serial, cnn, mlp, serial
+from .model import ForwardCache, Serial, cnn, mlp, residual_mlp, serial
 
 
 def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
@@ -106,6 +109,9 @@ __all__ = [
     "Tanh",
     "GELU",
     "Sigmoid",
+    "SiLU",
+    "LayerNorm",
+    "Residual",
     "softmax_cross_entropy",
     "softmax_cross_entropy_grad",
     "softmax_cross_entropy_with_grad",
@@ -119,6 +125,7 @@ __all__ = [
     "serial",
     "mlp",
     "cnn",
+    "residual_mlp",
     "keep_freed_memory",
     "release_step_scratch",
 ]

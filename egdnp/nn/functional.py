@@ -67,6 +67,12 @@ __all__ = [
     "gelu",
     "gelu_forward",
     "gelu_backward",
+    "silu",
+    "silu_forward",
+    "silu_backward",
+    "layer_norm",
+    "layer_norm_forward",
+    "layer_norm_backward",
     "flatten",
     "flatten_forward",
     "flatten_backward",
@@ -910,12 +916,136 @@ def gelu_backward(dout, cache):
     return dout * (cdf + x * pdf)
 
 
+def silu(x):
+    """SiLU (swish) ``x * sigmoid(x)`` (``torch.nn.functional.silu``).
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    array, shape of x
+    """
+    return x * sigmoid(x)
+
+
+def silu_forward(x):
+    """:func:`silu` with ``(out, cache)``.
+
+    Parameters
+    ----------
+    x : array, any shape
+
+    Returns
+    -------
+    out : array, shape of x
+    cache : tuple ``(x, sigmoid(x))``, arrays of the shape of x
+    """
+    s = sigmoid(x)
+    return x * s, (x, s)
+
+
+def silu_backward(dout, cache):
+    """``dout * s * (1 + x (1 - s))`` with ``s = sigmoid(x)``.
+
+    Parameters
+    ----------
+    dout : array, shape of x
+        ``dL/dout``.
+    cache : from :func:`silu_forward`
+
+    Returns
+    -------
+    dx : array, shape of x
+    """
+    x, s = cache
+    return dout * (s * (1.0 + x * (1.0 - s)))
+
+
 ACTIVATIONS = {
     "relu": (relu_forward, relu_backward),
     "tanh": (tanh_forward, tanh_backward),
     "sigmoid": (sigmoid_forward, sigmoid_backward),
     "gelu": (gelu_forward, gelu_backward),
+    "silu": (silu_forward, silu_backward),
 }
+
+
+# ----------------------------------------------------------------------------
+# layer norm
+# ----------------------------------------------------------------------------
+def layer_norm(x, gamma=None, beta=None, eps: float = 1e-5):
+    """Layer normalisation over the last axis (``torch.nn.functional.layer_norm``).
+
+    ``y = (x - mean) / sqrt(var + eps) * gamma + beta`` with the mean and the
+    biased variance of each row (the last axis).
+
+    Parameters
+    ----------
+    x : array, shape (..., F)
+    gamma, beta : array, shape (F,), or None
+        Elementwise affine scale and shift (None: no affine).
+    eps : float > 0
+
+    Returns
+    -------
+    array, shape of x
+    """
+    return layer_norm_forward(x, gamma, beta, eps)[0]
+
+
+def layer_norm_forward(x, gamma=None, beta=None, eps: float = 1e-5):
+    """:func:`layer_norm` with ``(out, cache)``.
+
+    Parameters
+    ----------
+    x : array, shape (..., F)
+    gamma, beta : array, shape (F,), or None
+    eps : float > 0
+
+    Returns
+    -------
+    out : array, shape of x
+    cache : tuple ``(xhat (..., F), inv_std (..., 1), gamma, has_beta)``
+    """
+    xp = _namespace(x)
+    mean = xp.mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    inv_std = 1.0 / xp.sqrt(xp.mean(centred * centred, axis=-1, keepdims=True) + float(eps))
+    xhat = centred * inv_std
+    out = xhat if gamma is None else xhat * gamma
+    if beta is not None:
+        out = out + beta
+    return out, (xhat, inv_std, gamma, beta is not None)
+
+
+def layer_norm_backward(dout, cache):
+    """Gradients of :func:`layer_norm_forward`.
+
+    With ``g = dout * gamma`` (or ``dout`` without affine) and ``F`` features:
+    ``dx = inv_std * (g - mean(g) - xhat * mean(g * xhat))`` (means over the last axis).
+
+    Parameters
+    ----------
+    dout : array, shape (..., F)
+        ``dL/dout``.
+    cache : from :func:`layer_norm_forward`
+
+    Returns
+    -------
+    dx : array, shape (..., F)
+    dgamma, dbeta : array, shape (F,), or None
+        Summed over every leading axis; None without the corresponding parameter.
+    """
+    xhat, inv_std, gamma, has_beta = cache
+    xp = _namespace(dout)
+    lead = tuple(range(len(dout.shape) - 1))
+    dgamma = None if gamma is None else xp.sum(dout * xhat, axis=lead)
+    dbeta = xp.sum(dout, axis=lead) if has_beta else None
+    g = dout if gamma is None else dout * gamma
+    dx = inv_std * (g - xp.mean(g, axis=-1, keepdims=True) - xhat * xp.mean(g * xhat, axis=-1, keepdims=True))
+    return dx, dgamma, dbeta
 
 
 # ----------------------------------------------------------------------------

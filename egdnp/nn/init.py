@@ -16,6 +16,10 @@ glorot_normal      N(0, 2 / (fan_in + fan_out))    (Xavier, for tanh)
 glorot_uniform     U(-a, a), a = sqrt(6 / (fan_in + fan_out))
 lecun_normal       N(0, 1 / fan_in)
 lecun_uniform      U(-a, a), a = sqrt(3 / fan_in)
+torch_uniform      U(-a, a), a = 1 / sqrt(fan_in)  (PyTorch's default for
+                   Linear/Conv2d weights -- kaiming_uniform with
+                   a = sqrt(5) -- and for their biases, with the
+                   weight's fan_in)
 zeros, ones        constants (no noise drawn)
 =================  =====================================================
 """
@@ -34,6 +38,7 @@ __all__ = [
     "glorot_uniform",
     "lecun_normal",
     "lecun_uniform",
+    "torch_uniform",
     "zeros",
     "ones",
     "INITIALISERS",
@@ -197,6 +202,37 @@ def lecun_uniform(shape, *, seed, name, xp=None, dtype="float32"):
     return _uniform(shape, math.sqrt(3.0 / fans(shape)[0]), seed, name, xp, dtype)
 
 
+def torch_uniform(shape, *, seed, name, xp=None, dtype="float32", fan_in: int | None = None):
+    """PyTorch's default Linear/Conv2d initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    For weights this is ``torch.nn.init.kaiming_uniform_(w, a=sqrt(5))``
+    (gain ``sqrt(2 / (1 + 5))``, bound ``gain * sqrt(3 / fan_in) = 1/sqrt(fan_in)``);
+    for biases torch uses the same bound with the *weight's* fan_in, which a
+    1-D bias shape cannot tell: layers pass it as ``fan_in``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        E.g. (n_out, n_in), (C_out, C_in, kh, kw) or a bias (n_out,).
+    seed : int
+    name : str
+        Parameter key; the noise stream is ``"init/" + name``.
+    xp : namespace or name, default NumPy
+    dtype : {"float32", "float64"}
+    fan_in : int, optional
+        Default: :func:`fans` of ``shape`` (right for weights; pass the
+        weight's fan_in for a bias).
+
+    Returns
+    -------
+    array, shape ``shape``
+    """
+    fi = fans(shape)[0] if fan_in is None else int(fan_in)
+    if fi < 1:
+        raise ValueError(f"fan_in={fan_in!r} must be a positive int (the weight's C_in*kh*kw or n_in)")
+    return _uniform(shape, 1.0 / math.sqrt(fi), seed, name, xp, dtype)
+
+
 def _const(shape, value, xp, dtype):
     xp = _backend.get_namespace("numpy" if xp is None else xp)
     dt = xp.float64 if dtype in ("float64", getattr(xp, "float64", None)) else xp.float32
@@ -254,6 +290,7 @@ INITIALISERS = {
     "kaiming_uniform": he_uniform,
     "lecun_normal": lecun_normal,
     "lecun_uniform": lecun_uniform,
+    "torch_uniform": torch_uniform,
     "zeros": zeros,
     "ones": ones,
 }

@@ -54,6 +54,9 @@ __all__ = [
     "Tanh",
     "GELU",
     "Sigmoid",
+    "SiLU",
+    "LayerNorm",
+    "Residual",
 ]
 
 
@@ -215,6 +218,22 @@ class Layer:
         return f"{type(self).__name__}({fields})"
 
 
+def _torch_init(init, weight_init, bias_init):
+    """``init="torch"`` -> both initialisers ``"torch_uniform"``; None keeps the given ones."""
+    if init is None:
+        return weight_init, bias_init
+    if init != "torch":
+        raise ValueError(f"init={init!r} must be None (use weight_init/bias_init) or 'torch' (PyTorch's default initialisation)")
+    return "torch_uniform", "torch_uniform"
+
+
+def _init_bias(bias_init, shape, fan_in, seed, name, xp, dtype):
+    """A bias; ``"torch_uniform"`` needs the weight's fan_in (torch's bias bound 1/sqrt(fan_in))."""
+    if bias_init == "torch_uniform":
+        return initialisers.torch_uniform(shape, seed=seed, name=name + ".bias", xp=xp, dtype=dtype, fan_in=fan_in)
+    return initialisers.get(bias_init)(shape, seed=seed, name=name + ".bias", xp=xp, dtype=dtype)
+
+
 # ----------------------------------------------------------------------------
 class Linear(Layer):
     """Fully connected ``y = x @ weight.T + bias``.
@@ -225,15 +244,20 @@ class Linear(Layer):
     bias : bool
     weight_init, bias_init : str or callable
         Names from :data:`egdnp.nn.init.INITIALISERS`.
+    init : {None, "torch"}
+        ``"torch"``: PyTorch's default initialisation of weight and bias,
+        U(+-1/sqrt(n_in)) (overrides ``weight_init`` and ``bias_init``).
 
     Shapes: x (..., n_in) -> y (..., n_out); ``weight`` (n_out, n_in), ``bias`` (n_out,).
     """
 
     prefix = "fc"
 
-    def __init__(self, n_in: int, n_out: int, *, bias: bool = True, weight_init="glorot_uniform", bias_init="zeros"):
+    def __init__(self, n_in: int, n_out: int, *, bias: bool = True, weight_init="glorot_uniform", bias_init="zeros",
+                 init=None):
         self.n_in, self.n_out = check_int("n_in", n_in, 1), check_int("n_out", n_out, 1)
         self.bias = check_bool("bias", bias)
+        weight_init, bias_init = _torch_init(init, weight_init, bias_init)
         self.weight_init, self.bias_init = weight_init, bias_init
         initialisers.get(weight_init), initialisers.get(bias_init)
 
@@ -246,7 +270,7 @@ class Linear(Layer):
     def init(self, seed, name, *, xp=None, dtype="float32"):
         params = {"weight": initialisers.get(self.weight_init)((self.n_out, self.n_in), seed=seed, name=name + ".weight", xp=xp, dtype=dtype)}
         if self.bias:
-            params["bias"] = initialisers.get(self.bias_init)((self.n_out,), seed=seed, name=name + ".bias", xp=xp, dtype=dtype)
+            params["bias"] = _init_bias(self.bias_init, (self.n_out,), self.n_in, seed, name, xp, dtype)
         return params
 
     def check_input(self, x, name):
@@ -278,13 +302,18 @@ class Conv2d(Layer):
     kernel_size, stride, padding, dilation : int or (int, int)
     bias : bool
     weight_init, bias_init : str or callable
+    init : {None, "torch"}
+        ``"torch"``: PyTorch's default initialisation of weight and bias,
+        U(+-1/sqrt(c_in*kh*kw)) (overrides ``weight_init`` and ``bias_init``).
 
     Shapes: x (..., c_in, H, W) -> y (..., c_out, H', W'); ``weight`` (c_out, c_in, kh, kw).
     """
 
     prefix = "conv"
 
-    def __init__(self, c_in, c_out, kernel_size, *, stride=1, padding=0, dilation=1, bias=True, weight_init="he_normal", bias_init="zeros"):
+    def __init__(self, c_in, c_out, kernel_size, *, stride=1, padding=0, dilation=1, bias=True, weight_init="he_normal", bias_init="zeros",
+                 init=None):
+        weight_init, bias_init = _torch_init(init, weight_init, bias_init)
         self.c_in, self.c_out = check_int("c_in", c_in, 1), check_int("c_out", c_out, 1)
         self.kernel_size = F._pair(kernel_size, "kernel_size", minimum=1)
         self.stride = F._pair(stride, "stride", minimum=1)
@@ -304,7 +333,8 @@ class Conv2d(Layer):
         shapes = self.param_shapes()
         params = {"weight": initialisers.get(self.weight_init)(shapes["weight"], seed=seed, name=name + ".weight", xp=xp, dtype=dtype)}
         if self.bias:
-            params["bias"] = initialisers.get(self.bias_init)(shapes["bias"], seed=seed, name=name + ".bias", xp=xp, dtype=dtype)
+            fan_in = self.c_in * self.kernel_size[0] * self.kernel_size[1]
+            params["bias"] = _init_bias(self.bias_init, shapes["bias"], fan_in, seed, name, xp, dtype)
         return params
 
     def check_input(self, x, name):
@@ -563,8 +593,8 @@ class Activation(Layer):
 
     Parameters
     ----------
-    kind : {"relu", "tanh", "gelu", "sigmoid"}
-        GELU is the exact erf form.
+    kind : {"relu", "tanh", "gelu", "sigmoid", "silu"}
+        GELU is the exact erf form; SiLU is ``x * sigmoid(x)``.
 
     Shapes: x (any shape) -> out of the same shape; no parameters.
     """
@@ -625,3 +655,156 @@ def Sigmoid() -> Activation:
     Activation
     """
     return Activation("sigmoid")
+
+
+def SiLU() -> Activation:
+    """``Activation("silu")`` (``x * sigmoid(x)``, swish): x (any shape) -> out of the same shape.
+
+    Returns
+    -------
+    Activation
+    """
+    return Activation("silu")
+
+
+# ----------------------------------------------------------------------------
+class LayerNorm(Layer):
+    """Layer normalisation over the last axis (``torch.nn.LayerNorm(F)``).
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the mean and
+    biased variance of each row; no running statistics, the same in train and
+    eval mode.
+
+    Parameters
+    ----------
+    num_features : int
+        F, the size of the last axis.
+    eps : float > 0, default 1e-5
+    affine : bool, default True
+        Learn ``weight`` (F,) ones and ``bias`` (F,) zeros; False: no parameters.
+
+    Shapes: x (..., F) -> out (..., F).
+    """
+
+    prefix = "ln"
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5, affine: bool = True):
+        self.num_features = check_int("num_features", num_features, 1)
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+            raise TypeError(f"LayerNorm eps={eps!r} must be a float > 0 (1e-5 is torch's default)")
+        self.eps = float(eps)
+        if not (math.isfinite(self.eps) and self.eps > 0.0):
+            raise ValueError(f"LayerNorm eps={eps} must be positive (1e-5 is torch's default)")
+        if not isinstance(affine, bool):
+            raise TypeError(f"LayerNorm affine={affine!r} must be True or False")
+        self.affine = affine
+
+    def param_shapes(self):
+        if not self.affine:
+            return {}
+        return {"weight": (self.num_features,), "bias": (self.num_features,)}
+
+    def init(self, seed, name, *, xp=None, dtype="float32"):
+        if not self.affine:
+            return {}
+        return {
+            "weight": initialisers.ones((self.num_features,), xp=xp, dtype=dtype),
+            "bias": initialisers.zeros((self.num_features,), xp=xp, dtype=dtype),
+        }
+
+    def check_input(self, x, name):
+        if len(x.shape) < 2 or int(x.shape[-1]) != self.num_features:
+            raise ValueError(
+                f"layer {name!r} (LayerNorm) got x of shape {_shape_str(x.shape)}; "
+                f"expected (..., {self.num_features}) such as (batch, {self.num_features}) or (pop, batch, {self.num_features})"
+            )
+
+    def forward(self, params, state, x, ctx):
+        out, cache = F.layer_norm_forward(x, params.get("weight"), params.get("bias"), self.eps)
+        return out, cache, state
+
+    def backward(self, params, cache, dout, need_dx=True):
+        dx, dgamma, dbeta = F.layer_norm_backward(dout, cache)
+        grads = {} if not self.affine else {"weight": dgamma, "bias": dbeta}
+        return (dx if need_dx else None), grads
+
+
+# ----------------------------------------------------------------------------
+class Residual(Layer):
+    """Residual combinator ``y = x + f(x)`` over a sub-network ``f``.
+
+    ``f`` is a :class:`egdnp.nn.Serial` (or the layers to build one).  Its
+    parameters appear in the outer model as ``<residual name>.<sub-layer
+    name>.<local>`` (``"block1.fc1.weight"``); their initialisation streams
+    use the same full key.  The backward adds the skip path's ``dout`` to the
+    sub-network's input gradient.  A pre-norm residual MLP block::
+
+        Residual(("ln", LayerNorm(d)), ("fc1", Linear(d, h)), ("silu", SiLU()), ("fc2", Linear(h, d)))
+
+    Parameters
+    ----------
+    *body : Serial, or Layer / (str, Layer) items
+        ``f``; its output must have the shape of its input.
+
+    Shapes: x (..., F) (or (..., C, H, W)) -> out of the same shape.
+
+    Notes
+    -----
+    Dropout inside ``f`` draws its mask from the sub-layer's own name
+    (``"dropout/" + sub-name``): name the sub-layers of different blocks
+    differently when each block needs its own masks.
+    """
+
+    prefix = "block"
+
+    def __init__(self, *body):
+        from .model import Serial
+
+        if len(body) == 1 and isinstance(body[0], Serial):
+            self.body = body[0]
+        else:
+            self.body = Serial(*body)
+        if not self.body.layers:
+            raise ValueError("Residual needs at least one layer in its body (y = x + f(x))")
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}: {layer!r}" for n, layer in self.body.layers)
+        return f"Residual({inner})"
+
+    def param_shapes(self):
+        return self.body.param_shapes()
+
+    def state_shapes(self):
+        return self.body.state_shapes()
+
+    def init(self, seed, name, *, xp=None, dtype="float32"):
+        params = {}
+        for n, layer in self.body.layers:
+            for k, v in layer.init(seed, f"{name}.{n}", xp=xp, dtype=dtype).items():
+                params[f"{n}.{k}"] = v
+        return params
+
+    def init_state(self, name, *, xp=None, dtype="float32"):
+        state = {}
+        for n, layer in self.body.layers:
+            for k, v in layer.init_state(f"{name}.{n}", xp=xp, dtype=dtype).items():
+                state[f"{n}.{k}"] = v
+        return state
+
+    def check_input(self, x, name):
+        first, layer = self.body.layers[0]
+        layer.check_input(x, f"{name}.{first}")
+
+    def forward(self, params, state, x, ctx):
+        out, cache = self.body.forward(params, x, state=state if state else None, train=ctx.train, seed=ctx.seed,
+                                       step=ctx.step)
+        if tuple(out.shape) != tuple(x.shape):
+            raise ValueError(
+                f"layer {ctx.name!r} (Residual) maps x of shape {_shape_str(x.shape)} to {_shape_str(out.shape)}; "
+                "y = x + f(x) needs f to keep the shape (end the body with a layer back to the input width)"
+            )
+        return x + out, cache, (cache.state if state else state)
+
+    def backward(self, params, cache, dout, need_dx=True):
+        dx_body, grads = self.body.backward(params, cache, dout, need_dx=True)
+        return ((dout + dx_body) if need_dx else None), grads

@@ -42,7 +42,7 @@ from .functional import ACTIVATIONS, _kernels, _namespace
 from . import layers as L
 from . import losses
 
-__all__ = ["Serial", "ForwardCache", "serial", "mlp", "cnn"]
+__all__ = ["Serial", "ForwardCache", "serial", "mlp", "cnn", "residual_mlp"]
 
 
 class ForwardCache(NamedTuple):
@@ -473,7 +473,7 @@ def serial(*layers) -> Serial:
 
 
 def mlp(sizes=(784, 256, 10), activation: str = "tanh", bias: bool = True, *, weight_init: str | None = None,
-        dropout: float = 0.0, batch_norm: bool = False) -> Serial:
+        dropout: float = 0.0, batch_norm: bool = False, init: str | None = None) -> Serial:
     """A multilayer perceptron ``fc1, <act>1, fc2, ...`` (no activation after the last layer).
 
     Parameters
@@ -488,6 +488,9 @@ def mlp(sizes=(784, 256, 10), activation: str = "tanh", bias: bool = True, *, we
         Adds ``dropout<i>`` after each hidden activation when > 0.
     batch_norm : bool
         Adds ``bn<i>`` (BatchNorm1d) before each hidden activation.
+    init : {None, "torch"}
+        ``"torch"``: PyTorch's default initialisation for every Linear
+        (weights and biases U(+-1/sqrt(n_in))); overrides ``weight_init``.
 
     Returns
     -------
@@ -514,7 +517,7 @@ def mlp(sizes=(784, 256, 10), activation: str = "tanh", bias: bool = True, *, we
         weight_init = "he_normal" if activation in ("relu", "gelu") else "glorot_uniform"
     layers: list = []
     for i in range(len(sizes) - 1):
-        layers.append((f"fc{i + 1}", L.Linear(sizes[i], sizes[i + 1], bias=bias, weight_init=weight_init)))
+        layers.append((f"fc{i + 1}", L.Linear(sizes[i], sizes[i + 1], bias=bias, weight_init=weight_init, init=init)))
         if i < len(sizes) - 2:
             if batch_norm:
                 layers.append((f"bn{i + 1}", L.BatchNorm1d(sizes[i + 1])))
@@ -524,7 +527,8 @@ def mlp(sizes=(784, 256, 10), activation: str = "tanh", bias: bool = True, *, we
     return Serial(*layers)
 
 
-def cnn(in_channels: int = 1, image_size: int = 28, n_classes: int = 10, channels=(16, 32), *, batch_norm: bool = False) -> Serial:
+def cnn(in_channels: int = 1, image_size: int = 28, n_classes: int = 10, channels=(16, 32), *, batch_norm: bool = False,
+        init: str | None = None) -> Serial:
     """The small CNN of the EGGROLL literature (defaults: 28x28 grey images, 10 classes).
 
     ``conv1`` (1->16, 3x3, pad 1), ``relu1``, ``pool1`` (max 2), ``conv2``
@@ -540,6 +544,9 @@ def cnn(in_channels: int = 1, image_size: int = 28, n_classes: int = 10, channel
     channels : (int, int)
         Output channels of conv1 and conv2.
     batch_norm : bool
+    init : {None, "torch"}
+        ``"torch"``: PyTorch's default initialisation for every Conv2d and
+        Linear (weights and biases U(+-1/sqrt(fan_in))).
 
     Returns
     -------
@@ -550,10 +557,10 @@ def cnn(in_channels: int = 1, image_size: int = 28, n_classes: int = 10, channel
     c1, c2 = (int(c) for c in channels)
     if image_size % 4:
         raise ValueError(f"image_size={image_size} must be divisible by 4 (two 2x2 max pools)")
-    layers = [("conv1", L.Conv2d(in_channels, c1, 3, padding=1))]
+    layers = [("conv1", L.Conv2d(in_channels, c1, 3, padding=1, init=init))]
     if batch_norm:
         layers.append(("bn1", L.BatchNorm2d(c1)))
-    layers += [("relu1", L.ReLU()), ("pool1", L.MaxPool2d(2)), ("conv2", L.Conv2d(c1, c2, 3, padding=1))]
+    layers += [("relu1", L.ReLU()), ("pool1", L.MaxPool2d(2)), ("conv2", L.Conv2d(c1, c2, 3, padding=1, init=init))]
     if batch_norm:
         layers.append(("bn2", L.BatchNorm2d(c2)))
     side = image_size // 4
@@ -561,6 +568,58 @@ def cnn(in_channels: int = 1, image_size: int = 28, n_classes: int = 10, channel
         ("relu2", L.ReLU()),
         ("pool2", L.MaxPool2d(2)),
         ("flatten", L.Flatten()),
-        ("fc", L.Linear(c2 * side * side, n_classes, weight_init="glorot_uniform")),
+        ("fc", L.Linear(c2 * side * side, n_classes, weight_init="glorot_uniform", init=init)),
     ]
+    return Serial(*layers)
+
+
+def residual_mlp(n_in: int, n_out: int, *, width: int = 64, depth: int = 2, hidden: int | None = None,
+                 activation: str = "silu", norm: bool = True, affine: bool = True, final_norm: bool = True,
+                 init: str | None = None) -> Serial:
+    """Pre-norm residual MLP (the EGGROLL experiments' blocks).
+
+    ``fc_in`` (n_in -> width), then ``depth`` blocks ``block<i>`` =
+    ``Residual(ln, fc1 (width -> hidden), <activation>, fc2 (hidden -> width))``
+    (``y = x + fc2(act(fc1(ln(x))))``), then ``ln_out`` and ``fc_out``
+    (width -> n_out).
+
+    Parameters
+    ----------
+    n_in, n_out : int
+    width : int
+        Residual stream width.
+    depth : int >= 0
+        Number of residual blocks.
+    hidden : int, optional
+        Inner width of each block (default ``4 * width``).
+    activation : {"silu", "gelu", "relu", "tanh", "sigmoid"}
+    norm : bool
+        LayerNorm ``ln`` at the start of each block (pre-norm).
+    affine : bool
+        LayerNorms with learnable weight and bias.
+    final_norm : bool
+        LayerNorm ``ln_out`` before ``fc_out``.
+    init : {None, "torch"}
+        ``"torch"``: PyTorch's default initialisation of every Linear.
+
+    Returns
+    -------
+    Serial
+        Input x of shape (batch, n_in) or (pop, batch, n_in), output (..., n_out);
+        keys ``fc_in.weight``, ``block1.ln.weight``, ``block1.fc1.weight`` (hidden, width), ...
+    """
+    n_in, n_out, width, depth = int(n_in), int(n_out), int(width), int(depth)
+    hidden = 4 * width if hidden is None else int(hidden)
+    if min(n_in, n_out, width, hidden) < 1 or depth < 0:
+        raise ValueError(f"residual_mlp sizes n_in={n_in}, n_out={n_out}, width={width}, hidden={hidden} must be positive "
+                         f"and depth={depth} >= 0")
+    layers: list = [("fc_in", L.Linear(n_in, width, init=init))]
+    for i in range(depth):
+        body = [("ln", L.LayerNorm(width, affine=affine))] if norm else []
+        body += [("fc1", L.Linear(width, hidden, init=init)), (activation, L.Activation(activation)),
+                 ("fc2", L.Linear(hidden, width, init=init))]
+        layers.append((f"block{i + 1}", L.Residual(*body)))
+    if final_norm:
+        layers.append(("ln_out", L.LayerNorm(width, affine=affine)))
+    layers.append(("fc_out", L.Linear(width, n_out, init=init)))
     return Serial(*layers)

@@ -1,0 +1,214 @@
+"""EGGROLL on continuous control: Pendulum-v1 (gymnasium, no extra packages).
+
+The policy is a small MLP (3 -> 32 -> 32 -> 1, tanh) with a tanh-squashed
+deterministic action in [-2, 2] (egdnp.es.rl.policy_mlp).  Each generation,
+gymnasium's vector environment runs one environment per population member;
+member ``i`` acts with its own low-rank perturbation ``W + A_i B_iᵀ`` of every
+weight matrix, for all members at once.  All members start from the same
+initial states (common random numbers: ``--episodes`` start states per
+generation, new ones every generation), so fitness differences come from the
+policies, not from the luck of the start.  A member's fitness is its mean
+episode return; observations are normalised by running statistics updated
+from the population's rollouts after every generation (Salimans et al. 2017).
+Defaults: population 64 x 5 episodes, rank 1, sigma 0.5 and Adam lr 0.1,
+both decaying on cosine schedules (to 0.1 and 0.01) over 200 generations.
+
+Every --eval-every generations the unperturbed policy runs --eval-episodes
+fresh episodes.  Pendulum-v1 has no official "solved" threshold; this example
+aims at a mean return above -250 over 20 test episodes (a random policy scores
+about -1200, a good swing-up controller about -150).
+
+Outputs (in --out, printed at the end): results.json (returns per generation,
+evaluations, wall time, evaluations per second), returns.png (return curves).
+
+Run::
+
+    python examples/pendulum_eggroll.py                    # a few minutes on a 2-core CPU
+    python examples/pendulum_eggroll.py --fast --no-plot   # a few seconds (the tests)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # find _common.py when run from anywhere
+
+import numpy as np  # host-side: gymnasium speaks NumPy
+
+from egdnp import _backend, es, optim
+from egdnp.es import rl
+from egdnp.optim import schedules
+
+import _common
+
+TARGET = -250.0
+
+
+def make_envs(env_id, n, max_steps=None):
+    """gymnasium's vector environment of ``n`` copies of ``env_id`` (sync: one Python env each)."""
+    try:
+        import gymnasium
+    except ImportError:
+        raise SystemExit('gymnasium is needed: pip install "egdnp[examples]" (or pip install gymnasium)') from None
+    kwargs = {} if max_steps is None else {"max_episode_steps": int(max_steps)}
+    try:
+        return gymnasium.make_vec(env_id, num_envs=n, vectorization_mode="sync", **kwargs)
+    except gymnasium.error.DependencyNotInstalled as exc:
+        raise SystemExit(f"{env_id} needs extra packages: {exc}") from None
+
+
+def add_es_args(parser, *, generations, pop, hidden, sigma, lr, episodes, eval_every, eval_episodes, max_steps):
+    """The options of the ES loop (shared with mujoco_eggroll.py); defaults per example."""
+    parser.add_argument("--generations", type=int, default=generations, help=f"generations (default {generations})")
+    parser.add_argument("--pop", type=int, default=pop, help=f"population = environments (default {pop})")
+    parser.add_argument("--hidden", type=int, default=hidden, help=f"hidden units per layer, two layers (default {hidden})")
+    parser.add_argument("--rank", type=int, default=1, help="rank of the perturbations (default 1)")
+    parser.add_argument("--sigma", type=float, default=sigma, help=f"perturbation scale (default {sigma})")
+    parser.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default {lr})")
+    parser.add_argument("--no-decay", dest="decay", action="store_false",
+                        help="constant sigma and lr (default: cosine decay to sigma/5 and lr/10 over the run)")
+    parser.add_argument("--episodes", type=int, default=episodes,
+                        help=f"episodes per member per generation, common start states (default {episodes})")
+    parser.add_argument("--eval-every", type=int, default=eval_every, help=f"evaluate every N generations (default {eval_every})")
+    parser.add_argument("--eval-episodes", type=int, default=eval_episodes, help=f"episodes per evaluation (default {eval_episodes})")
+    parser.add_argument("--max-steps", type=int, default=max_steps,
+                        help="episode length limit (default: the environment's own)" if max_steps is None
+                        else f"episode length limit (default {max_steps})")
+
+
+def train(env_id, args, *, title):
+    """The ES loop: ask, roll out every member, tell, update the observation statistics, evaluate.
+
+    Returns ``(summary, history)`` (plain Python values for results.json).
+    """
+    xp = _common.namespace(args.backend)
+    envs = make_envs(env_id, args.pop, args.max_steps)
+    eval_envs = make_envs(env_id, args.eval_episodes, args.max_steps)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    policy = rl.policy_mlp(obs_dim, envs.single_action_space, hidden=(args.hidden, args.hidden), activation="tanh")
+    # noise scale and learning rate decay on cosine schedules to a fifth and a tenth over the run:
+    # large early steps find the swing-up, small late ones settle it
+    sigma = schedules.cosine(args.sigma, args.generations, alpha=0.2) if args.decay else args.sigma
+    lr = schedules.cosine(args.lr, args.generations, alpha=0.1) if args.decay else args.lr
+    strategy = es.Eggroll(pop_size=args.pop, rank=args.rank, sigma=sigma, optimizer=optim.adam(lr))
+    state = strategy.init(policy.model.init(seed=args.seed, xp=xp), seed=args.seed)
+    norm = rl.ObsNorm.init(obs_dim, xp=xp)
+    print(f"{env_id}: policy {obs_dim}-{args.hidden}-{args.hidden}-{policy.out_dim} ({policy.model.num_params()} "
+          f"parameters, {policy.head} head), population {args.pop} x {args.episodes} episode(s), rank {args.rank}, "
+          f"backend {_backend.backend_name(xp)}, seed {args.seed}")
+
+    def evaluate(params, norm, generation):
+        # fresh start states no training generation uses
+        roll = rl.episode_returns(eval_envs, lambda o: policy.act(params, o, obs_norm=norm),
+                                  seed=10**9 + 1000 * args.seed + generation, xp=xp)
+        return roll.returns
+
+    history = {"generation": [], "mean_return": [], "max_return": [], "eval_generation": [], "eval_mean_return": [],
+               "eval_std_return": [], "wall_s": []}
+    env_steps, episodes_run, rollout_s = 0, 0, 0.0
+    t0 = time.perf_counter()
+    ev = evaluate(state.params, norm, 0)  # the untrained policy, the baseline of the curve
+    history["eval_generation"].append(0)
+    history["eval_mean_return"].append(float(ev.mean()))
+    history["eval_std_return"].append(float(ev.std()))
+    bar = _common.progress(args.generations, "EGGROLL", disable=args.no_progress)
+    for gen in range(1, args.generations + 1):
+        perts = strategy.ask(state)
+        fitness = np.zeros(args.pop)
+        t_roll = time.perf_counter()
+        for e in range(args.episodes):
+            # every member starts from the same state (common random numbers); a new one each episode/generation
+            start = 1000 * args.seed + args.episodes * gen + e
+            roll = rl.episode_returns(envs, lambda o, perts=perts, norm=norm: policy.act(state.params, o, obs_norm=norm,
+                                                                                          perts=perts),
+                                      seed=[start] * args.pop, xp=xp)
+            fitness += roll.returns / args.episodes
+            env_steps += int(roll.lengths.sum())
+            episodes_run += args.pop
+            norm_update = (roll.obs_sum, roll.obs_sumsq, roll.obs_count)
+            norm = norm.update(*norm_update)  # the next rollout (and generation) sees the new statistics
+        rollout_s += time.perf_counter() - t_roll
+        state, info = strategy.tell(state, perts, _backend.to_device(fitness.astype(np.float32), xp))
+        history["generation"].append(gen)
+        history["mean_return"].append(float(fitness.mean()))
+        history["max_return"].append(float(fitness.max()))
+        history["wall_s"].append(time.perf_counter() - t0)
+        bar.update()
+        postfix = {"mean_return": f"{fitness.mean():.0f}"}
+        if gen % args.eval_every == 0 or gen == args.generations:
+            ev = evaluate(state.params, norm, gen)
+            history["eval_generation"].append(gen)
+            history["eval_mean_return"].append(float(ev.mean()))
+            history["eval_std_return"].append(float(ev.std()))
+            postfix["eval"] = f"{ev.mean():.0f}"
+        bar.set_postfix(postfix)
+    bar.close()
+    wall = time.perf_counter() - t0
+    summary = {"env": env_id, "final_eval_mean_return": history["eval_mean_return"][-1],
+               "final_eval_std_return": history["eval_std_return"][-1],
+               "best_eval_mean_return": max(history["eval_mean_return"]),
+               "first_eval_mean_return": history["eval_mean_return"][0], "eval_episodes": args.eval_episodes,
+               "generations": args.generations, "population": args.pop, "episodes_per_member": args.episodes,
+               "member_episodes": episodes_run, "env_steps": env_steps, "wall_s": wall,
+               "evaluations_per_s": episodes_run / wall, "env_steps_per_s": env_steps / wall,
+               "rollout_share": rollout_s / wall, "parameters": policy.model.num_params(), "seed": args.seed}
+    rows = [{"method": title, "generations": args.generations, "episodes": episodes_run, "eval": summary["final_eval_mean_return"],
+             "evals_s": summary["evaluations_per_s"], "steps_s": summary["env_steps_per_s"], "wall_s": wall}]
+    print()
+    print(_common.format_table(rows, [("method", "method", "{}"), ("generations", "generations", "{}"),
+                                      ("episodes", "member episodes", "{:,}"),
+                                      ("eval", f"eval mean return ({args.eval_episodes} ep.)", "{:.1f}"),
+                                      ("evals_s", "evaluations/s", "{:.1f}"), ("steps_s", "env steps/s", "{:,.0f}"),
+                                      ("wall_s", "wall s", "{:.1f}")]))
+    return summary, history
+
+
+def plot_returns(history, path, *, title, target=None) -> bool:
+    plt = _common._pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    ax.plot(history["generation"], history["mean_return"], label="population mean (perturbed policies)")
+    ax.plot(history["generation"], history["max_return"], alpha=0.5, label="population best")
+    ev_mean, ev_std = np.asarray(history["eval_mean_return"]), np.asarray(history["eval_std_return"])
+    ax.plot(history["eval_generation"], ev_mean, marker="o", label="evaluation mean (unperturbed)")
+    ax.fill_between(history["eval_generation"], ev_mean - ev_std, ev_mean + ev_std, alpha=0.2)
+    if target is not None:
+        ax.axhline(target, color="k", linestyle="--", linewidth=1, label=f"target ({target:g})")
+    ax.set(xlabel="generation", ylabel="episode return", title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small")
+    fig.tight_layout()
+    _common.save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    parser = _common.make_parser(__doc__, "pendulum_out")
+    add_es_args(parser, generations=200, pop=64, hidden=32, sigma=0.5, lr=0.1, episodes=5, eval_every=10,
+                eval_episodes=20, max_steps=None)
+    args = parser.parse_args(argv)
+    if args.fast:
+        args.generations, args.pop, args.hidden, args.episodes, args.eval_every, args.eval_episodes = 3, 8, 8, 1, 2, 4
+        args.max_steps = 50
+    _common.limit_threads(args.threads)
+    out = _common.output_dir(args.out)
+    summary, history = train("Pendulum-v1", args, title="EGGROLL")
+    summary["target"] = TARGET
+    summary["reached_target"] = summary["final_eval_mean_return"] > TARGET
+    print(f"final evaluation: {summary['final_eval_mean_return']:.1f} +- {summary['final_eval_std_return']:.1f} over "
+          f"{args.eval_episodes} episodes (target > {TARGET:g}: {'yes' if summary['reached_target'] else 'no'}); "
+          f"{summary['evaluations_per_s']:.1f} evaluations/s")
+    _common.write_json(os.path.join(out, "results.json"), {"summary": summary, "history": history})
+    if not args.no_plot and plot_returns(history, os.path.join(out, "returns.png"), title="EGGROLL on Pendulum-v1",
+                                         target=TARGET):
+        print(f"plot: {os.path.join(out, 'returns.png')}")
+    print(f"outputs written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
