@@ -14,12 +14,14 @@ egdnp.es.fitness        z-score, group, centered ranks; classification fitness
 egdnp.es.gradient       the ES gradient (true sum, never the factorised shortcut)
 egdnp.es.strategy       ``Eggroll`` with ``init`` / ``ask`` / ``tell``
 egdnp.es.functional     the PyTorch port's names (get_weight_shapes, ...)
+egdnp.es.egd_scorer     EGD's population scorer: a whole evolution cycle in population forwards
 
 See docs/eggroll.md.
 """
 
-from . import conventions, fitness, functional, gradient, layers, perturbations, strategy
+from . import conventions, egd_scorer, fitness, functional, gradient, layers, perturbations, strategy
 from .conventions import CONVENTIONS, Convention, get_convention, noise_generation
+from .egd_scorer import ModelScorer, model_scorer
 from .fitness import centered_ranks, classification_fitness, group_zscore, shape_fitness, zscore, zscore_var_eps
 from .gradient import es_gradient, factorised_shortcut, loss_gradients, lowrank_weighted_sum, pair_weights
 from .layers import (
@@ -36,6 +38,7 @@ from .strategy import Eggroll, EggrollState
 
 __all__ = [
     "conventions",
+    "egd_scorer",
     "fitness",
     "functional",
     "gradient",
@@ -46,6 +49,8 @@ __all__ = [
     "Convention",
     "get_convention",
     "noise_generation",
+    "ModelScorer",
+    "model_scorer",
     "centered_ranks",
     "classification_fitness",
     "group_zscore",
