@@ -306,51 +306,92 @@ def model_scorer(model, x=None, y=None, loss: Any = "cross_entropy", *, batch: C
 # layers
 # ----------------------------------------------------------------------------
 def _lowrank_conv_fn(perts, members, cache):
-    """NumPy: stride-1 conv layers with a per-member input through the fast egdnp.nn convolution.
+    """NumPy: conv layers (low-rank filter banks) through the fast ``egdnp.nn`` convolution.
 
-    ``conv(x_i, W + A_i B_iᵀ) = conv(x_i, W) + A_i conv(x_i, B_iᵀ)``: one
-    convolution with the ``r`` columns of ``B_i`` as extra filters, then
-    ``A_i`` mixes those ``r`` channels into the ``C_out`` outputs.  Every
-    other layer (and a shared input, whose product is computed once) is left
-    to :func:`perturbed_model_forward`.
+    * shared input (the model's first layer): ``conv(x, W)`` and
+      ``conv(x, B_iᵀ)`` for every member's ``r`` filters run once per call;
+      member ``i`` adds ``A_i`` times its ``r`` channels (``x Wᵀ + (x B_i) A_iᵀ``
+      on the patches, without forming ``W + A_i B_iᵀ``);
+    * per-member input: nothing is shared, so member ``i`` runs one
+      convolution with its filter bank ``W + A_i B_iᵀ`` (``C_out x C_in kh kw``
+      numbers, formed as the per-candidate path forms it).
+
+    Every other layer is left to :func:`perturbed_model_forward`.
     """
     start, stop = member_range(perts, members)
 
     def layer_fn(name, layer, local, h):
-        if not isinstance(layer, L.Conv2d) or len(h.shape) != 5 or layer.stride != (1, 1):
+        if not isinstance(layer, L.Conv2d):
             return None
         wk, bk = f"{name}.weight", f"{name}.bias"
         wn, bn = perts.noise.get(wk), perts.noise.get(bk)
         if wn is None and bn is None:
             return None
-        return _member_conv(h, local["weight"], local.get("bias"), wn, bn, range(start, stop), layer)
+        if len(h.shape) == 4:
+            return _shared_conv(h, local["weight"], local.get("bias"), wn, bn, start, stop, layer, cache, wk)
+        return _member_conv(h, local["weight"], local.get("bias"), wn, bn, start, layer)
 
     return layer_fn
 
 
-def _member_conv(h, weight, bias, wn, bn, members, layer):
+def _member_bias(bias, bn, m, c_out, like):
+    if bias is None and bn is None:
+        return None
+    if bn is None:
+        return bias
+    return bn.eps[m] if bias is None else bias + bn.eps[m]
+
+
+def _shared_conv(x, weight, bias, wn, bn, start, stop, layer, cache, key):
+    import numpy as np  # NumPy-only fast path (dispatched on is_numpy)
+
+    held = cache.get(("egd-conv", key))
+    if held is None or held[0] is not x or held[1] is not weight:
+        base = F.conv2d(x, weight, None, layer.stride, layer.padding, layer.dilation)  # (batch, C_out, oh, ow)
+        xb = None
+        if wn is not None:
+            n_all, _, r = (int(s) for s in wn.B.shape)
+            filters = np.ascontiguousarray(np.transpose(wn.B, (0, 2, 1))).reshape((n_all * r,) + tuple(weight.shape[1:]))
+            xb = F.conv2d(x, filters, None, layer.stride, layer.padding, layer.dilation)  # (batch, n r, oh, ow)
+        held = (x, weight, base, xb)
+        cache[("egd-conv", key)] = held
+    base, xb = held[2], held[3]
+    nb, c_out, oh, ow = (int(s) for s in base.shape)
+    out = np.empty((stop - start, nb, c_out, oh, ow), dtype=base.dtype)
+    for i, m in enumerate(range(start, stop)):
+        if wn is not None:
+            r = int(wn.A.shape[2])
+            z = np.ascontiguousarray(xb[:, m * r:(m + 1) * r]).reshape(nb, r, oh * ow)
+            np.matmul(wn.A[m], z, out=out[i].reshape(nb, c_out, oh * ow))
+            out[i] += base
+        else:
+            out[i] = base
+        b = _member_bias(bias, bn, m, c_out, base)
+        if b is not None:
+            out[i] += b.reshape(1, c_out, 1, 1)
+    return out
+
+
+def _member_conv(h, weight, bias, wn, bn, start, layer):
     import numpy as np  # NumPy-only fast path (dispatched on is_numpy)
 
     c_out = int(weight.shape[0])
-    outs = []
-    for i, m in zip(range(int(h.shape[0])), members):
+    w2 = weight.reshape(c_out, -1)
+    out = None
+    for i in range(int(h.shape[0])):
+        m = start + i
+        w_m = weight
         if wn is not None:
-            r = int(wn.A.shape[2])
-            extra = np.ascontiguousarray(np.transpose(wn.B[m], (1, 0))).reshape((r,) + tuple(weight.shape[1:]))
-            z = F.conv2d(h[i], np.concatenate([weight, extra], axis=0), None, layer.stride, layer.padding,
-                         layer.dilation)  # (batch, C_out + r, oh, ow)
-            nb, _, oh, ow = z.shape
-            y = z[:, :c_out]
-            corr = np.matmul(wn.A[m], z[:, c_out:].reshape(nb, r, oh * ow)).reshape(nb, c_out, oh, ow)
-            y = y + corr
-        else:
-            y = F.conv2d(h[i], weight, None, layer.stride, layer.padding, layer.dilation)
-        if bias is not None:
-            y += bias.reshape(1, c_out, 1, 1)
-        if bn is not None:
-            y += bn.eps[m].reshape(1, c_out, 1, 1)
-        outs.append(y)
-    return np.stack(outs, axis=0)
+            # W + A Bᵀ as the per-candidate path builds it: the product, then the base added
+            w_m = np.matmul(wn.A[m], np.transpose(wn.B[m], (1, 0)))
+            w_m += w2
+            w_m = w_m.reshape(weight.shape)
+        y = F.conv2d(h[i], w_m, _member_bias(bias, bn, m, c_out, weight), layer.stride, layer.padding,
+                     layer.dilation)
+        if out is None:
+            out = np.empty((int(h.shape[0]),) + tuple(y.shape), dtype=y.dtype)
+        out[i] = y
+    return out
 
 
 def _stacked_fn(stacked: dict, state, n: int):

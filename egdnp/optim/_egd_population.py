@@ -278,6 +278,8 @@ class PopulationScoring:
                 f"(phase {phase!r}); it must return one loss per member of mutations.members, shape ({n},)"
             )
         reduce = self.cfg.loss_reduce
+        if reduce is None and hasattr(raw, "shape"):
+            items = list(_backend.to_host(raw))  # one device->host copy for all members
         values = [_loss_float(reduce(v) if reduce is not None else v, i, muts.members) for i, v in enumerate(items)]
         self.seconds += time.perf_counter() - t0
         return values
