@@ -127,9 +127,11 @@ def test_mlp_scorer_matches_closure(xp, dtype, case):
             np.testing.assert_allclose(to_numpy(pb[k]), to_numpy(pa[k]), rtol=100 * TOL[dtype],
                                        atol=100 * TOL[dtype])
         if knobs["recombine"] == "mean" and not knobs.get("rescore_elites"):
-            # same elites, same recombination code: the same parameters bit for bit
+            # same elites, same recombination code: the same parameters bit for bit, and the
+            # recombined parameters are scored by the closure's own forward
             for k in params:
                 np.testing.assert_array_equal(to_numpy(pb[k]), to_numpy(pa[k]))
+            assert rb.recombined_loss == ra.recombined_loss
 
 
 @pytest.mark.parametrize("mutation", ["lowrank", "full"])

@@ -221,6 +221,11 @@ class ModelScorer:
         xp = _backend.array_namespace(x)
         members = mutations.members
         n = len(members)
+        if all(m <= 0 for m in members):
+            # only unmutated members (the base, the recombined parameters): the plain forward, as the closure runs it
+            self.last_chunk = n
+            loss = xp.reshape(xp.asarray(self.loss_fn(self.model.apply(params, x, state=self.state), y)), ())
+            return xp.stack([loss] * n, axis=0)
         lowrank = [nm for nm in mutations.mutated if mutations.is_lowrank(nm)]
         full = [nm for nm in mutations.mutated if nm not in lowrank]
         if mutations.mutation == "lowrank":

@@ -429,8 +429,10 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
         recombination are regenerated on the device; no parameter bytes
         move between host and device.
     mutation : {"full", "lowrank"}
-        ``"lowrank"``: matrices get ``A Bᵀ / sqrt(rank)`` mutations (unit
-        RMS in expectation, like full rank); other tensors stay full rank.
+        ``"lowrank"``: matrices and conv filter banks (as their
+        ``(C_out, C_in*kh*kw)`` flattening) get ``A Bᵀ / sqrt(rank)``
+        mutations (unit RMS in expectation, like full rank); other tensors
+        stay full rank.
     rank : int >= 1
     accept : {"always", "if_better"}
         ``"if_better"``: keep the base when the recombined loss is worse.
