@@ -259,7 +259,7 @@ class ModelScorer:
         outs = []
         for start in range(0, n, chunk):
             members = (start, min(n, start + chunk))
-            layer_fn = _lowrank_conv_fn(perts, members, cache) if fast_conv else None
+            layer_fn = _numpy_fast_fn(perts, members, cache) if fast_conv else None
             outs.append(perturbed_model_forward(self.model, params, x, perts, members=members, state=self.state,
                                                 impl=impl, cache=cache, layer_fn=layer_fn))
         return outs
@@ -310,6 +310,30 @@ def model_scorer(model, x=None, y=None, loss: Any = "cross_entropy", *, batch: C
 # ----------------------------------------------------------------------------
 # layers
 # ----------------------------------------------------------------------------
+def _numpy_fast_fn(perts, members, cache):
+    """NumPy layer_fn of the low-rank path: the conv layers of :func:`_lowrank_conv_fn`, and ReLU in place.
+
+    A ReLU right after a Linear or Conv2d layer overwrites that layer's output
+    (a fresh array of this forward, used by nothing else) instead of
+    allocating another ``(chunk, batch, width)`` array: the same numbers
+    (``max`` is exact), one large temporary less -- on a small VM the
+    first-touch page faults of such temporaries cost more than the arithmetic.
+    """
+    conv = _lowrank_conv_fn(perts, members, cache)
+    prev = [None]
+
+    def layer_fn(name, layer, local, h):
+        before, prev[0] = prev[0], layer
+        if (isinstance(layer, L.Activation) and layer.kind == "relu" and isinstance(before, (L.Linear, L.Conv2d))
+                and h.flags.writeable):
+            import numpy as np  # NumPy-only fast path (dispatched on is_numpy)
+
+            return np.maximum(h, h.dtype.type(0), out=h)
+        return conv(name, layer, local, h)
+
+    return layer_fn
+
+
 def _lowrank_conv_fn(perts, members, cache):
     """NumPy: conv layers (low-rank filter banks) through the fast ``egdnp.nn`` convolution.
 
