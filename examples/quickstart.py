@@ -110,8 +110,13 @@ def train_sgd(model, digits, xp, *, steps, batch_size, lr, momentum, seed, n_eva
 
 
 def train_egd(model, digits, xp, *, steps, batch_size, lr, momentum, seed, n_evals=25, evo_interval, pop_size,
-              sigma, selection_batch, show_progress=True):
-    """The same SGD steps, plus an evolution cycle every ``evo_interval`` steps."""
+              sigma, selection_batch, show_progress=True, population=True):
+    """The same SGD steps, plus an evolution cycle every ``evo_interval`` steps.
+
+    ``population``: score each cycle with the population scorer
+    (``egdnp.es.egd_scorer.model_scorer``: all members in population forwards,
+    egdnp's extension beyond the EvoSGD spec) instead of one closure call per member.
+    """
     rec = Recorder("EGD", model, digits, xp)
     params = model.init(seed=seed, xp=xp)
     reports = []
@@ -122,14 +127,30 @@ def train_egd(model, digits, xp, *, steps, batch_size, lr, momentum, seed, n_eva
     # Every member of a cycle is scored on the same selection batch, chosen by the cycle number.
     selection = {}
 
-    def closure(candidate, cycle=0, phase="score"):
+    def selection_batch_of(cycle, phase="score"):
         if cycle not in selection:
             selection.clear()
             idx = data.batch_indices(int(digits.x_train.shape[0]), selection_batch, seed=seed + 1, epoch=cycle)[0]
             selection[cycle] = _take(xp, digits.x_train, idx), _take(xp, digits.y_train, idx)
-        xs, ys = selection[cycle]
+        return selection[cycle]
+
+    def closure(candidate, cycle=0, phase="score"):
+        xs, ys = selection_batch_of(cycle, phase)
         rec.forward_evals += selection_batch
         return nn.softmax_cross_entropy(model.apply(candidate, xs), ys)   # forward only
+
+    # The population scorer: every member of a cycle in one population-batched forward.
+    population_scorer = es.egd_scorer.model_scorer(model, batch=selection_batch_of)
+
+    def scorer(mutations):
+        rec.forward_evals += selection_batch * len(mutations.members)
+        return population_scorer(mutations)
+
+    score = {"scorer": scorer} if population else {"closure": closure}
+    if show_progress or population:
+        print("EGD: cycles scored by " + ("the population scorer (all members of a cycle in one population forward; "
+                                          "egdnp's extension beyond the EvoSGD spec)" if population else
+                                          "the closure (one forward per member, the spec's path)"))
 
     eval_at = _common.checkpoints(steps, n_evals)
     rec.record(params)
@@ -138,7 +159,7 @@ def train_egd(model, digits, xp, *, steps, batch_size, lr, momentum, seed, n_eva
         rec.clock.start()
         xb, yb = next(batches)
         loss, grads = model.loss_and_grad(params, xb, yb)
-        params, state, report = opt.update(grads, state, params, closure=closure)   # report: None or a cycle's
+        params, state, report = opt.update(grads, state, params, **score)   # report: None or a cycle's
         rec.forward_evals += batch_size
         rec.backward_evals += batch_size
         rec.clock.pause()
@@ -147,6 +168,7 @@ def train_egd(model, digits, xp, *, steps, batch_size, lr, momentum, seed, n_eva
             bar.set_postfix(loss=f"{float(loss):.3f}", test_acc=f"{rec.record(params):.3f}", cycles=len(reports))
     bar.close()
     extra = {"cycles": len(reports),
+             "scoring": "population" if population else "closure",
              "cycles_improving": sum(1 for r in reports if r.loss < r.base_loss),
              "mean_cycle_gain": (sum(r.base_loss - r.loss for r in reports) / len(reports)) if reports else 0.0,
              "evolution_seconds": sum(r.seconds for r in reports)}

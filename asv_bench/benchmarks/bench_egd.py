@@ -7,6 +7,14 @@ Targets (issue 4), MLP 784-256-10 (ReLU), batch 512, pop_size 8, float32:
 * ``population_storage="seed"`` moves zero parameter bytes between host and
   device: ``track_seed_bytes_moved`` (must be 0); ``EvolutionCycle.track_bytes_moved``
   gives every mode's traffic for comparison (0 on NumPy, where host is device).
+
+Targets (issue 17), a cycle scored by the population scorer
+(``egdnp.es.egd_scorer.model_scorer``) against the pop_size + 1 per-candidate
+closure calls it replaces, ``PopulationCycle.track_ratio``:
+* MLP 784-256-10, batch 512, pop 8, ``mutation="lowrank"``, rank 4: <= 0.5;
+* the same with pop 32: <= 0.3;
+* CNN (``egdnp.nn.cnn()`` defaults), batch 128, pop 8, low-rank conv mutations: <= 0.7;
+* full-rank mutations through the scorer: measured (no target).
 """
 
 from __future__ import annotations
@@ -81,6 +89,15 @@ def overhead_ratio(cycle, closures, sync, rounds: int = ROUNDS) -> float:
     return ratios[mid] if len(ratios) % 2 else 0.5 * (ratios[mid - 1] + ratios[mid])
 
 
+def min_ratio(cycle, closures, sync, rounds: int = ROUNDS) -> float:
+    """Best cycle time / best time of the closure calls over ``rounds`` rounds (best of 2 each)."""
+    t_cycle, t_calls = float("inf"), float("inf")
+    for _ in range(rounds):
+        t_cycle = min(t_cycle, best_time(cycle, repeat=2, sync=sync))
+        t_calls = min(t_calls, best_time(closures, repeat=2, sync=sync))
+    return t_cycle / t_calls
+
+
 class EvolutionCycle:
     """One evolution cycle of the MLP 784-256-10, batch 512, pop 8, against its closure calls."""
 
@@ -127,11 +144,7 @@ class EvolutionCycle:
 
     def track_overhead_ratio_min(self, backend, storage, mutation):
         """Best cycle time / best time of its pop_size + 1 closure calls over ROUNDS rounds (the classic estimate)."""
-        t_cycle, t_calls = float("inf"), float("inf")
-        for _ in range(ROUNDS):
-            t_cycle = min(t_cycle, best_time(self.cycle, repeat=2, sync=self.sync))
-            t_calls = min(t_calls, best_time(self.closures, repeat=2, sync=self.sync))
-        return t_cycle / t_calls
+        return min_ratio(self.cycle, self.closures, self.sync)
 
     track_overhead_ratio_min.unit = "ratio"
 
@@ -222,3 +235,90 @@ class PinnedCopyBandwidth:
         return self.track_cycle_copy_gbps(backend) / self.track_peak_copy_gbps(backend)
 
     track_cycle_copy_fraction.unit = "fraction"
+
+
+# ----------------------------------------------------------------------------
+# population scoring (issue 17)
+# ----------------------------------------------------------------------------
+POPULATION_CASES = {
+    # case: (model builder, input shape, pop_size)
+    "mlp-pop8": ("mlp", (512, 784), 8),
+    "mlp-pop32": ("mlp", (512, 784), 32),
+    "cnn-pop8": ("cnn", (128, 1, 28, 28), 8),
+}
+
+
+class PopulationCycle:
+    """One EGD cycle scored by the population scorer, against the pop_size + 1 closure calls it replaces.
+
+    ``track_ratio``: the median over ROUNDS rounds of (best-of-2 cycle time) /
+    (best-of-2 time of pop_size + 1 closure calls), timed back to back (the
+    method of ``EvolutionCycle.track_overhead_ratio``); ``track_ratio_min``
+    the ratio of the minima.  The closure is the per-candidate path's
+    ``softmax_cross_entropy(model.apply(params, x), y)``.
+
+    ``allocator="keep_freed"`` runs both halves after
+    ``egdnp.nn.keep_freed_memory()`` (process-wide glibc setting): the
+    population's (pop, batch, width) temporaries are megabytes, and on the
+    2-core VM their first-touch page faults cost more than the arithmetic.
+    It is the first parameter so that every ``"default"`` case runs before a
+    process switches the setting on.
+    """
+
+    params = (["default", "keep_freed"], BACKENDS, list(POPULATION_CASES), ["lowrank", "full"])
+    param_names = ["allocator", "backend", "case", "mutation"]
+    timeout = 600
+
+    def setup(self, allocator, backend, case, mutation):
+        from egdnp.es.egd_scorer import model_scorer
+        from egdnp.nn import cnn, keep_freed_memory, mlp, softmax_cross_entropy
+
+        self.xp = namespace_or_skip(backend)
+        if allocator == "keep_freed":
+            keep_freed_memory()
+        self.sync = lambda: _backend.synchronize(self.xp)
+        kind, shape, self.pop = POPULATION_CASES[case]
+        model = mlp(SIZES, activation="relu") if kind == "mlp" else cnn()
+        x = rng.normal(shape, seed=1, stream="data/bench_x", xp=self.xp)
+        labels = (_backend.to_host(rng.random_bits((shape[0],), seed=1, stream="data/bench_y")) % 10).astype("int64")
+        y = _backend.to_device(labels, self.xp)
+        self.params = model.init(seed=0, xp=self.xp)
+
+        def closure(p):
+            return softmax_cross_entropy(model.apply(p, x), y)
+
+        self.closure = closure
+        self.scorer = model_scorer(model, x, y)
+        self.opt = egd(lr=0.01, evo_interval=1, pop_size=self.pop, elite_frac=0.25, sigma=0.02, seed=0,
+                       mutation=mutation, rank=4)
+        self.state = self.opt.init(self.params)
+        self.cycle()  # buffers and kernels outside the timing
+        self.closures()
+        self.sync()
+
+    def cycle(self):
+        return self.opt.evolve(self.state, self.params, scorer=self.scorer)[2]
+
+    def closures(self):
+        for _ in range(self.pop + 1):
+            float(self.closure(self.params))
+
+    def time_cycle(self, allocator, backend, case, mutation):
+        self.cycle()
+        self.sync()
+
+    def time_closure_calls(self, allocator, backend, case, mutation):
+        self.closures()
+        self.sync()
+
+    def track_ratio(self, allocator, backend, case, mutation):
+        """Cycle with the population scorer / its pop_size + 1 closure calls (targets: module docstring)."""
+        return overhead_ratio(self.cycle, self.closures, self.sync)
+
+    track_ratio.unit = "ratio"
+
+    def track_ratio_min(self, allocator, backend, case, mutation):
+        """Best cycle time / best time of the pop_size + 1 closure calls over ROUNDS rounds."""
+        return min_ratio(self.cycle, self.closures, self.sync)
+
+    track_ratio_min.unit = "ratio"

@@ -17,12 +17,14 @@ egdnp.es.variants       ``OpenES`` (full rank), ``SparseES``, ``EggrollBaseline`
 egdnp.es.rl             policies (discrete / tanh heads), observation normalisation, episode returns
 egdnp.es.functional     the PyTorch port's names (get_weight_shapes, ...)
 egdnp.es.checkpoint     save / load a whole run (atomic; resumes bit for bit)
+egdnp.es.egd_scorer     EGD's population scorer: a whole evolution cycle in population forwards
 
 See docs/eggroll.md.
 """
 
-from . import conventions, fitness, functional, gradient, layers, perturbations, rl, strategy, variants
+from . import conventions, egd_scorer, fitness, functional, gradient, layers, perturbations, rl, strategy, variants
 from .conventions import CONVENTIONS, Convention, get_convention, noise_generation
+from .egd_scorer import ModelScorer, model_scorer
 from .fitness import centered_ranks, classification_fitness, group_zscore, shape_fitness, zscore, zscore_var_eps
 from .gradient import es_gradient, factorised_shortcut, loss_gradients, lowrank_weighted_sum, pair_weights, sparse_weighted_sum
 from .layers import (
@@ -53,6 +55,7 @@ from . import checkpoint  # noqa: E402  (needs strategy)
 
 __all__ = [
     "conventions",
+    "egd_scorer",
     "fitness",
     "functional",
     "gradient",
@@ -66,6 +69,8 @@ __all__ = [
     "Convention",
     "get_convention",
     "noise_generation",
+    "ModelScorer",
+    "model_scorer",
     "centered_ranks",
     "classification_fitness",
     "group_zscore",

@@ -413,7 +413,7 @@ def perturbed_layer_norm(x, gamma, beta, perts: Perturbations | None = None, *, 
 
 
 def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None, *, members=None, state=None,
-                            impl: str = "auto", cache: dict | None = None, prefix: str = ""):
+                            impl: str = "auto", cache: dict | None = None, prefix: str = "", layer_fn=None):
     """Forward of a whole ``egdnp.nn`` model for every member (or a slice).
 
     Linear, Conv2d and BatchNorm layers run their perturbed versions; every
@@ -438,6 +438,10 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
         Prepended to this model's parameter keys to find their noise (a
         :class:`~egdnp.nn.Residual` body runs with ``prefix="block1."``);
         noise of keys outside the prefix is ignored here.
+    layer_fn : callable, optional
+        ``layer_fn(name, layer, layer_params, h) -> out or None``, tried before
+        the perturbed layers (a non-None result replaces the layer's output),
+        e.g. a faster implementation of the same perturbed layer.
 
     Returns
     -------
@@ -459,12 +463,17 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
                 raise ValueError(f"parameter {key!r} belongs to a {type(owners[key]).__name__} layer, which has no perturbed forward")
     state = {} if state is None else state
     seen: dict[str, bool] = {}  # whether the model's input was shared, judged by its first weighted layer
+    override = layer_fn
 
     def layer_fn(name, layer, local_params, h):
         wk, bk = f"{prefix}{name}.weight", f"{prefix}{name}.bias"
         if isinstance(layer, known) and "x_shared" not in seen:
             image = isinstance(layer, (L.Conv2d, L.BatchNorm2d))
             seen["x_shared"] = len(h.shape) == (4 if image else 2)
+        if override is not None:
+            replaced = override(prefix + name, layer, local_params, h)
+            if replaced is not None:
+                return replaced
         if isinstance(layer, L.Linear):
             return perturbed_linear(h, local_params["weight"], local_params.get("bias"), perts,
                                     weight_key=wk, bias_key=bk, members=members, impl=impl, cache=cache)

@@ -41,7 +41,7 @@ from numba import get_num_threads, njit, prange
 from ..rng._cpu import CHUNK_BLOCKS, _key, _normal_chunk, _weighted_chunk
 
 __all__ = ["mutant_into", "MutantPlan", "LowRankPlan", "seed_recombine_into", "mix_into", "lowrank_mutant_into",
-           "mean_square", "PARALLEL_FROM", "set_parallel_from"]
+           "stacked_factors", "mean_square", "PARALLEL_FROM", "set_parallel_from"]
 
 # Blocks per sub-chunk of the low-rank factor kernel (its arrays are small).
 _SUB = 256
@@ -385,8 +385,10 @@ class LowRankPlan:
     __slots__ = ("base", "rows", "cols", "rank", "factor", "k0", "k1", "stream", "generation", "buf")
 
     def __init__(self, base: np.ndarray, scale: float, rank: int, seed: int, stream: int, generation: int):
-        self.base = base
-        self.rows, self.cols = (int(d) for d in base.shape)
+        # a conv filter bank (C_out, C_in, kh, kw) is mutated as its (C_out, C_in*kh*kw) flattening
+        self.rows = int(base.shape[0])
+        self.cols = int(base.size) // max(self.rows, 1)
+        self.base = base.reshape(self.rows, self.cols)
         self.rank = int(rank)
         # NumPy rounds the Python float factor to the dtype before multiplying
         self.factor = base.dtype.type(float(scale) / math.sqrt(rank))
@@ -400,7 +402,39 @@ class LowRankPlan:
         _factors_kernel(self.buf, n_a, self.factor, self.k0, self.k1, self.stream, np.uint32(member), self.generation)
         a = self.buf[:n_a].reshape(self.rows, self.rank)
         b = self.buf[n_a:].reshape(self.cols, self.rank)
-        lowrank_mutant_into(out, self.base, a, b)
+        lowrank_mutant_into(out.reshape(self.rows, self.cols), self.base, a, b)
+
+
+def stacked_factors(rows: int, cols: int, rank: int, scale: float, seed: int, stream: int, generation: int,
+                    members, dtype) -> tuple:
+    """Low-rank factors of many members at once, drawn as :class:`LowRankPlan` draws them.
+
+    Member ``m >= 1`` gets ``A[i] = A~ * (scale / sqrt(rank))`` (the factor
+    rounded to ``dtype`` once) and ``B[i]``; members ``<= 0`` get zeros.
+
+    Parameters
+    ----------
+    rows, cols, rank : int
+    scale : float
+    seed, stream, generation : int
+        The noise address (``stream`` already a stream id).
+    members : sequence of int, length n
+    dtype : numpy dtype
+
+    Returns
+    -------
+    A : numpy.ndarray, shape (n, rows, rank)
+    B : numpy.ndarray, shape (n, cols, rank)
+    """
+    dtype = np.dtype(dtype)
+    n, n_a = len(members), rows * rank
+    flat = np.zeros((n, (rows + cols) * rank), dtype=dtype)
+    factor = dtype.type(float(scale) / math.sqrt(rank))
+    k0, k1 = _key(seed)
+    for i, m in enumerate(members):
+        if int(m) > 0:
+            _factors_kernel(flat[i], n_a, factor, k0, k1, np.uint32(stream), np.uint32(int(m)), np.uint32(generation))
+    return flat[:, :n_a].reshape(n, rows, rank), flat[:, n_a:].reshape(n, cols, rank)
 
 
 # ----------------------------------------------------------------------------

@@ -34,10 +34,12 @@ from typing import Any, Callable
 
 from .. import _backend, rng
 from ._egd_mutation import dtype_name, is_lowrank, mutant, param_scale, weighted_unit_noise
+from ._egd_population import PopulationScoring
 
 __all__ = ["Workspace", "run_cycle", "CycleResult", "population_bytes", "check_population_fits"]
 
 BASE = "base"  # handle of the base member (member 0) in both stores
+LAZY = "lazy"  # population scoring: an elite whose candidate is built only once it is recombined
 PHASES = ("score", "rescore")
 
 
@@ -243,7 +245,7 @@ class _Population:
 class SeedPopulation(_Population):
     """Members are noise addresses; everything is regenerated on the device."""
 
-    def begin(self) -> None:
+    def begin(self, n_slots: int | None = None) -> None:
         # NumPy: one reused candidate buffer per parameter (the device holds one candidate at a time)
         self.plans = self._plans(self.params) if self.numpy else {}
 
@@ -300,7 +302,7 @@ class SeedPopulation(_Population):
 class DevicePopulation(SeedPopulation):
     """``offload_population_to_cpu=False``: candidates and elites are device arrays (k + 2 at most)."""
 
-    def begin(self) -> None:
+    def begin(self, n_slots: int | None = None) -> None:
         self.plans = {}
 
     def prepare(self, member: int) -> dict:
@@ -343,7 +345,7 @@ class DevicePopulation(SeedPopulation):
 class HostPopulation(_Population):
     """Base snapshot and candidate/elite slots in (pinned) host buffers; one device candidate buffer."""
 
-    def begin(self) -> None:
+    def begin(self, n_slots: int | None = None) -> None:
         xp = self.xp
         self.hxp = _backend.get_namespace("numpy")
         self.pool = self.ws.pool(xp)
@@ -365,7 +367,8 @@ class HostPopulation(_Population):
                 self.bytes_to_host += buf.nbytes
             self.base_host[n] = buf
         # k elites + the candidate whose loss is pending + the one being built
-        n_slots = self.cfg.n_elites + 2
+        # (population scoring builds only the k elites, after scoring)
+        n_slots = self.cfg.n_elites + 2 if n_slots is None else n_slots
         self.free_slots = list(range(n_slots))[::-1]
         self.slots = {
             (slot, n): self.pool.get(("slot", slot, n), tuple(self.params[n].shape), self.dtypes[n])
@@ -461,11 +464,15 @@ def _softmax_weights(losses, temperature: float):
     return [e / s for e in ex]
 
 
-def run_cycle(cfg, params: dict, *, sigma: float, cycle: int, step: int, closure: Callable,
-              workspace: Workspace, seed: int) -> CycleResult:
+def run_cycle(cfg, params: dict, *, sigma: float, cycle: int, step: int, closure: Callable | None,
+              workspace: Workspace, seed: int, scorer: Callable | None = None) -> CycleResult:
     """Run one evolution cycle on ``params`` (the parameters after the SGD step).
 
     The mutations are addressed by ``seed`` (the state's, not ``cfg.seed``).
+    Members are scored one at a time with ``closure`` (the spec's path), or
+    all at once with the population ``scorer`` (see
+    :mod:`egdnp.optim._egd_population`); the same losses give the same
+    elites and the same recombination either way.
 
     Returns a :class:`CycleResult`; never modifies ``params``.  Raises
     RuntimeError when the base loss is not finite.
@@ -477,8 +484,9 @@ def run_cycle(cfg, params: dict, *, sigma: float, cycle: int, step: int, closure
         if _nbytes(p) > 0 and (cfg.mutate_filter is None or bool(cfg.mutate_filter(n, p)))
     ]
     check_population_fits(cfg, params, mutated)
-    if _backend.is_numpy(xp):
+    if _backend.is_numpy(xp) and scorer is None:
         # NumPy: the squares go to the (still free) candidate buffer instead of a fresh temporary
+        # (population scoring holds no candidate buffer: a transient temporary, the same bits)
         scales = {
             n: param_scale(xp, params[n], sigma, scratch=workspace.device_buffer(
                 xp, ("candidate", n), params[n].shape, params[n].dtype) if params[n].flags.c_contiguous else None)
@@ -486,54 +494,72 @@ def run_cycle(cfg, params: dict, *, sigma: float, cycle: int, step: int, closure
         }
     else:
         scales = {n: param_scale(xp, params[n], sigma) for n in mutated}
-    scorer = Scorer(closure, cfg.loss_reduce, cycle)
+    population = None if scorer is None else PopulationScoring(scorer, cfg, mutated, scales, cycle, seed)
+    scorer = Scorer(closure, cfg.loss_reduce, cycle) if population is None else population
     if cfg.population_storage == "seed":
         store_cls = SeedPopulation
     else:
         store_cls = HostPopulation if cfg.offload_population_to_cpu else DevicePopulation
     store = store_cls(cfg, xp, params, mutated, scales, cycle, workspace, seed)
 
-    base_loss = scorer(params, 0, "score")
+    if population is not None:
+        # every member in one call (member 0 is the base itself)
+        pop_losses = population(params, range(cfg.pop_size), "score")
+        base_loss = pop_losses[0]
+    else:
+        base_loss = scorer(params, 0, "score")
     if not math.isfinite(base_loss):
         raise RuntimeError(
             f"EGD evolution cycle {cycle} (step {step}): the base parameters' loss is {base_loss!r}; "
             "a cycle needs a finite base loss. Nothing was changed (params and state are as before this update); "
             "lower lr or check the data/closure"
         )
-    store.begin()
-
     k = cfg.n_elites
+    store.begin(None if population is None else k)
+
     member_losses = [math.nan] * cfg.pop_size
     member_losses[0] = base_loss
     # [loss, member, handle]; kept in the spec's order (append, replace in place)
     elites: list = [[base_loss, 0, BASE]]
 
+    def release(handle):
+        if handle != LAZY:
+            store.release(handle)
+
     def admit(member, handle, loss):
         member_losses[member] = loss
         if not math.isfinite(loss):
             # non-finite losses rank last: such a candidate is never an elite
-            store.release(handle)
+            release(handle)
             return
         if len(elites) < k:
             elites.append([loss, member, handle])
             return
         worst = max(range(len(elites)), key=lambda i: elites[i][0])
         if loss < elites[worst][0]:
-            store.release(elites[worst][2])
+            release(elites[worst][2])
             elites[worst] = [loss, member, handle]
         else:
-            store.release(handle)
+            release(handle)
 
-    pending = None
-    for member in range(1, cfg.pop_size):
-        handle = store.prepare(member)  # host work overlaps the device still scoring `pending`
+    if population is not None:
+        # the same streaming selection over the population's losses; only the elites are built
+        for member in range(1, cfg.pop_size):
+            admit(member, LAZY, pop_losses[member])
+        for e in elites:
+            if e[2] == LAZY:
+                e[2] = store.prepare(e[1])
+    else:
+        pending = None
+        for member in range(1, cfg.pop_size):
+            handle = store.prepare(member)  # host work overlaps the device still scoring `pending`
+            if pending is not None:
+                admit(pending[0], pending[1], scorer.value(pending[2]))
+            cand = store.device_params(handle)
+            pending = (member, handle, scorer.call(cand, member, "score"))
+            del cand
         if pending is not None:
             admit(pending[0], pending[1], scorer.value(pending[2]))
-        cand = store.device_params(handle)
-        pending = (member, handle, scorer.call(cand, member, "score"))
-        del cand
-    if pending is not None:
-        admit(pending[0], pending[1], scorer.value(pending[2]))
 
     elites.sort(key=lambda e: e[0])
     rescore_losses = None
@@ -541,13 +567,16 @@ def run_cycle(cfg, params: dict, *, sigma: float, cycle: int, step: int, closure
     if cfg.rescore_elites:
         rescore_losses = {}
         rescored = []
+        if population is not None:
+            again = [e[1] for e in elites] + ([] if any(e[1] == 0 for e in elites) else [0])
+            fresh = dict(zip(again, population(params, again, "rescore")))
         for loss, member, handle in elites:
-            r = scorer(store.device_params(handle), member, "rescore")
+            r = fresh[member] if population is not None else scorer(store.device_params(handle), member, "rescore")
             rescore_losses[member] = r
             if math.isfinite(r) or member == 0:
                 rescored.append([r, member, handle])
         if 0 not in rescore_losses:
-            rescore_losses[0] = scorer(params, 0, "rescore")
+            rescore_losses[0] = fresh[0] if population is not None else scorer(params, 0, "rescore")
         compare_loss = rescore_losses[0]
         if not math.isfinite(compare_loss):
             raise RuntimeError(
@@ -569,7 +598,11 @@ def run_cycle(cfg, params: dict, *, sigma: float, cycle: int, step: int, closure
     for h in handles:
         store.release(h)
 
-    recombined_loss = scorer(new_params, -1, "rescore" if cfg.rescore_elites else "score")
+    final_phase = "rescore" if cfg.rescore_elites else "score"
+    if population is not None:
+        recombined_loss = population(new_params, (-1,), final_phase)[0]
+    else:
+        recombined_loss = scorer(new_params, -1, final_phase)
     accepted = True
     final_loss = recombined_loss
     if cfg.accept == "if_better" and not recombined_loss <= compare_loss:
@@ -602,5 +635,6 @@ def run_cycle(cfg, params: dict, *, sigma: float, cycle: int, step: int, closure
         seconds=seconds,
         population_storage=cfg.population_storage,
         host_buffer_bytes=workspace.host_nbytes if store_cls is HostPopulation else 0,
+        scored_by="closure" if population is None else "population",
     )
     return CycleResult(new_params, accepted, fields)

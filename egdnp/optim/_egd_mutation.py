@@ -6,11 +6,13 @@ The unit noise of member ``m`` for parameter ``name`` in cycle ``c`` is
 
       z = rng.normal(shape, seed=seed, stream=name, member=m, generation=c)
 
-* low rank (``mutation="lowrank"``, rank ``r``, matrices ``(rows, cols)``)::
+* low rank (``mutation="lowrank"``, rank ``r``, matrices ``(rows, cols)``, and
+  conv filter banks ``(C_out, C_in, kh, kw)`` as their row-major flattening
+  ``(rows, cols) = (C_out, C_in * kh * kw)``, as in EGGROLL)::
 
       f = rng.normal(((rows + cols) * r,), seed=seed, stream=name, member=m, generation=c)
       A = f[:rows * r].reshape(rows, r);  B = f[rows * r:].reshape(cols, r)
-      z = A @ B.T / sqrt(r)          (computed as (A * (scale / sqrt(r))) @ B.T)
+      z = (A @ B.T / sqrt(r)).reshape(shape)   (computed as (A * (scale / sqrt(r))) @ B.T)
 
   Every entry of ``A Bᵀ`` is a sum of ``r`` products of independent unit
   normals (variance ``r``), so ``z`` has unit variance: its expected RMS
@@ -25,7 +27,8 @@ import math
 
 from .. import _backend, rng
 
-__all__ = ["param_scale", "unit_noise", "mutant", "weighted_unit_noise", "is_lowrank", "dtype_name"]
+__all__ = ["param_scale", "unit_noise", "mutant", "weighted_unit_noise", "is_lowrank", "lowrank_shape",
+           "lowrank_factors", "dtype_name"]
 
 RMS_FLOOR = 1e-8
 
@@ -61,8 +64,26 @@ def _size(p) -> int:
 
 
 def is_lowrank(shape, mutation: str) -> bool:
-    """Whether a tensor of this shape gets a low-rank mutation."""
-    return mutation == "lowrank" and len(shape) == 2
+    """Whether a tensor of this shape gets a low-rank mutation (a matrix or a conv filter bank)."""
+    return mutation == "lowrank" and len(shape) in (2, 4)
+
+
+def lowrank_shape(shape) -> tuple:
+    """``(rows, cols)`` of a low-rank mutated tensor: ``(m, n)``, or ``(C_out, C_in * kh * kw)`` for a filter bank.
+
+    Parameters
+    ----------
+    shape : tuple of int, length 2 or 4
+
+    Returns
+    -------
+    (int, int)
+    """
+    shape = tuple(int(s) for s in shape)
+    cols = 1
+    for s in shape[1:]:
+        cols *= s
+    return shape[0], cols
 
 
 def unit_noise(shape, *, seed: int, name: str, member: int, cycle: int, dtype: str, xp, device=None,
@@ -78,10 +99,11 @@ def unit_noise(shape, *, seed: int, name: str, member: int, cycle: int, dtype: s
     """
     shape = tuple(int(s) for s in shape)
     if is_lowrank(shape, mutation):
-        rows, cols = shape
+        rows, cols = lowrank_shape(shape)
         a, b = _factors(rows, cols, rank, seed=seed, name=name, member=member, cycle=cycle, dtype=dtype, xp=xp,
                         device=device)
-        return xp.matmul(a * (float(factor) / math.sqrt(rank)), xp.permute_dims(b, (1, 0)))
+        z = xp.matmul(a * (float(factor) / math.sqrt(rank)), xp.permute_dims(b, (1, 0)))
+        return z if len(shape) == 2 else xp.reshape(z, shape)
     z = rng.normal(shape, seed=seed, stream=name, member=member, generation=cycle, dtype=dtype, xp=xp, device=device)
     if factor != 1.0:
         z *= float(factor)
@@ -125,15 +147,19 @@ def mutant(base, scale: float, *, seed: int, name: str, member: int, cycle: int,
         if out is None:
             out = xp.empty(shape, dtype=base.dtype)
         return _egd_cpu.mutant_into(out, base, scale, seed, rng.stream_id(name), member, cycle)
-    if impl != "array_api" and _backend.is_numpy(xp) and is_lowrank(shape, mutation):
+    if (impl != "array_api" and _backend.is_numpy(xp) and is_lowrank(shape, mutation)
+            and (out is None or out.flags.c_contiguous)):
         # the oracle's own matmul, written into the output, then the base added in place
         from . import _egd_cpu
 
-        a, b = _factors(shape[0], shape[1], rank, seed=seed, name=name, member=member, cycle=cycle,
+        rows, cols = lowrank_shape(shape)
+        a, b = _factors(rows, cols, rank, seed=seed, name=name, member=member, cycle=cycle,
                         dtype=dtype_name(xp, base.dtype), xp=xp, device=device)
         if out is None:
             out = xp.empty(shape, dtype=base.dtype)
-        return _egd_cpu.lowrank_mutant_into(out, base, a * (float(scale) / math.sqrt(rank)), b)
+        _egd_cpu.lowrank_mutant_into(out.reshape(rows, cols), base.reshape(rows, cols),
+                                     a * (float(scale) / math.sqrt(rank)), b)
+        return out
     z = unit_noise(shape, seed=seed, name=name, member=member, cycle=cycle, dtype=dtype_name(xp, base.dtype), xp=xp,
                    device=device, mutation=mutation, rank=rank, factor=scale)
     z += base
@@ -141,6 +167,36 @@ def mutant(base, scale: float, *, seed: int, name: str, member: int, cycle: int,
         return z
     out[...] = z
     return out
+
+
+def lowrank_factors(shape, *, seed: int, name: str, member: int, cycle: int, rank: int, dtype: str, xp, device=None,
+                    factor: float = 1.0):
+    """The factors of one member's low-rank noise: ``z = (A @ B.T).reshape(shape)`` with ``A`` pre-scaled.
+
+    ``A`` is the unit factor times ``factor / sqrt(rank)`` (rounded once, as
+    :func:`mutant` and :func:`unit_noise` scale it), ``B`` the unit factor.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        A matrix ``(rows, cols)`` or a filter bank ``(C_out, C_in, kh, kw)``.
+    seed, name, member, cycle, rank :
+        The noise address and the rank.
+    dtype : {"float32", "float64"}
+    xp : namespace
+    device : optional
+    factor : float
+        Typically the mutation scale ``sigma * rms(base)``.
+
+    Returns
+    -------
+    A : array, shape (rows, rank)
+    B : array, shape (cols, rank)
+    """
+    rows, cols = lowrank_shape(shape)
+    a, b = _factors(rows, cols, rank, seed=seed, name=name, member=member, cycle=cycle, dtype=dtype, xp=xp,
+                    device=device)
+    return a * (float(factor) / math.sqrt(rank)), b
 
 
 def _factors(rows, cols, rank, *, seed, name, member, cycle, dtype, xp, device):
@@ -170,7 +226,7 @@ def weighted_unit_noise(weights, members, shape, *, seed: int, name: str, cycle:
     weights = [float(w) * float(factor) for w in weights]
     members = [int(m) for m in members]
     if is_lowrank(shape, mutation):
-        rows, cols = shape
+        rows, cols = lowrank_shape(shape)
         a_parts, b_parts = [], []
         for w, m in zip(weights, members):
             a, b = _factors(rows, cols, rank, seed=seed, name=name, member=m, cycle=cycle, dtype=dtype, xp=xp,
@@ -179,6 +235,7 @@ def weighted_unit_noise(weights, members, shape, *, seed: int, name: str, cycle:
             b_parts.append(b)
         a_cat = xp.concat(a_parts, axis=1)
         b_cat = xp.concat(b_parts, axis=1)
-        return xp.matmul(a_cat, xp.permute_dims(b_cat, (1, 0)))
+        g = xp.matmul(a_cat, xp.permute_dims(b_cat, (1, 0)))
+        return g if len(shape) == 2 else xp.reshape(g, shape)
     return rng.weighted_noise_sum(weights, shape, seed=seed, stream=name, members=members, generation=cycle,
                                   dtype=dtype, xp=xp, device=device)

@@ -60,6 +60,17 @@ choosing the batch from ``(cycle, phase)`` only.
 One cycle makes ``pop_size + 1`` closure calls (plus ``k + 1`` at most
 with ``rescore_elites``).
 
+Population scoring (egdnp's extension, beyond the spec)
+-------------------------------------------------------
+Instead of the closure, ``update``/``evolve`` accept ``scorer=``, a
+population scorer ``scorer(mutations) -> losses`` that scores every member
+of a cycle at once from the base parameters and the cycle's noise addresses
+(:class:`Mutations`; :func:`egdnp.es.egd_scorer.model_scorer` builds one for
+``egdnp.nn`` models, which never forms a low-rank candidate).  A cycle then
+makes 2 scorer calls (3 with ``rescore_elites``: all members, the elites
+again, the recombined parameters); selection, recombination and the report
+are the closure path's.
+
 Noise
 -----
 Mutation ``z`` of member ``m`` for parameter ``name`` in cycle ``c`` is
@@ -82,9 +93,10 @@ from ._egd_base import check_float, check_lr, check_params_grads, check_state_ke
 from ._egd_base import load_state as _load_state
 from ._egd_base import save_state as _save_state
 from ._egd_cycle import Workspace, check_population_fits, run_cycle
+from ._egd_population import Mutations
 from .sgd import check_sgd_hyper, sgd_direction
 
-__all__ = ["EGDConfig", "EGDState", "EvolutionReport", "EGDOptimizer", "egd", "EGD", "save", "load"]
+__all__ = ["EGDConfig", "EGDState", "EvolutionReport", "EGDOptimizer", "Mutations", "egd", "EGD", "save", "load"]
 
 MAX_SEED = 2**64 - 1
 RECOMBINE = ("mean", "softmax")
@@ -206,14 +218,18 @@ class EvolutionReport:
         0 in ``population_storage="seed"`` mode and on NumPy, where host and
         device memory are the same.
     closure_calls : int
+        Closure calls, or population scorer calls (``scored_by="population"``).
     closure_seconds : float
-        Wall time spent in the closure (and ``loss_reduce``).
+        Wall time spent in the closure or the scorer (and ``loss_reduce``).
     seconds : float
         Wall time of the whole cycle; ``seconds / closure_seconds - 1`` is
         the overhead of mutation, selection and recombination.
     population_storage : str
     host_buffer_bytes : int
         Host (pinned with CuPy) memory held by the population buffers.
+    scored_by : {"closure", "population"}
+        Whether the members were scored one at a time by the closure or all
+        at once by a population scorer.
     """
 
     cycle: int
@@ -238,6 +254,7 @@ class EvolutionReport:
     seconds: float
     population_storage: str
     host_buffer_bytes: int
+    scored_by: str = "closure"
 
     @property
     def overhead(self) -> float:
@@ -251,8 +268,8 @@ class EGDOptimizer(NamedTuple):
     Attributes
     ----------
     init : callable(params) -> EGDState
-    update : callable(grads, state, params, closure=None) -> (params, state, EvolutionReport | None)
-    evolve : callable(state, params, closure) -> (params, state, EvolutionReport)
+    update : callable(grads, state, params, closure=None, *, scorer=None) -> (params, state, EvolutionReport | None)
+    evolve : callable(state, params, closure=None, *, scorer=None) -> (params, state, EvolutionReport)
         Run one evolution cycle now (no SGD step, ``step`` unchanged).
     config : EGDConfig
     workspace : Workspace
@@ -428,8 +445,10 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
         recombination are regenerated on the device; no parameter bytes
         move between host and device.
     mutation : {"full", "lowrank"}
-        ``"lowrank"``: matrices get ``A Bᵀ / sqrt(rank)`` mutations (unit
-        RMS in expectation, like full rank); other tensors stay full rank.
+        ``"lowrank"``: matrices and conv filter banks (as their
+        ``(C_out, C_in*kh*kw)`` flattening) get ``A Bᵀ / sqrt(rank)``
+        mutations (unit RMS in expectation, like full rank); other tensors
+        stay full rank.
     rank : int >= 1
     accept : {"always", "if_better"}
         ``"if_better"``: keep the base when the recombined loss is worse.
@@ -491,17 +510,24 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
                 new_bufs[k] = buf
         return new_params, new_bufs
 
-    def _cycle(state: EGDState, params: dict, momentum, step: int, sigma: float, closure):
-        if closure is None:
+    def _cycle(state: EGDState, params: dict, momentum, step: int, sigma: float, closure, scorer=None):
+        if closure is not None and scorer is not None:
+            raise ValueError(
+                "pass closure=... (members scored one at a time) or scorer=... (all members at once), not both"
+            )
+        if scorer is not None and not callable(scorer):
+            raise TypeError(f"scorer={scorer!r} must be callable(mutations) -> losses, e.g. "
+                            "egdnp.es.egd_scorer.model_scorer(model, x, y)")
+        if closure is None and scorer is None:
             raise RuntimeError(
                 f"EGD step {step} is an evolution step (evo_interval={cfg.evo_interval}) and needs a "
-                "forward-only closure(params) -> loss; pass closure=..."
+                "forward-only closure(params) -> loss; pass closure=... (or a population scorer=...)"
             )
         if state.cycle > 2**32 - 1:
             raise RuntimeError(f"cycle={state.cycle} exceeds the 32-bit generation counter of the noise")
         # the state's seed is the rng position of this run; cfg.seed only seeds init
         result = run_cycle(cfg, params, sigma=sigma, cycle=state.cycle, step=step, closure=closure,
-                           workspace=workspace, seed=state.seed)
+                           workspace=workspace, seed=state.seed, scorer=scorer)
         if result.accepted and cfg.reset_momentum_on_evo and momentum is not None:
             momentum = {k: _backend.array_namespace(b).zeros_like(b) for k, b in momentum.items()}
         new_state = EGDState(step, state.cycle + 1, sigma * cfg.sigma_decay, state.seed, momentum)
@@ -510,7 +536,8 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
             cfg.callback(report)
         return result.params, new_state, report
 
-    def update(grads: dict | None, state: EGDState, params: dict, closure: Callable | None = None):
+    def update(grads: dict | None, state: EGDState, params: dict, closure: Callable | None = None, *,
+               scorer: Callable | None = None):
         """One EGD step (see the module docstring for the order).
 
         Parameters
@@ -520,7 +547,10 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
         state : EGDState
         params : dict[str, array]
         closure : callable(params, **kw) -> loss, optional
-            Forward-only; required on evolution steps.
+            Forward-only; required on evolution steps unless ``scorer`` is given.
+        scorer : callable(Mutations) -> losses, optional
+            A population scorer (egdnp's extension): scores all members of a
+            cycle at once; instead of ``closure``.
 
         Returns
         -------
@@ -536,13 +566,13 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
         sigma = _new_sigma(cfg, step, state.sigma)
         if cfg.evo_interval <= 0 or step % cfg.evo_interval != 0:
             return new_params, EGDState(step, state.cycle, sigma, state.seed, momentum), None
-        return _cycle(state, new_params, momentum, step, sigma, closure)
+        return _cycle(state, new_params, momentum, step, sigma, closure, scorer)
 
-    def evolve(state: EGDState, params: dict, closure: Callable):
-        """One evolution cycle now, without an SGD step (``state.step`` unchanged)."""
+    def evolve(state: EGDState, params: dict, closure: Callable | None = None, *, scorer: Callable | None = None):
+        """One evolution cycle now, without an SGD step (``state.step`` unchanged); ``closure`` or ``scorer``."""
         _check_params(params)
         _check_state(cfg, state, params)
-        return _cycle(state, params, state.momentum, state.step, state.sigma, closure)
+        return _cycle(state, params, state.momentum, state.step, state.sigma, closure, scorer)
 
     return EGDOptimizer(init, update, evolve, cfg, workspace)
 
@@ -629,7 +659,8 @@ class EGD:
         """The current mutation scale (a Python float; decays after every cycle)."""
         return self.state.sigma
 
-    def step(self, grads: dict | None, closure: Callable | None = None) -> float | None:
+    def step(self, grads: dict | None, closure: Callable | None = None, *,
+             scorer: Callable | None = None) -> float | None:
         """One SGD step (+ evolution cycle on every ``evo_interval``-th step); see :func:`egd`.
 
         Parameters
@@ -637,34 +668,40 @@ class EGD:
         grads : dict of str to array, or None
             Gradients keyed like ``params``, each of its parameter's shape.
         closure : callable, optional
-            ``closure(params) -> loss``; needed on evolution steps.
+            ``closure(params) -> loss``; needed on evolution steps unless ``scorer`` is given.
+        scorer : callable, optional
+            A population scorer ``scorer(mutations) -> losses`` of shape
+            (n_members,), instead of ``closure`` (egdnp's extension; see
+            :func:`egdnp.es.egd_scorer.model_scorer`).
 
         Returns
         -------
         float or None
             The loss after recombination on evolution steps, else None.
         """
-        params, state, report = self.opt.update(grads, self.state, self.params, closure=closure)
+        params, state, report = self.opt.update(grads, self.state, self.params, closure=closure, scorer=scorer)
         self.params, self.state = params, state
         if report is not None:
             self.last_report = report
             return report.loss
         return None
 
-    def evolve(self, closure: Callable) -> EvolutionReport:
+    def evolve(self, closure: Callable | None = None, *, scorer: Callable | None = None) -> EvolutionReport:
         """Run one evolution cycle now (no SGD step).
 
         Parameters
         ----------
-        closure : callable
+        closure : callable, optional
             ``closure(params) -> loss`` (forward only), as for :func:`egd`.
+        scorer : callable, optional
+            A population scorer instead of ``closure``.
 
         Returns
         -------
         EvolutionReport
             Also kept as ``last_report``; ``params`` and ``state`` are replaced.
         """
-        params, state, report = self.opt.evolve(self.state, self.params, closure)
+        params, state, report = self.opt.evolve(self.state, self.params, closure, scorer=scorer)
         self.params, self.state, self.last_report = params, state, report
         return report
 
