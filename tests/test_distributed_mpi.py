@@ -85,6 +85,29 @@ def test_eggroll_across_ranks_matches_one_process(tmp_path, eggroll_reference, n
     assert int(got["egdnp-allreduce-shared/bytes"]) == 8 * len(blocks[0].members) + 8 * n_params
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_variants_shape_and_transform_the_whole_population_in_both_modes(tmp_path, n):
+    """EggrollBaseline (baseline z-score shaping, global-norm clipping at 0.05: active every generation),
+    SparseES and the frozen-zeros convention with AdamW, 6 generations on n ranks (check=True: identical
+    on every rank).  Fitness mode: bitwise the one-process strategy.tell (per-member inputs).  All-reduce
+    mode: the variant's shape on the whole fitness and its clipping on the whole summed gradient (after
+    the all-reduce; clipping per rank would move the parameters by up to n times more), within float64
+    rounding (rel 1e-11) of the one-process run."""
+    out = tmp_path / "out.npz"
+    mpirun(n, "variants", out)
+    got = np.load(out)
+    ref = S.variants(one_process())
+    for name, _, mode in S.variant_cases():
+        for k in S.MODEL.init(seed=0):
+            key = f"{name}/{k}"
+            if mode == "fitness":
+                np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
+            else:
+                np.testing.assert_allclose(got[key], ref[key], rtol=1e-11, atol=1e-14, err_msg=key)
+    for mode in distributed.MODES:
+        assert float(got[f"baseline-{mode}/grad_norm"]) == pytest.approx(0.05, rel=1e-12)  # clipped
+
+
 def test_checkpoint_from_2_ranks_resumes_on_3_ranks(tmp_path):
     """Rank 0 writes after 3 generations on 2 ranks; 3 ranks resume; 6 generations == the one-process run."""
     path = tmp_path / "ck.npz"
