@@ -313,6 +313,38 @@ class DistributedEggroll:
         full[self._order] = gathered
         return _backend.to_device(full, xp, device=_backend.device_of(local_fitness))
 
+    def gather_members(self, local_rows) -> np.ndarray:
+        """Every rank's per-member host rows as the whole population's, in member order (one ``Allgatherv``).
+
+        For small per-member side results that every rank needs, e.g. the
+        observation sums of an RL rollout (the examples' ``--mpi`` mode: each
+        rank then sums the rows of all ``N`` members in member order, with the
+        same rounding as one process).
+
+        Parameters
+        ----------
+        local_rows : numpy.ndarray, shape (n_local, ...)
+            One row per member of this rank's block, in :func:`local_view`
+            order; the same trailing shape and dtype on every rank.
+
+        Returns
+        -------
+        numpy.ndarray, shape (N, ...)
+            Row ``i`` is member ``i``'s.
+        """
+        rows = np.ascontiguousarray(local_rows)
+        n_local = len(self.block.members)
+        if rows.ndim < 1 or int(rows.shape[0]) != n_local:
+            raise ValueError(f"local_rows has shape {rows.shape} but rank {self.comm.rank} scores {n_local} members; "
+                             f"pass one row per member of the local population, shape ({n_local}, ...)")
+        tail = tuple(int(d) for d in rows.shape[1:])
+        width = math.prod(tail)
+        gathered = self.comm.allgatherv(rows.reshape(-1), [c * width for c in self._counts])
+        gathered = gathered.reshape((self.strategy.pop_size,) + tail)
+        full = np.empty_like(gathered)
+        full[self._order] = gathered
+        return full
+
     def tell(self, state: _es.EggrollState, perts: _es.Perturbations, local_fitness) -> tuple[_es.EggrollState, dict]:
         """Exchange the fitness and update (the same new state on every rank).
 
