@@ -160,6 +160,17 @@ def test_allreduce_mode_refuses_a_strategy_with_its_own_tell_and_keeps_the_varia
             assert "baseline_mean" in states["allreduce"][1]
 
 
+def test_gather_members_on_one_process_and_bad_input():
+    """One process: the rows come back in member order (a copy); rows that do not match the block are refused."""
+    dist = distributed.DistributedEggroll(es.Eggroll(pop_size=8), one())
+    rows = np.arange(8 * 3, dtype=np.float64).reshape(8, 3)
+    got = dist.gather_members(rows)
+    np.testing.assert_array_equal(got, rows)
+    assert got is not rows
+    with pytest.raises(ValueError, match=r"local_rows has shape \(7, 3\).*8 members"):
+        dist.gather_members(rows[:7])
+
+
 def test_checkpoint_save_failure_reaches_every_rank_and_load_checks(tmp_path):
     strategy = es.Eggroll(pop_size=8, optimizer=optim.sgd(0.1))
     dist = distributed.DistributedEggroll(strategy, one())
