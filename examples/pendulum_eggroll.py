@@ -236,6 +236,9 @@ def check_identical(dist, params, norm):
 
 def run(args, body):
     """``body()``, under :func:`egdnp.distributed.abort_on_error` with ``--mpi`` (a failing process ends the job)."""
+    if args.check and not args.mpi:
+        raise SystemExit("--check compares the policies of the MPI processes of an --mpi run; add --mpi "
+                         "(mpiexec -n 2 python ... --mpi --check) or drop --check")
     if not args.mpi:
         return body()
     from egdnp import distributed
