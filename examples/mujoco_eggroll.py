@@ -11,10 +11,13 @@ Needs ``pip install "gymnasium[mujoco]"`` (the ``mujoco`` extra of egdnp:
 ``pip install "egdnp[mujoco]"``).  Other tasks: ``--env Hopper-v5``,
 ``--env Walker2d-v5``, ... (any gymnasium task with a Box action space).
 
-Scale-out: the loop is an ordinary ES generation (ask, evaluate members,
-tell), so the MPI layer ``egdnp.distributed`` (built separately) can split
-the members over ranks under ``mpiexec`` once it exists; this script runs
-on one process.
+Scale-out: ``--mpi`` splits the population across MPI processes
+(egdnp.distributed, as in examples/pendulum_eggroll.py): each process steps
+its own block of members' environments; every process gets all members'
+returns and observation sums (one all-gather per episode), so the policy and
+the observation statistics are bitwise the same on every process and as in
+the one-process run (``--check`` verifies it every generation).  Only rank 0
+evaluates, prints, plots and writes.
 
 Outputs (in --out, printed at the end): results.json (returns per
 generation, evaluations, wall time, evaluations per second), returns.png.
@@ -23,6 +26,7 @@ Run::
 
     python examples/mujoco_eggroll.py                     # a few minutes on a 2-core CPU
     python examples/mujoco_eggroll.py --fast --no-plot    # a few seconds (the tests)
+    mpiexec -n 2 python examples/mujoco_eggroll.py --mpi  # the population split over 2 processes
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # find _common.py when run from anywhere
 
 import _common
-from pendulum_eggroll import add_es_args, plot_returns, train
+from pendulum_eggroll import add_es_args, plot_returns, run, train
 
 
 def main(argv=None) -> int:
@@ -44,9 +48,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.fast:
         args.generations, args.pop, args.hidden, args.eval_every, args.eval_episodes, args.max_steps = 2, 4, 8, 1, 2, 20
+    return run(args, lambda: finish(args))
+
+
+def finish(args) -> int:
     _common.limit_threads(args.threads)
-    out = _common.output_dir(args.out)
     summary, history = train(args.env, args, title="EGGROLL")
+    if summary is None:  # not rank 0
+        return 0
+    out = _common.output_dir(args.out)
     gain = summary["final_eval_mean_return"] - summary["first_eval_mean_return"]
     summary["improvement"] = gain
     print(f"evaluation return {summary['first_eval_mean_return']:.1f} (untrained) -> "

@@ -75,6 +75,34 @@ def eggroll(comm=None, generations=10):
     return out
 
 
+def variant_cases():
+    """(name, strategy factory, mode) of the variants whose tell adds work between gradient and optimiser."""
+    def baseline():  # clip_norm 0.05: the clipping is active in every generation
+        return es.EggrollBaseline(pop_size=24, group_size=8, rank=2, sigma=0.05, clip_norm=0.05,
+                                  optimizer=optim.adam(0.05))
+
+    def sparse():
+        return es.SparseES(pop_size=24, sigma=0.05, optimizer=optim.sgd(0.1))
+
+    def frozen_zeros():  # the official convention hands the optimiser zeros for the unperturbed biases
+        return es.Eggroll(pop_size=24, rank=2, sigma=0.05, optimizer=optim.adamw(0.05, weight_decay=0.1),
+                          convention="hyperscalees-jax", noise_map={"*.b": "frozen"})
+
+    return [(f"{n}-{m}", f, m) for n, f in (("baseline", baseline), ("sparse", sparse), ("frozen", frozen_zeros))
+            for m in distributed.MODES]
+
+
+def variants(comm=None, generations=6):
+    """Every variant case, float64, per-member inputs; params and the last grad_norm by case name."""
+    out = {}
+    for name, factory, mode in variant_cases():
+        dist = distributed.DistributedEggroll(factory(), comm, mode=mode, check=True)
+        state, info = run_eggroll(dist, dist.init(params64(), seed=7), generations, inputs="member")
+        out |= {f"{name}/{k}": v for k, v in state.params.items()}
+        out[f"{name}/grad_norm"] = np.array(info["grad_norm"])
+    return out
+
+
 def checkpoint_first(path, comm=None):
     dist = distributed.DistributedEggroll(make_strategy("egdnp"), comm, check=True)
     state, _ = run_eggroll(dist, dist.init(params64(), seed=5), 3, inputs="member")
@@ -140,7 +168,7 @@ def egd_runs(comm=None):
 
 
 SCENARIOS = {"eggroll": eggroll, "checkpoint_first": checkpoint_first, "checkpoint_resume": checkpoint_resume,
-             "fault": fault, "egd": egd_runs}
+             "fault": fault, "egd": egd_runs, "variants": variants}
 
 
 def main(argv):

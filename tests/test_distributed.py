@@ -126,6 +126,51 @@ def test_distributed_eggroll_bad_input():
         dist.tell(state, perts, np.full(16, np.nan, np.float32))
 
 
+def test_allreduce_mode_refuses_a_strategy_with_its_own_tell_and_keeps_the_variants_it_knows():
+    """A tell override the all-reduce mode cannot reproduce is refused, naming the fix; EggrollBaseline (its
+    shape and clipping are what its tell adds) and the fitness mode are accepted; local views slice every
+    noise kind (SparseES's, OpenES's) to the block's pairs."""
+
+    class Logged(es.Eggroll):
+        def tell(self, state, perts, fitness):
+            return super().tell(state, perts, fitness * 2.0)
+
+    with pytest.raises(ValueError, match="mode='allreduce' cannot run Logged.*overrides tell.*use mode='fitness'"):
+        distributed.DistributedEggroll(Logged(pop_size=16), one(), mode="allreduce")
+    distributed.DistributedEggroll(Logged(pop_size=16), one(), mode="fitness")
+    baseline = es.EggrollBaseline(pop_size=16, group_size=8, clip_norm=1e-3, optimizer=optim.sgd(0.1))
+    params = MODEL.init(seed=0)
+    x = np.random.default_rng(1).random((16, 4, 6), dtype=np.float32)
+    y = np.array([0, 1, 2, 0])
+    for strategy in (baseline, es.SparseES(pop_size=16, optimizer=optim.sgd(0.1)),
+                     es.OpenES(pop_size=16, optimizer=optim.sgd(0.1))):
+        states = {}
+        for mode in distributed.MODES:
+            dist = distributed.DistributedEggroll(strategy, one(), mode=mode)
+            state = dist.init(params, seed=3)
+            state, info = dist.step(state, lambda p: es.classification_fitness(
+                es.perturbed_model_forward(MODEL, state.params, x[:p.pop_size], p), y))
+            states[mode] = (state, info)
+        for k in params:
+            np.testing.assert_allclose(states["allreduce"][0].params[k], states["fitness"][0].params[k],
+                                       rtol=1e-5, atol=1e-7, err_msg=f"{strategy!r} {k}")
+        assert states["allreduce"][1].keys() == states["fitness"][1].keys()
+        if strategy is baseline:  # clipped to the global norm in both modes; the baseline's entry in both infos
+            assert [states[m][1]["grad_norm"] for m in distributed.MODES] == pytest.approx([1e-3, 1e-3], rel=1e-5)
+            assert "baseline_mean" in states["allreduce"][1]
+
+
+def test_gather_members_on_one_process_and_bad_input():
+    """One process: the rows come back in member order (a copy); rows that do not match the block are refused."""
+    dist = distributed.DistributedEggroll(es.Eggroll(pop_size=8), one())
+    rows = np.arange(8 * 3, dtype=np.float64).reshape(8, 3)
+    got = dist.gather_members(rows)
+    np.testing.assert_array_equal(got, rows)
+    assert got is not rows
+    with pytest.raises(ValueError, match=r"local_rows has shape \(7, 3\).*8 members"):
+        dist.gather_members(rows[:7])
+
+
 def test_checkpoint_save_failure_reaches_every_rank_and_load_checks(tmp_path):
     strategy = es.Eggroll(pop_size=8, optimizer=optim.sgd(0.1))
     dist = distributed.DistributedEggroll(strategy, one())

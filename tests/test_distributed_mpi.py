@@ -85,6 +85,29 @@ def test_eggroll_across_ranks_matches_one_process(tmp_path, eggroll_reference, n
     assert int(got["egdnp-allreduce-shared/bytes"]) == 8 * len(blocks[0].members) + 8 * n_params
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_variants_shape_and_transform_the_whole_population_in_both_modes(tmp_path, n):
+    """EggrollBaseline (baseline z-score shaping, global-norm clipping at 0.05: active every generation),
+    SparseES and the frozen-zeros convention with AdamW, 6 generations on n ranks (check=True: identical
+    on every rank).  Fitness mode: bitwise the one-process strategy.tell (per-member inputs).  All-reduce
+    mode: the variant's shape on the whole fitness and its clipping on the whole summed gradient (after
+    the all-reduce; clipping per rank would move the parameters by up to n times more), within float64
+    rounding (rel 1e-11) of the one-process run."""
+    out = tmp_path / "out.npz"
+    mpirun(n, "variants", out)
+    got = np.load(out)
+    ref = S.variants(one_process())
+    for name, _, mode in S.variant_cases():
+        for k in S.MODEL.init(seed=0):
+            key = f"{name}/{k}"
+            if mode == "fitness":
+                np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
+            else:
+                np.testing.assert_allclose(got[key], ref[key], rtol=1e-11, atol=1e-14, err_msg=key)
+    for mode in distributed.MODES:
+        assert float(got[f"baseline-{mode}/grad_norm"]) == pytest.approx(0.05, rel=1e-12)  # clipped
+
+
 def test_checkpoint_from_2_ranks_resumes_on_3_ranks(tmp_path):
     """Rank 0 writes after 3 generations on 2 ranks; 3 ranks resume; 6 generations == the one-process run."""
     path = tmp_path / "ck.npz"
@@ -126,10 +149,10 @@ def test_one_rank_failing_ends_the_whole_job_quickly(tmp_path):
     assert "rank 1 of 2 failed" in res.stderr
 
 
-def _example(args, n=None, timeout=120):
+def _example(args, n=None, timeout=120, cwd=ROOT):
     launcher = [] if n is None else [MPIEXEC, "-n", str(n)]
     res = subprocess.run([*launcher, sys.executable, *map(str, args)], capture_output=True, text=True,
-                         env=dict(ENV, MPLBACKEND="Agg"), timeout=timeout, cwd=ROOT)
+                         env=dict(ENV, MPLBACKEND="Agg"), timeout=timeout, cwd=cwd)  # MuJoCo logs to the cwd
     assert res.returncode == 0, f"{args} on {n} ranks failed:\n{res.stdout}\n{res.stderr}"
     return res.stdout
 
@@ -158,3 +181,27 @@ def test_cartpole_mpi_mode_matches_the_one_process_run(tmp_path):
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert one["history"] == two["history"]
+
+
+@pytest.mark.parametrize("script, needs", [("pendulum_eggroll.py", "gymnasium"), ("mujoco_eggroll.py", "mujoco")])
+def test_continuous_control_mpi_mode_is_bitwise_the_one_process_run(tmp_path, script, needs):
+    """--fast --mpi --check on 2 processes: every process held bitwise the same policy AND observation
+    statistics after every generation (--check), and the run is bitwise the one-process run: every member
+    acts with its own perturbation from the same start state (the per-member computation is the same in any
+    slice), and the statistics are summed from per-member rows gathered in member order (the same rounding
+    as one process) -- same history, same evaluations, same checksum.  Only rank 0 prints."""
+    pytest.importorskip(needs)
+    path = ROOT / "examples" / script
+    one = _example([path, "--fast", "--no-plot", "--no-progress", "--out", tmp_path / "one"], cwd=tmp_path)
+    two = _example([path, "--fast", "--no-plot", "--no-progress", "--mpi", "--check", "--out", tmp_path / "two"],
+                   n=2, cwd=tmp_path)
+    assert two.count("| EGGROLL") == 1 and "2 MPI process(es)" in two
+    a = json.loads((tmp_path / "one" / "results.json").read_text())
+    b = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert b["summary"]["processes"] == 2 and a["summary"]["processes"] == 1
+    assert a["summary"]["params_checksum"] == b["summary"]["params_checksum"]
+    drop = ("wall_s",)
+    assert {k: v for k, v in a["history"].items() if k not in drop} == {k: v for k, v in b["history"].items()
+                                                                         if k not in drop}
+    assert a["summary"]["env_steps"] == b["summary"]["env_steps"]
+    assert a["summary"]["final_eval_mean_return"] == b["summary"]["final_eval_mean_return"]

@@ -52,6 +52,17 @@ def test_episode_returns_counts_first_episodes_only():
     np.testing.assert_allclose(r.obs_sumsq, (alive_obs ** 2).sum(0))
     capped = rl.episode_returns(CountdownEnv(4), act, max_steps=3)
     np.testing.assert_array_equal(capped.lengths, [2, 3, 3, 3])
+    # per_member: env i's own rows, summed in time order (the examples' --mpi mode gathers these)
+    seen.clear()
+    rows = rl.episode_returns(CountdownEnv(4), act, seed=[7] * 4, per_member=True)
+    assert rows.obs_sum.shape == rows.obs_sumsq.shape == (4, alive_obs.shape[1]) and rows.obs_count == 14
+    for i in range(4):
+        own = np.concatenate([o[i:i + 1] for o in seen[:i + 2]])
+        np.testing.assert_allclose(rows.obs_sum[i], own.sum(0))
+        np.testing.assert_allclose(rows.obs_sumsq[i], (own ** 2).sum(0))
+    np.testing.assert_allclose(rows.obs_sum.sum(0), r.obs_sum)
+    with pytest.raises(TypeError, match="per_member=1"):
+        rl.episode_returns(CountdownEnv(4), act, per_member=1)
 
 
 def test_obs_norm_matches_numpy_over_batches(xp):

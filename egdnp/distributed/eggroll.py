@@ -143,10 +143,8 @@ def local_view(perts: _es.Perturbations, block: Block) -> _es.Perturbations:
     lo, hi = block.pairs
     noise = {}
     for key, item in perts.noise.items():
-        if isinstance(item, _es.LowRankNoise):
-            noise[key] = _es.LowRankNoise(item.A[lo:hi, ...], item.B[lo:hi, ...], item.shape)
-        else:
-            noise[key] = _es.FullNoise(item.eps[lo:hi, ...], item.shape)
+        # every noise kind (low-rank, stacked, sparse, full) holds per-pair arrays, then the parameter's shape
+        noise[key] = item._replace(**{f: getattr(item, f)[lo:hi, ...] for f in item._fields if f != "shape"})
     members = np.asarray(block.members, dtype=np.int64)
     pair = np.asarray(perts.pair)[members] - lo  # host-side member table, like es.member_layout's
     sign = np.asarray(perts.sign)[members]
@@ -198,7 +196,13 @@ class DistributedEggroll:
         are scored the same way in any slice; see the module docstring).
         ``"allreduce"``: each rank forms its own pairs' gradient terms, plus
         one ``Allreduce`` of the flat gradient (within float rounding of the
-        single-process run).
+        single-process run).  A variant's work between gradient and
+        optimiser is done as its ``tell`` does it: its own ``shape`` on the
+        whole fitness vector, its ``_transform_grads`` (e.g.
+        :class:`~egdnp.es.EggrollBaseline`'s global-norm clipping) on the
+        whole summed gradient, after the all-reduce.  A strategy that
+        overrides ``tell`` otherwise is refused (``ValueError``: use
+        ``"fitness"``).
     check : bool
         Debug: after every update compare a checksum of the parameters
         across ranks and raise ``RuntimeError`` if any rank differs.
@@ -222,6 +226,13 @@ class DistributedEggroll:
                              "'allreduce' also sums one gradient buffer")
         if not isinstance(check, bool):
             raise TypeError(f"check={check!r} must be True or False")
+        own_tell = type(strategy).tell
+        if mode == "allreduce" and own_tell not in (_es.Eggroll.tell, _es.EggrollBaseline.tell):
+            raise ValueError(f"mode='allreduce' cannot run {type(strategy).__name__}: it overrides tell() "
+                             f"({own_tell.__qualname__}), and the all-reduce mode forms the update without calling "
+                             "it; use mode='fitness' (every rank calls strategy.tell on the whole fitness), or put "
+                             "the extra work in the variant's shape() / _transform_grads(), which the all-reduce "
+                             "mode applies to the whole population's fitness / summed gradient")
         self.strategy, self.mode, self.check = strategy, mode, check
         self.comm = world() if comm is None else comm
         if not isinstance(self.comm, Comm):
@@ -302,6 +313,38 @@ class DistributedEggroll:
         full[self._order] = gathered
         return _backend.to_device(full, xp, device=_backend.device_of(local_fitness))
 
+    def gather_members(self, local_rows) -> np.ndarray:
+        """Every rank's per-member host rows as the whole population's, in member order (one ``Allgatherv``).
+
+        For small per-member side results that every rank needs, e.g. the
+        observation sums of an RL rollout (the examples' ``--mpi`` mode: each
+        rank then sums the rows of all ``N`` members in member order, with the
+        same rounding as one process).
+
+        Parameters
+        ----------
+        local_rows : numpy.ndarray, shape (n_local, ...)
+            One row per member of this rank's block, in :func:`local_view`
+            order; the same trailing shape and dtype on every rank.
+
+        Returns
+        -------
+        numpy.ndarray, shape (N, ...)
+            Row ``i`` is member ``i``'s.
+        """
+        rows = np.ascontiguousarray(local_rows)
+        n_local = len(self.block.members)
+        if rows.ndim < 1 or int(rows.shape[0]) != n_local:
+            raise ValueError(f"local_rows has shape {rows.shape} but rank {self.comm.rank} scores {n_local} members; "
+                             f"pass one row per member of the local population, shape ({n_local}, ...)")
+        tail = tuple(int(d) for d in rows.shape[1:])
+        width = math.prod(tail)
+        gathered = self.comm.allgatherv(rows.reshape(-1), [c * width for c in self._counts])
+        gathered = gathered.reshape((self.strategy.pop_size,) + tail)
+        full = np.empty_like(gathered)
+        full[self._order] = gathered
+        return full
+
     def tell(self, state: _es.EggrollState, perts: _es.Perturbations, local_fitness) -> tuple[_es.EggrollState, dict]:
         """Exchange the fitness and update (the same new state on every rank).
 
@@ -360,7 +403,11 @@ class DistributedEggroll:
             raise ValueError(f"perts are for generation {local.generation} but the state is at {state.generation}; "
                              "call ask(state) again")
         xp = _es.fitness.check_fitness(fitness, strategy.pop_size)
-        f_hat = strategy.shape(fitness)
+        # the whole population's shaped fitness, exactly as strategy.tell shapes it (a variant's own shape included)
+        if type(strategy).shape is _es.Eggroll.shape:
+            f_hat = _es.fitness.shape_checked(xp, fitness, strategy.fitness, group_size=strategy.group_size)
+        else:
+            f_hat = strategy.shape(fitness)
         idx = xp.asarray(self.block.members.tolist(), dtype=xp.int64, device=_backend.device_of(fitness))
         # this rank's terms of sum_i f_hat_i E_i, scaled by the WHOLE population's c
         part = _es.es_gradient(xp.take(f_hat, idx, axis=0), local)
@@ -375,18 +422,26 @@ class DistributedEggroll:
         else:
             host = self.comm.allreduce_sum(self.comm.host_buffer(flat, "gradient"))
             total = _backend.to_device(host, pxp, device=_backend.device_of(ref))
-        grads, offset, norm2 = {}, 0, 0.0
+        summed, offset = {}, 0
         for k in keys:
             shape = tuple(int(s) for s in part[k].shape)
             size = math.prod(shape)
-            g = pxp.reshape(total[offset:offset + size], shape)
+            summed[k] = -pxp.reshape(total[offset:offset + size], shape)
             offset += size
-            grads[k] = -g
-            norm2 += float(pxp.sum(g * g))
-        grads = {k: grads.get(k) for k in state.params}
+        # the loss gradient of every parameter as strategy.tell forms it (frozen ones: None, or zeros where the
+        # convention hands the optimiser zeros), then the variant's transform on the WHOLE summed gradient
+        # (EggrollBaseline's global-norm clipping): after the all-reduce, never per rank
+        frozen_zeros = _es.conventions.get_convention(local.convention).frozen_grads == "zeros"
+        grads = {k: summed[k] if k in summed else (pxp.zeros_like(v) if frozen_zeros else None)
+                 for k, v in state.params.items()}
+        grads = strategy._transform_grads(grads)
         params, opt_state = strategy.optimizer.update(grads, state.opt_state, state.params)
+        norm2 = sum(float(pxp.sum(g * g)) for g in grads.values() if g is not None)
         info = {"fitness_mean": float(xp.mean(fitness)), "fitness_max": float(xp.max(fitness)),
                 "sigma": local.sigma, "grad_norm": math.sqrt(norm2)}
+        if isinstance(strategy, _es.EggrollBaseline):  # the entry its tell adds
+            base = xp.asarray(list(strategy.baseline_members()), dtype=xp.int64, device=_backend.device_of(fitness))
+            info["baseline_mean"] = float(xp.mean(xp.take(fitness, base, axis=0)))
         return _es.EggrollState(params, opt_state, state.generation + 1, state.seed), info
 
     def check_identical(self, params: dict) -> int:

@@ -289,10 +289,12 @@ class Rollout(NamedTuple):
         Return of every sub-environment's first episode (float64).
     lengths : ndarray, shape (n,)
         Its length in steps (int64).
-    obs_sum, obs_sumsq : ndarray, shape (d,)
-        Sum and sum of squares of every observation the policy acted on (for :meth:`ObsNorm.update`).
+    obs_sum, obs_sumsq : ndarray, shape (d,), or (n, d) with ``per_member=True``
+        Sum and sum of squares of every observation the policy acted on (for :meth:`ObsNorm.update`);
+        per sub-environment with ``per_member=True`` (its observations summed in time order).
     obs_count : int
-        How many observations that was.
+        How many observations that was (with ``per_member=True`` sub-environment ``i`` contributed
+        ``lengths[i]`` of them).
     """
 
     returns: Any
@@ -302,7 +304,8 @@ class Rollout(NamedTuple):
     obs_count: int
 
 
-def episode_returns(envs, act: Callable, *, seed=None, max_steps: int | None = None, xp=None, dtype="float32") -> Rollout:
+def episode_returns(envs, act: Callable, *, seed=None, max_steps: int | None = None, xp=None, dtype="float32",
+                    per_member: bool = False) -> Rollout:
     """Run each sub-environment until its first episode ends; the episode returns are the fitness.
 
     Parameters
@@ -319,11 +322,17 @@ def episode_returns(envs, act: Callable, *, seed=None, max_steps: int | None = N
         returns so far count).  Default: until every first episode has ended.
     xp : namespace or name, default NumPy
     dtype : {"float32", "float64"}
+    per_member : bool
+        Keep the observation sums per sub-environment, shape (n, d).  Each row
+        depends only on its own sub-environment, so rows scored in different
+        processes can be gathered and summed in member order with the same
+        rounding as one process (``row_sums.sum(axis=0)``; the examples'
+        ``--mpi`` mode).
 
     Returns
     -------
     Rollout
-        ``returns`` (n,), ``lengths`` (n,), observation sums (d,) and count.
+        ``returns`` (n,), ``lengths`` (n,), observation sums (d,) (or (n, d)) and count.
     """
     import numpy as np  # host-side bookkeeping: environments speak NumPy
 
@@ -335,14 +344,20 @@ def episode_returns(envs, act: Callable, *, seed=None, max_steps: int | None = N
     returns = np.zeros(n)
     lengths = np.zeros(n, dtype=np.int64)
     alive = np.ones(n, dtype=bool)
-    obs_sum = np.zeros(obs.shape[1])
-    obs_sumsq = np.zeros(obs.shape[1])
+    if not isinstance(per_member, bool):
+        raise TypeError(f"per_member={per_member!r} must be True or False")
+    obs_sum = np.zeros((n, obs.shape[1]) if per_member else obs.shape[1])
+    obs_sumsq = np.zeros_like(obs_sum)
     count = 0
     steps = 0
     while alive.any() and (max_steps is None or steps < int(max_steps)):
         live = obs[alive]
-        obs_sum += live.sum(axis=0)
-        obs_sumsq += (live * live).sum(axis=0)
+        if per_member:
+            obs_sum[alive] += live
+            obs_sumsq[alive] += live * live
+        else:
+            obs_sum += live.sum(axis=0)
+            obs_sumsq += (live * live).sum(axis=0)
         count += int(alive.sum())
         actions = _backend.to_host(act(_backend.to_device(obs.astype(dtype), xp)))
         obs, reward, terminated, truncated, _ = envs.step(np.asarray(actions))
