@@ -229,9 +229,9 @@ def test_threaded_population_fitness_is_bitwise_identical():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("r", [0, 1, 2, 3, 4, 5])
+@pytest.mark.parametrize("r", [0, 1, 2, 3, 4])
 def test_single_pass_fill_is_bitwise_the_generic_fill(dtype, r):
-    """The rank-specialised fill kernel (shared-input layers) rounds exactly like the generic one."""
+    """The rank-specialised fill kernel (shared-input layers, ranks <= 4) rounds exactly like the generic one."""
     from egdnp.es import _cpu
 
     g = np.random.default_rng(r)

@@ -13,6 +13,11 @@ Targets (issue 5), float32, as ratios measured side by side in one run:
   ``track_peak_mib`` records egdnp's peak traced host allocation of one
   generation next to the O(pop r (m + n) + chunk batch width) bound
   (``track_memory_bound_mib``).
+* ``ColdStart`` (issue 18): the same generation as the first thing a fresh
+  process does, Numba compilation included: with an empty Numba cache
+  (``track_first_generation_empty_cache_s`` <= 3 s) and with the cache a
+  first run filled (``track_warm_cache_extra_s``, first generation minus a
+  steady one, <= 0.5 s).
 """
 
 from __future__ import annotations
@@ -262,3 +267,83 @@ class MLPGeneration:
         return 4 * (factors + activations) / 2**20
 
     track_memory_bound_mib.unit = "MiB"
+
+
+# ----------------------------------------------------------------------------
+# the cold start: the first generation of a fresh process (issue 18)
+# ----------------------------------------------------------------------------
+_COLD_DRIVER = """
+import sys, time
+sys.path.insert(0, {root!r})
+t0 = time.perf_counter()
+from benchmarks.bench_eggroll import _GenerationSide
+side = _GenerationSide()
+side.setup("numpy", "egdnp")  # imports egdnp, builds the model, strategy and data
+t1 = time.perf_counter()
+side.run()
+t2 = time.perf_counter()
+steady = float("inf")
+for _ in range(3):
+    t = time.perf_counter()
+    side.run()
+    steady = min(steady, time.perf_counter() - t)
+print(t2 - t0, t2 - t1, steady)
+"""
+
+
+def _cold_run(cache_dir: str) -> tuple[float, float, float]:
+    """(seconds from import to the end of the first generation, first generation, best steady one) in a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = _COLD_DRIVER.format(root=root)
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"cold-start run failed:\n{done.stderr[-2000:]}")
+    total, first, steady = (float(v) for v in done.stdout.split()[-3:])
+    return total, first, steady
+
+
+class ColdStart:
+    """First EGGROLL generation (784-256-10, pop 4096, rank 4, batch 256) of a fresh process."""
+
+    params = (["numpy"],)
+    param_names = ["backend"]
+    timeout = 600
+    number = 1
+    repeat = 1
+
+    def setup(self, backend):
+        namespace_or_skip(backend)
+
+    def track_first_generation_empty_cache_s(self, backend):
+        """Seconds of the first generation with an empty ``NUMBA_CACHE_DIR`` (all compilation included; <= 3)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as cache:
+            return _cold_run(cache)[1]
+
+    track_first_generation_empty_cache_s.unit = "s"
+
+    def track_import_to_first_generation_empty_cache_s(self, backend):
+        """Seconds from ``import egdnp`` to the end of the first generation, empty cache."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as cache:
+            return _cold_run(cache)[0]
+
+    track_import_to_first_generation_empty_cache_s.unit = "s"
+
+    def track_warm_cache_extra_s(self, backend):
+        """First generation minus a steady one, with the cache a previous process filled (<= 0.5)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as cache:
+            _cold_run(cache)
+            _, first, steady = _cold_run(cache)
+            return first - steady
+
+    track_warm_cache_extra_s.unit = "s"

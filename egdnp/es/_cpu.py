@@ -61,16 +61,15 @@ def _fill_kernel_generic(out, xb, xrow, a_t, pair, sign, base, has_base, bias, h
 def _fill_kernel(out, xb, xrow, a_t, pair, sign, base, has_base, bias, has_bias, beps, has_beps):
     """out[i, j, :] = base[j] + bias + s_i beps[p_i] + s_i sum_q xb[xrow_i, j, q] a_t[p_i, q, :].
 
-    Ranks 1..4 (the usual EGGROLL settings) write every output entry once from
-    one vectorised loop; the additions run in the same order and precision as
-    in :func:`_fill_kernel_generic` (no fastmath), so the result is bitwise
-    the same (tested) at ~1.6x the speed.
+    Ranks 0..4 only (the usual EGGROLL settings; :func:`_fill` sends larger
+    ranks to :func:`_fill_kernel_generic`, so a run compiles just the kernel
+    it uses): every output entry is written once from one vectorised loop;
+    the additions run in the same order and precision as in
+    :func:`_fill_kernel_generic` (no fastmath), so the result is bitwise the
+    same (tested) at ~1.6x the speed.
     """
     n_members, rows, m = out.shape
     r = a_t.shape[1]
-    if r > 4:
-        _fill_kernel_generic(out, xb, xrow, a_t, pair, sign, base, has_base, bias, has_bias, beps, has_beps)
-        return
     sb = np.empty(m, dtype=out.dtype)
     zero = np.zeros(1, dtype=out.dtype)[0]
     zrow = np.zeros(m, dtype=out.dtype)
@@ -404,9 +403,11 @@ def perturbed_matmul(x, w2, bias, a, b, beps, pair, sign, cache=None, cache_key=
         return out
     base = x @ w2.T if shared_base is None else shared_base
 
+    kernel = _fill_kernel if a_t.shape[1] <= 4 else _fill_kernel_generic
+
     def fill(lo, hi):
-        _fill_kernel(out[lo:hi], xb, xrow[lo:hi], a_t, pair[lo:hi], sign[lo:hi], base, True,
-                     bias_arr, bias is not None, beps_arr, beps is not None)
+        kernel(out[lo:hi], xb, xrow[lo:hi], a_t, pair[lo:hi], sign[lo:hi], base, True,
+               bias_arr, bias is not None, beps_arr, beps is not None)
 
     _run_split(fill, n_members, n_members * rows * m * (3 + int(a_t.shape[1])))
     return out
@@ -463,7 +464,9 @@ from ..rng import _cpu as _rng_cpu  # noqa: E402  (the spec's Philox/Box-Muller 
 _CHUNK = _rng_cpu.CHUNK_BLOCKS
 
 
-def _members_normal_body(out, members, k0, k1, c1, c3, p):
+@numba.njit(cache=True, nogil=True)
+def _members_normal_range(out, members, k0, k1, c1, c3, lo, hi):
+    """Rows lo .. hi-1: ``out[p] = normal(member=members[p])``; one set of scratch buffers for all rows."""
     n = out.shape[1]
     nblocks = (n + 3) // 4
     nchunks = (nblocks + _CHUNK - 1) // _CHUNK
@@ -477,45 +480,40 @@ def _members_normal_body(out, members, k0, k1, c1, c3, p):
     z1 = np.empty(_CHUNK, out.dtype)
     z2 = np.empty(_CHUNK, out.dtype)
     z3 = np.empty(_CHUNK, out.dtype)
-    row = out[p]
-    for ch in range(nchunks):
-        b0 = ch * _CHUNK
-        nb = min(_CHUNK, nblocks - b0)
-        _rng_cpu._normal_chunk(b0, nb, k0, k1, c1, members[p], c3, o0, o1, o2, o3, fbuf, ebuf, z0, z1, z2, z3)
-        _rng_cpu._store4(row, b0, nb, z0, z1, z2, z3)
+    for p in range(lo, hi):
+        row = out[p]
+        for ch in range(nchunks):
+            b0 = ch * _CHUNK
+            nb = min(_CHUNK, nblocks - b0)
+            _rng_cpu._normal_chunk(b0, nb, k0, k1, c1, members[p], c3, o0, o1, o2, o3, fbuf, ebuf, z0, z1, z2, z3)
+            _rng_cpu._store4(row, b0, nb, z0, z1, z2, z3)
 
 
-_members_normal_row = numba.njit(inline="always")(_members_normal_body)
-
-
-@numba.njit(parallel=True, cache=True)
-def _members_normal_parallel(out, members, k0, k1, c1, c3):
-    for p in numba.prange(out.shape[0]):
-        _members_normal_row(out, members, k0, k1, c1, c3, p)
-
-
-@numba.njit(cache=True)
-def _members_normal_serial(out, members, k0, k1, c1, c3):
-    for p in range(out.shape[0]):
-        _members_normal_row(out, members, k0, k1, c1, c3, p)
-
-
-# Below this many values a parallel region costs more than it saves (and stalls
-# badly when the two cores are shared with BLAS threads or other processes).
+# Below this many values one thread is faster than two (waking a thread costs
+# more, and stalls when the two cores are shared with BLAS threads or other processes).
 PARALLEL_MIN_VALUES = 1 << 20
 
 
 def members_normal(n_members, size, seed, stream, generation, dtype, first=0):
     """``out[k] = egdnp.rng.normal((size,), seed, stream, member=first + k, generation)`` for k < n_members.
 
-    One kernel launch instead of ``n_members`` calls (a per-call parallel region
-    right after BLAS work costs ~0.3 ms on a busy 2-core machine).
+    One kernel launch instead of ``n_members`` calls, split over plain Python
+    threads by rows (:func:`_run_split`) when there are at least
+    :data:`PARALLEL_MIN_VALUES` values: one serial ``nogil`` kernel to compile
+    (a Numba parallel region took ~3x its compile time on a cold start).
     Returns ndarray, shape (n_members, size).
     """
     out = np.empty((n_members, size), dtype=np.dtype(dtype))
     if n_members and size:
         k0, k1 = _rng_cpu._key(seed)
         members = np.arange(first, first + n_members, dtype=np.uint32)
-        kernel = _members_normal_parallel if n_members * size >= PARALLEL_MIN_VALUES else _members_normal_serial
-        kernel(out, members, k0, k1, np.uint32(stream), np.uint32(generation))
+        c1, c3 = np.uint32(stream), np.uint32(generation)
+
+        def rows(lo, hi):
+            _members_normal_range(out, members, k0, k1, c1, c3, lo, hi)
+
+        if n_members * size >= PARALLEL_MIN_VALUES:
+            _run_split(rows, n_members, THREAD_MIN_WORK)
+        else:
+            rows(0, n_members)
     return out
