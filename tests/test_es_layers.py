@@ -247,3 +247,25 @@ def test_single_pass_fill_is_bitwise_the_generic_fill(dtype, r):
         _cpu._fill_kernel(fast, xb, xrow, a_t, pair, sign, base, flags[0], bias, flags[1], beps, flags[2])
         _cpu._fill_kernel_generic(generic, xb, xrow, a_t, pair, sign, base, flags[0], bias, flags[1], beps, flags[2])
         np.testing.assert_array_equal(fast, generic)
+
+
+@pytest.mark.parametrize("shared, m, r", [(True, 37, 2), (True, 37, 5), (False, 37, 3), (False, 7, 1)])
+def test_fused_relu_is_bitwise_relu_of_the_product(shared, m, r):
+    """activation="relu" (fused into the NumPy kernels) equals nn.functional.relu of the plain product, NaN and -0.0 included."""
+    from egdnp.nn import functional as F
+
+    g = np.random.default_rng(r)
+    n, pop, rows = 11, 6, 5
+    w = g.standard_normal((m, n)).astype(np.float32)
+    w[0] = 0.0  # column 0 of the output: exact zeros of both signs
+    bias = g.standard_normal(m).astype(np.float32)
+    perts = es.generate({"l.weight": w, "l.bias": bias}, pop_size=pop, rank=r, sigma=0.5, seed=r)
+    x = g.standard_normal((rows, n) if shared else (pop, rows, n)).astype(np.float32)
+    x[..., 1, 2] = np.nan
+    for impl in ("auto", "array_api"):
+        fused = es.perturbed_matmul(x, w, bias, perts, "l.weight", "l.bias", impl=impl, activation="relu")
+        plain = F.relu(es.perturbed_matmul(x, w, bias, perts, "l.weight", "l.bias", impl=impl))
+        np.testing.assert_array_equal(fused, plain)
+        assert np.array_equal(np.signbit(fused), np.signbit(plain))
+    with pytest.raises(ValueError, match="activation"):
+        es.perturbed_matmul(x, w, bias, perts, "l.weight", "l.bias", activation="tanh")

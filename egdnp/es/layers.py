@@ -94,7 +94,7 @@ def _noise(perts, key, kind):
 
 
 def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, bias_key=None, members=None, *,
-                     impl: str = "auto", cache: dict | None = None):
+                     impl: str = "auto", cache: dict | None = None, activation: str | None = None):
     """``y_i = x_i W2^T + b + s_i eps_{p_i} + s_i (x_i B_{p_i}) A_{p_i}^T`` for every member.
 
     Parameters
@@ -115,11 +115,20 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
         (:func:`population_fitness` passes one): for a shared x the products
         with ``W2`` and with every pair's ``B`` are computed once.  The result
         does not depend on it.
+    activation : {None, "relu"}
+        Applied to the result (``egdnp.nn.functional.relu``, bitwise); the
+        NumPy fast path fuses it into the pass that writes the output.
 
     Returns
     -------
     array, shape (N, rows, m); or (rows, m) when x is shared and nothing is perturbed
     """
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation={activation!r} must be None or 'relu'")
+    if activation is not None and (impl == "array_api" or not _backend.is_numpy(_backend.array_namespace(x, w2))):
+        from ..nn import functional as F
+
+        return F.relu(perturbed_matmul(x, w2, bias, perts, weight_key, bias_key, members, impl=impl, cache=cache))
     xp = _backend.array_namespace(x, w2)
     wn = _noise(perts, weight_key, LowRankNoise)
     bn = _noise(perts, bias_key, FullNoise)
@@ -135,7 +144,12 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
         out = xp.matmul(x, w2.T) if shared else xp.reshape(
             xp.matmul(xp.reshape(x, (-1, n)), w2.T), (int(x.shape[0]), int(x.shape[1]), m)
         )
-        return out if bias is None else out + bias
+        out = out if bias is None else out + bias
+        if activation is not None:
+            from ..nn import functional as F
+
+            out = F.relu(out)
+        return out
     start, stop = member_range(perts, members)
     n_members = stop - start
     if not shared and int(x.shape[0]) != n_members:
@@ -155,7 +169,7 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
         return _cpu.perturbed_matmul(
             x, w2, bias, None if wn is None else wn.A, None if wn is None else wn.B, beps,
             np.asarray(pair_host, dtype=np.int64), np.asarray(sign_host, dtype=x.dtype),
-            cache=cache, cache_key=("shared-products", weight_key),
+            cache=cache, cache_key=("shared-products", weight_key), activation=activation,
         )
     device = _backend.device_of(x)
     pair_host, sign_host = _as_list(pair_host), _as_list(sign_host)
@@ -361,15 +375,25 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
                 raise ValueError(f"parameter {key!r} belongs to a {type(owners[key]).__name__} layer, which has no perturbed forward")
     state = {} if state is None else state
     seen: dict[str, bool] = {}  # whether the model's input was shared, judged by its first weighted layer
+    # A ReLU right after a Linear runs inside the Linear's perturbed product
+    # (bitwise the same values; the NumPy path saves a pass over the activations).
+    layer_list = list(model.layers)
+    relu_after = {n1: n2 for (n1, l1), (n2, l2) in zip(layer_list, layer_list[1:])
+                  if isinstance(l1, L.Linear) and isinstance(l2, L.Activation) and l2.kind == "relu"}
+    fused: set[str] = set()
 
     def layer_fn(name, layer, local_params, h):
         wk, bk = f"{name}.weight", f"{name}.bias"
+        if name in fused:
+            return h  # this ReLU already ran inside the previous Linear
         if isinstance(layer, known) and "x_shared" not in seen:
             image = isinstance(layer, (L.Conv2d, L.BatchNorm2d))
             seen["x_shared"] = len(h.shape) == (4 if image else 2)
         if isinstance(layer, L.Linear):
-            return perturbed_linear(h, local_params["weight"], local_params.get("bias"), perts,
-                                    weight_key=wk, bias_key=bk, members=members, impl=impl, cache=cache)
+            if name in relu_after:
+                fused.add(relu_after[name])
+            return perturbed_matmul(h, local_params["weight"], local_params.get("bias"), perts, wk, bk, members,
+                                    impl=impl, cache=cache, activation="relu" if name in relu_after else None)
         if isinstance(layer, L.Conv2d):
             return perturbed_conv2d(h, local_params["weight"], local_params.get("bias"), perts, weight_key=wk,
                                     bias_key=bk, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
