@@ -475,6 +475,40 @@ def concat_factors(f, w=None):
     return out
 
 
+# Pairs per block of the blocked ES-gradient product: the block's concatenated
+# factors (pairs r (m + n) floats: 8.5 MB for 784-256 at rank 4) stay in the
+# last-level cache between the concatenation and the GEMM.
+GRAD_BLOCK_PAIRS = 512
+# Up to this many pairs (pop 4096 with antithetic pairs) the single GEMM is as
+# fast (36.9 vs 40.9 ms at 2048 pairs, one BLAS thread) and stays bitwise the oracle.
+GRAD_BLOCK_MIN_PAIRS = 2048
+
+
+def lowrank_weighted_sum(weights, A, B):
+    """``sum_k weights[k] A[k] @ B[k].T``, shape (m, n): NumPy fast path of :func:`egdnp.es.gradient.lowrank_weighted_sum`.
+
+    Up to :data:`GRAD_BLOCK_MIN_PAIRS` pairs: ONE GEMM of the concatenated
+    factors (bitwise the array-API oracle).  More pairs: the same product
+    accumulated over blocks of :data:`GRAD_BLOCK_PAIRS` pairs, each block concatenated just before its GEMM while
+    it is in cache -- rearranging all factors first (~100 MB at pop 16384)
+    ran from memory and made ``tell`` grow 12x for 4x the members.  The sum
+    over blocks adds in a different order than one GEMM: within float
+    rounding of the oracle (tested), not bitwise.
+    """
+    n_pairs = A.shape[0]
+    if n_pairs <= max(GRAD_BLOCK_MIN_PAIRS, GRAD_BLOCK_PAIRS):
+        return concat_factors(A) @ concat_factors(B, weights).T
+    out = None
+    for lo in range(0, n_pairs, GRAD_BLOCK_PAIRS):
+        hi = min(n_pairs, lo + GRAD_BLOCK_PAIRS)
+        part = concat_factors(A[lo:hi]) @ concat_factors(B[lo:hi], weights[lo:hi]).T
+        if out is None:
+            out = part
+        else:
+            out += part
+    return out
+
+
 # ----------------------------------------------------------------------------
 # egdnp noise of many pairs in one kernel launch
 # ----------------------------------------------------------------------------
