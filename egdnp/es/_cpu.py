@@ -369,8 +369,7 @@ def perturbed_matmul(x, w2, bias, a, b, beps, pair, sign, cache=None, cache_key=
             # objects (held here, so their ids cannot be reused meanwhile).
             if held is None or held[0] is not x_in or held[1] is not w2:
                 n_all = b_full.shape[0]
-                b_cat = concat_factors(b_full)  # (n, P r): all pairs' B side by side
-                entry = (x @ w2.T, np.transpose((x @ b_cat).reshape(rows, n_all, r), (1, 0, 2)))
+                entry = (x @ w2.T, np.transpose(_x_times_factors(x, b_full).reshape(rows, n_all, r), (1, 0, 2)))
                 held = (x_in, w2, entry)
                 cache[cache_key] = held
             shared_base, xb = held[2]
@@ -425,6 +424,30 @@ def perturbed_matmul(x, w2, bias, a, b, beps, pair, sign, cache=None, cache_key=
 
     _run_split(fill, n_members, n_members * rows * m * (3 + int(a_t.shape[1])))
     return out
+
+
+def _x_times_factors(x, b):
+    """``x @ concat_factors(b)``, shape (rows, P r): every pair's ``x B`` at once.
+
+    Above :data:`GRAD_BLOCK_MIN_PAIRS` pairs, in blocks of
+    :data:`GRAD_BLOCK_PAIRS` pairs concatenated while in cache (all of them
+    at once is ~100 MB at pop 16384, rearranged from memory); BLAS then
+    partitions each block's product differently, so those entries agree
+    with the one product within float rounding (tested), not bitwise.
+    """
+    n_pairs, _, r = b.shape
+    if n_pairs <= max(GRAD_BLOCK_MIN_PAIRS, GRAD_BLOCK_PAIRS):
+        return x @ concat_factors(b)  # (n, P r): all pairs' B side by side
+    out = np.empty((x.shape[0], n_pairs * r), dtype=x.dtype)
+    for lo in range(0, n_pairs, GRAD_BLOCK_PAIRS):
+        hi = min(n_pairs, lo + GRAD_BLOCK_PAIRS)
+        np.matmul(x, concat_factors(b[lo:hi]), out=out[:, lo * r : hi * r])
+    return out
+
+
+def tanh_in_place(h):
+    """``numpy.tanh(h, out=h)``: bitwise ``nn.functional.tanh(h)`` without a second array (``h`` must be ours)."""
+    return np.tanh(h, out=h)
 
 
 def _relu_in_place(out):

@@ -382,18 +382,30 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
                   if isinstance(l1, L.Linear) and isinstance(l2, L.Activation) and l2.kind == "relu"}
     fused: set[str] = set()
 
+    owned: list = []  # the array the previous perturbed Linear just made (no one else holds it)
+
     def layer_fn(name, layer, local_params, h):
         wk, bk = f"{name}.weight", f"{name}.bias"
         if name in fused:
             return h  # this ReLU already ran inside the previous Linear
+        if owned and owned.pop() is h and isinstance(layer, L.Activation) and layer.kind == "tanh" \
+                and impl != "array_api" and _backend.is_numpy(xp):
+            from . import _cpu
+
+            # In place, the same ufunc (bitwise): a fresh (chunk, batch, width)
+            # array per chunk costs page faults (~390k per pop-16384 generation).
+            return _cpu.tanh_in_place(h)
         if isinstance(layer, known) and "x_shared" not in seen:
             image = isinstance(layer, (L.Conv2d, L.BatchNorm2d))
             seen["x_shared"] = len(h.shape) == (4 if image else 2)
         if isinstance(layer, L.Linear):
             if name in relu_after:
                 fused.add(relu_after[name])
-            return perturbed_matmul(h, local_params["weight"], local_params.get("bias"), perts, wk, bk, members,
-                                    impl=impl, cache=cache, activation="relu" if name in relu_after else None)
+            out = perturbed_matmul(h, local_params["weight"], local_params.get("bias"), perts, wk, bk, members,
+                                   impl=impl, cache=cache, activation="relu" if name in relu_after else None)
+            if out is not h and len(out.shape) == 3:
+                owned.append(out)
+            return out
         if isinstance(layer, L.Conv2d):
             return perturbed_conv2d(h, local_params["weight"], local_params.get("bias"), perts, weight_key=wk,
                                     bias_key=bk, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
