@@ -51,7 +51,7 @@ def _n_threads() -> int:
     count -- asking Numba earlier would start the layer (~60 ms) for nothing."""
     from numba.np.ufunc import parallel
 
-    if parallel._is_initialized:
+    if getattr(parallel, "_is_initialized", True):
         return max(1, numba.get_num_threads())
     return max(1, int(numba.config.NUMBA_NUM_THREADS))
 
