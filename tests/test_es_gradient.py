@@ -111,3 +111,20 @@ def test_fused_path_for_large_vectors_equals_stored_contraction():
     fused = es.es_gradient(f, perts)["big"]
     stored = np.tensordot(es.pair_weights(f, perts), perts.noise["big"].eps, axes=1) / (6 * 0.2)
     np.testing.assert_allclose(fused, stored, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float32", 2e-5), ("float64", 1e-12)])
+def test_blocked_gradient_product_is_the_oracle_within_rounding(dtype, rtol, monkeypatch):
+    """Many pairs: the NumPy path sums blocks of pairs (its own GEMM each); close to the one-GEMM oracle."""
+    from egdnp.es import _cpu
+
+    monkeypatch.setattr(_cpu, "GRAD_BLOCK_PAIRS", 16)  # 70 pairs: 5 blocks, the last one partial
+    monkeypatch.setattr(_cpu, "GRAD_BLOCK_MIN_PAIRS", 16)
+    g = np.random.default_rng(8)
+    w = g.standard_normal(70).astype(dtype)
+    A, B = g.standard_normal((70, 12, 3)).astype(dtype), g.standard_normal((70, 17, 3)).astype(dtype)
+    blocked = es.lowrank_weighted_sum(w, A, B, impl="numba")
+    oracle = es.lowrank_weighted_sum(w, A, B, impl="array_api")
+    assert blocked.dtype == np.dtype(dtype) and blocked.shape == (12, 17)
+    scale = np.abs(A).max() * np.abs(B).max() * np.abs(w).sum() * 3
+    np.testing.assert_allclose(blocked, oracle, rtol=0, atol=rtol * scale)

@@ -202,3 +202,18 @@ def test_checkpoint_records_noise_map_and_variant(tmp_path):
         es.EggrollBaseline(pop_size=4, group_size=4, clip_norm=1.0).load(path)
     with pytest.raises(ValueError, match="strategy="):
         es.SparseES(pop_size=4).load(path)
+
+
+@pytest.mark.parametrize("kind", ["full", "lowrank"])
+def test_relu_after_a_full_rank_or_lowrank_linear_in_the_model_forward(xp, kind):
+    """The whole-model forward fuses a ReLU after a Linear into its product; with a full-rank weight
+    (noise map) the ReLU must still be applied: every member equals the dense member's forward."""
+    model = nn.mlp((6, 5, 3), activation="relu")
+    params = model.init(seed=2, dtype="float64", xp=xp)
+    perts = es.generate(params, pop_size=4, rank=1, sigma=0.5, seed=3, dtype="float64",
+                        noise_map={"fc1.weight": kind})
+    x = xp.asarray(np.random.default_rng(0).standard_normal((7, 6)))
+    out = to_numpy(es.perturbed_model_forward(model, params, x, perts))
+    for i in range(4):
+        ref = to_numpy(model.apply(es.dense_perturbed_params(params, perts, i), x))
+        np.testing.assert_allclose(out[i], ref, rtol=0, atol=1e-12)

@@ -28,8 +28,11 @@ __all__ = ["perturbed_matmul"]
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_kernel_generic(out, xb, xrow, a_t, pair, sign, base, has_base, bias, has_bias, beps, has_beps):
-    """Any rank: out[i, j, :] = base[j] + bias + s_i beps[p_i] + s_i sum_q xb[xrow_i, j, q] a_t[p_i, q, :]."""
+def _fill_kernel_generic(out, xb, xrow, a_t, pair, sign, base, has_base, bias, has_bias, beps, has_beps, relu=False):
+    """Any rank: out[i, j, :] = base[j] + bias + s_i beps[p_i] + s_i sum_q xb[xrow_i, j, q] a_t[p_i, q, :].
+
+    ``relu``: then ``max(out, 0)`` (NaN kept, as ``numpy.maximum`` does), fused into the same pass.
+    """
     n_members, rows, m = out.shape
     r = a_t.shape[1]
     for i in range(n_members):
@@ -55,22 +58,27 @@ def _fill_kernel_generic(out, xb, xrow, a_t, pair, sign, base, has_base, bias, h
                 aq = a_t[p, q]
                 for c in range(m):
                     o[c] += coef * aq[c]
+            if relu:
+                for c in range(m):
+                    if o[c] < 0:
+                        o[c] = 0
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_kernel(out, xb, xrow, a_t, pair, sign, base, has_base, bias, has_bias, beps, has_beps):
+def _fill_kernel(out, xb, xrow, a_t, pair, sign, base, has_base, bias, has_bias, beps, has_beps, relu=False):
     """out[i, j, :] = base[j] + bias + s_i beps[p_i] + s_i sum_q xb[xrow_i, j, q] a_t[p_i, q, :].
 
-    Ranks 1..4 (the usual EGGROLL settings) write every output entry once from
-    one vectorised loop; the additions run in the same order and precision as
-    in :func:`_fill_kernel_generic` (no fastmath), so the result is bitwise
-    the same (tested) at ~1.6x the speed.
+    Ranks 0..4 only (the usual EGGROLL settings; :func:`_fill` sends larger
+    ranks to :func:`_fill_kernel_generic`, so a run compiles just the kernel
+    it uses): every output entry is written once from one vectorised loop;
+    the additions run in the same order and precision as in
+    :func:`_fill_kernel_generic` (no fastmath), so the result is bitwise the
+    same (tested) at ~1.6x the speed.  ``relu`` applies ``max(v, 0)`` to each
+    entry before its single store (NaN kept, ``-0.0`` kept, exactly as
+    ``numpy.maximum(v, 0)``): the activation costs no pass of its own.
     """
     n_members, rows, m = out.shape
     r = a_t.shape[1]
-    if r > 4:
-        _fill_kernel_generic(out, xb, xrow, a_t, pair, sign, base, has_base, bias, has_bias, beps, has_beps)
-        return
     sb = np.empty(m, dtype=out.dtype)
     zero = np.zeros(1, dtype=out.dtype)[0]
     zrow = np.zeros(m, dtype=out.dtype)
@@ -103,7 +111,7 @@ def _fill_kernel(out, xb, xrow, a_t, pair, sign, base, has_base, bias, has_bias,
                     v += t1 * a1[c]
                     v += t2 * a2[c]
                     v += t3 * a3[c]
-                    o[c] = v
+                    o[c] = zero if relu and v < zero else v
             elif r == 3:
                 for c in range(m):
                     v = bj[c]
@@ -114,7 +122,7 @@ def _fill_kernel(out, xb, xrow, a_t, pair, sign, base, has_base, bias, has_bias,
                     v += t0 * a0[c]
                     v += t1 * a1[c]
                     v += t2 * a2[c]
-                    o[c] = v
+                    o[c] = zero if relu and v < zero else v
             elif r == 2:
                 for c in range(m):
                     v = bj[c]
@@ -124,7 +132,7 @@ def _fill_kernel(out, xb, xrow, a_t, pair, sign, base, has_base, bias, has_bias,
                         v += sb[c]
                     v += t0 * a0[c]
                     v += t1 * a1[c]
-                    o[c] = v
+                    o[c] = zero if relu and v < zero else v
             elif r == 1:
                 for c in range(m):
                     v = bj[c]
@@ -133,7 +141,7 @@ def _fill_kernel(out, xb, xrow, a_t, pair, sign, base, has_base, bias, has_bias,
                     if has_beps:
                         v += sb[c]
                     v += t0 * a0[c]
-                    o[c] = v
+                    o[c] = zero if relu and v < zero else v
             else:
                 for c in range(m):
                     v = bj[c]
@@ -141,7 +149,7 @@ def _fill_kernel(out, xb, xrow, a_t, pair, sign, base, has_base, bias, has_bias,
                         v += bias[c]
                     if has_beps:
                         v += sb[c]
-                    o[c] = v
+                    o[c] = zero if relu and v < zero else v
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -307,7 +315,7 @@ def _run_split(fn, n_members: int, work: int) -> None:
 SKINNY_MAX_OUT = 32
 
 
-def perturbed_matmul(x, w2, bias, a, b, beps, pair, sign, cache=None, cache_key=None):
+def perturbed_matmul(x, w2, bias, a, b, beps, pair, sign, cache=None, cache_key=None, activation=None):
     """NumPy version of :func:`egdnp.es.layers.perturbed_matmul` (same arguments).
 
     Parameters
@@ -325,6 +333,10 @@ def perturbed_matmul(x, w2, bias, a, b, beps, pair, sign, cache=None, cache_key=
         (one large GEMM) and kept under ``cache_key`` for the other population
         chunks, so the chunk loop runs no small BLAS calls (whose spinning
         threads would compete with the kernels' threads on a 2-core machine).
+    activation : {None, "relu"}
+        Applied to the result; for a shared x fused into the fill kernel's
+        single store (no pass of its own over the (N, rows, m) output),
+        otherwise ``numpy.maximum(out, 0, out=out)`` in place.
 
     Returns
     -------
@@ -357,8 +369,7 @@ def perturbed_matmul(x, w2, bias, a, b, beps, pair, sign, cache=None, cache_key=
             # objects (held here, so their ids cannot be reused meanwhile).
             if held is None or held[0] is not x_in or held[1] is not w2:
                 n_all = b_full.shape[0]
-                b_cat = concat_factors(b_full)  # (n, P r): all pairs' B side by side
-                entry = (x @ w2.T, np.transpose((x @ b_cat).reshape(rows, n_all, r), (1, 0, 2)))
+                entry = (x @ w2.T, np.transpose(_x_times_factors(x, b_full).reshape(rows, n_all, r), (1, 0, 2)))
                 held = (x_in, w2, entry)
                 cache[cache_key] = held
             shared_base, xb = held[2]
@@ -386,7 +397,7 @@ def perturbed_matmul(x, w2, bias, a, b, beps, pair, sign, cache=None, cache_key=
                            bias_arr, bias is not None, beps_arr, beps is not None)
 
         _run_split(skinny, n_members, n_members * rows * n * (m + int(b_t.shape[1])))
-        return out
+        return _relu_in_place(out) if activation == "relu" else out
     out = np.empty((n_members, rows, m), dtype=dtype)
     bias_arr = dummy_vec if bias is None else bias
     beps_arr = np.zeros((1, m), dtype=dtype) if beps is None else beps
@@ -401,15 +412,47 @@ def perturbed_matmul(x, w2, bias, a, b, beps, pair, sign, cache=None, cache_key=
         np.matmul(x.reshape(n_members * rows, n), w2.T, out=out.reshape(n_members * rows, m))
         b_t = np.zeros((1, 0, n), dtype=dtype) if a is None else np.ascontiguousarray(np.transpose(b, (0, 2, 1)))
         _postadd_kernel(out, x, b_t, a_t, pair, sign, bias_arr, bias is not None, beps_arr, beps is not None)
-        return out
+        return _relu_in_place(out) if activation == "relu" else out
     base = x @ w2.T if shared_base is None else shared_base
 
+    kernel = _fill_kernel if a_t.shape[1] <= 4 else _fill_kernel_generic
+    relu = activation == "relu"
+
     def fill(lo, hi):
-        _fill_kernel(out[lo:hi], xb, xrow[lo:hi], a_t, pair[lo:hi], sign[lo:hi], base, True,
-                     bias_arr, bias is not None, beps_arr, beps is not None)
+        kernel(out[lo:hi], xb, xrow[lo:hi], a_t, pair[lo:hi], sign[lo:hi], base, True,
+               bias_arr, bias is not None, beps_arr, beps is not None, relu)
 
     _run_split(fill, n_members, n_members * rows * m * (3 + int(a_t.shape[1])))
     return out
+
+
+def _x_times_factors(x, b):
+    """``x @ concat_factors(b)``, shape (rows, P r): every pair's ``x B`` at once.
+
+    Above :data:`GRAD_BLOCK_MIN_PAIRS` pairs, in blocks of
+    :data:`GRAD_BLOCK_PAIRS` pairs concatenated while in cache (all of them
+    at once is ~100 MB at pop 16384, rearranged from memory); BLAS then
+    partitions each block's product differently, so those entries agree
+    with the one product within float rounding (tested), not bitwise.
+    """
+    n_pairs, _, r = b.shape
+    if n_pairs <= max(GRAD_BLOCK_MIN_PAIRS, GRAD_BLOCK_PAIRS):
+        return x @ concat_factors(b)  # (n, P r): all pairs' B side by side
+    out = np.empty((x.shape[0], n_pairs * r), dtype=x.dtype)
+    for lo in range(0, n_pairs, GRAD_BLOCK_PAIRS):
+        hi = min(n_pairs, lo + GRAD_BLOCK_PAIRS)
+        np.matmul(x, concat_factors(b[lo:hi]), out=out[:, lo * r : hi * r])
+    return out
+
+
+def tanh_in_place(h):
+    """``numpy.tanh(h, out=h)``: bitwise ``nn.functional.tanh(h)`` without a second array (``h`` must be ours)."""
+    return np.tanh(h, out=h)
+
+
+def _relu_in_place(out):
+    """``numpy.maximum(out, 0)`` into ``out`` itself (a fresh array of ours): no second (N, rows, m) array."""
+    return np.maximum(out, np.zeros((), dtype=out.dtype), out=out)
 
 
 # ----------------------------------------------------------------------------
@@ -455,6 +498,40 @@ def concat_factors(f, w=None):
     return out
 
 
+# Pairs per block of the blocked ES-gradient product: the block's concatenated
+# factors (pairs r (m + n) floats: 8.5 MB for 784-256 at rank 4) stay in the
+# last-level cache between the concatenation and the GEMM.
+GRAD_BLOCK_PAIRS = 512
+# Up to this many pairs (pop 4096 with antithetic pairs) the single GEMM is as
+# fast (36.9 vs 40.9 ms at 2048 pairs, one BLAS thread) and stays bitwise the oracle.
+GRAD_BLOCK_MIN_PAIRS = 2048
+
+
+def lowrank_weighted_sum(weights, A, B):
+    """``sum_k weights[k] A[k] @ B[k].T``, shape (m, n): NumPy fast path of :func:`egdnp.es.gradient.lowrank_weighted_sum`.
+
+    Up to :data:`GRAD_BLOCK_MIN_PAIRS` pairs: ONE GEMM of the concatenated
+    factors (bitwise the array-API oracle).  More pairs: the same product
+    accumulated over blocks of :data:`GRAD_BLOCK_PAIRS` pairs, each block concatenated just before its GEMM while
+    it is in cache -- rearranging all factors first (~100 MB at pop 16384)
+    ran from memory and made ``tell`` grow 12x for 4x the members.  The sum
+    over blocks adds in a different order than one GEMM: within float
+    rounding of the oracle (tested), not bitwise.
+    """
+    n_pairs = A.shape[0]
+    if n_pairs <= max(GRAD_BLOCK_MIN_PAIRS, GRAD_BLOCK_PAIRS):
+        return concat_factors(A) @ concat_factors(B, weights).T
+    out = None
+    for lo in range(0, n_pairs, GRAD_BLOCK_PAIRS):
+        hi = min(n_pairs, lo + GRAD_BLOCK_PAIRS)
+        part = concat_factors(A[lo:hi]) @ concat_factors(B[lo:hi], weights[lo:hi]).T
+        if out is None:
+            out = part
+        else:
+            out += part
+    return out
+
+
 # ----------------------------------------------------------------------------
 # egdnp noise of many pairs in one kernel launch
 # ----------------------------------------------------------------------------
@@ -463,7 +540,9 @@ from ..rng import _cpu as _rng_cpu  # noqa: E402  (the spec's Philox/Box-Muller 
 _CHUNK = _rng_cpu.CHUNK_BLOCKS
 
 
-def _members_normal_body(out, members, k0, k1, c1, c3, p):
+@numba.njit(cache=True, nogil=True)
+def _members_normal_range(out, members, k0, k1, c1, c3, lo, hi):
+    """Rows lo .. hi-1: ``out[p] = normal(member=members[p])``; one set of scratch buffers for all rows."""
     n = out.shape[1]
     nblocks = (n + 3) // 4
     nchunks = (nblocks + _CHUNK - 1) // _CHUNK
@@ -477,45 +556,40 @@ def _members_normal_body(out, members, k0, k1, c1, c3, p):
     z1 = np.empty(_CHUNK, out.dtype)
     z2 = np.empty(_CHUNK, out.dtype)
     z3 = np.empty(_CHUNK, out.dtype)
-    row = out[p]
-    for ch in range(nchunks):
-        b0 = ch * _CHUNK
-        nb = min(_CHUNK, nblocks - b0)
-        _rng_cpu._normal_chunk(b0, nb, k0, k1, c1, members[p], c3, o0, o1, o2, o3, fbuf, ebuf, z0, z1, z2, z3)
-        _rng_cpu._store4(row, b0, nb, z0, z1, z2, z3)
+    for p in range(lo, hi):
+        row = out[p]
+        for ch in range(nchunks):
+            b0 = ch * _CHUNK
+            nb = min(_CHUNK, nblocks - b0)
+            _rng_cpu._normal_chunk(b0, nb, k0, k1, c1, members[p], c3, o0, o1, o2, o3, fbuf, ebuf, z0, z1, z2, z3)
+            _rng_cpu._store4(row, b0, nb, z0, z1, z2, z3)
 
 
-_members_normal_row = numba.njit(inline="always")(_members_normal_body)
-
-
-@numba.njit(parallel=True, cache=True)
-def _members_normal_parallel(out, members, k0, k1, c1, c3):
-    for p in numba.prange(out.shape[0]):
-        _members_normal_row(out, members, k0, k1, c1, c3, p)
-
-
-@numba.njit(cache=True)
-def _members_normal_serial(out, members, k0, k1, c1, c3):
-    for p in range(out.shape[0]):
-        _members_normal_row(out, members, k0, k1, c1, c3, p)
-
-
-# Below this many values a parallel region costs more than it saves (and stalls
-# badly when the two cores are shared with BLAS threads or other processes).
+# Below this many values one thread is faster than two (waking a thread costs
+# more, and stalls when the two cores are shared with BLAS threads or other processes).
 PARALLEL_MIN_VALUES = 1 << 20
 
 
 def members_normal(n_members, size, seed, stream, generation, dtype, first=0):
     """``out[k] = egdnp.rng.normal((size,), seed, stream, member=first + k, generation)`` for k < n_members.
 
-    One kernel launch instead of ``n_members`` calls (a per-call parallel region
-    right after BLAS work costs ~0.3 ms on a busy 2-core machine).
+    One kernel launch instead of ``n_members`` calls, split over plain Python
+    threads by rows (:func:`_run_split`) when there are at least
+    :data:`PARALLEL_MIN_VALUES` values: one serial ``nogil`` kernel to compile
+    (a Numba parallel region took ~3x its compile time on a cold start).
     Returns ndarray, shape (n_members, size).
     """
     out = np.empty((n_members, size), dtype=np.dtype(dtype))
     if n_members and size:
         k0, k1 = _rng_cpu._key(seed)
         members = np.arange(first, first + n_members, dtype=np.uint32)
-        kernel = _members_normal_parallel if n_members * size >= PARALLEL_MIN_VALUES else _members_normal_serial
-        kernel(out, members, k0, k1, np.uint32(stream), np.uint32(generation))
+        c1, c3 = np.uint32(stream), np.uint32(generation)
+
+        def rows(lo, hi):
+            _members_normal_range(out, members, k0, k1, c1, c3, lo, hi)
+
+        if n_members * size >= PARALLEL_MIN_VALUES:
+            _run_split(rows, n_members, THREAD_MIN_WORK)
+        else:
+            rows(0, n_members)
     return out

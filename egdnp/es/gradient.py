@@ -97,7 +97,9 @@ def lowrank_weighted_sum(weights, A, B, *, impl: str = "auto"):
     B : array, shape (P, n, r)
     impl : {"auto", "numba", "array_api"}
         ``"auto"`` builds ``A_cat``/``B_cat`` with a Numba kernel for NumPy
-        arrays (bitwise the same values, so the same GEMM result).
+        arrays (bitwise the same values, so the same GEMM result); above
+        ``egdnp.es._cpu.GRAD_BLOCK_MIN_PAIRS`` pairs it sums the product over
+        cache-sized blocks of pairs (same result within float rounding).
 
     Returns
     -------
@@ -119,12 +121,11 @@ def lowrank_weighted_sum(weights, A, B, *, impl: str = "auto"):
     if impl != "array_api" and _backend.is_numpy(xp) and A.dtype == B.dtype == weights.dtype:
         from . import _cpu
 
-        # The same values as the array-API lines below, in one pass each (no
-        # scaled temporary, no slow small-stride transpose copy).
-        a_cat, b_cat = _cpu.concat_factors(A), _cpu.concat_factors(B, weights)
-    else:
-        a_cat = xp.reshape(xp.permute_dims(A, (1, 0, 2)), (m, p * r))
-        b_cat = xp.reshape(xp.permute_dims(B * xp.reshape(weights, (p, 1, 1)), (1, 0, 2)), (n, p * r))
+        # The concatenations below in one pass each (no scaled temporary, no
+        # slow small-stride transpose copy); many pairs are summed in blocks.
+        return _cpu.lowrank_weighted_sum(weights, A, B)
+    a_cat = xp.reshape(xp.permute_dims(A, (1, 0, 2)), (m, p * r))
+    b_cat = xp.reshape(xp.permute_dims(B * xp.reshape(weights, (p, 1, 1)), (1, 0, 2)), (n, p * r))
     return xp.matmul(a_cat, b_cat.T)
 
 

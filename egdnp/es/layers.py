@@ -96,7 +96,7 @@ def _noise(perts, key, kind):
 
 
 def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, bias_key=None, members=None, *,
-                     impl: str = "auto", cache: dict | None = None):
+                     impl: str = "auto", cache: dict | None = None, activation: str | None = None):
     """``y_i = x_i W2^T + b + s_i eps_{p_i} + s_i (x_i B_{p_i}) A_{p_i}^T`` for every member.
 
     Parameters
@@ -117,11 +117,20 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
         (:func:`population_fitness` passes one): for a shared x the products
         with ``W2`` and with every pair's ``B`` are computed once.  The result
         does not depend on it.
+    activation : {None, "relu"}
+        Applied to the result (``egdnp.nn.functional.relu``, bitwise); the
+        NumPy fast path fuses it into the pass that writes the output.
 
     Returns
     -------
     array, shape (N, rows, m); or (rows, m) when x is shared and nothing is perturbed
     """
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation={activation!r} must be None or 'relu'")
+    if activation is not None and (impl == "array_api" or not _backend.is_numpy(_backend.array_namespace(x, w2))):
+        from ..nn import functional as F
+
+        return F.relu(perturbed_matmul(x, w2, bias, perts, weight_key, bias_key, members, impl=impl, cache=cache))
     xp = _backend.array_namespace(x, w2)
     other = None if (perts is None or weight_key is None) else perts.noise.get(weight_key)
     if isinstance(other, StackedLowRankNoise):
@@ -130,7 +139,12 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
     if isinstance(other, (FullNoise, SparseNoise)):
         # Full-rank (OpenAI-ES) or sparse weight noise: the unperturbed-weight product plus s_i x_i E_{p_i}^T.
         base = perturbed_matmul(x, w2, bias, perts, None, bias_key, members, impl=impl, cache=cache)
-        return base + _weight_noise_term(xp, x, other, perts, members, int(w2.shape[0]), int(w2.shape[1]))
+        out = base + _weight_noise_term(xp, x, other, perts, members, int(w2.shape[0]), int(w2.shape[1]))
+        if activation == "relu":
+            from ..nn import functional as F
+
+            return F.relu(out)
+        return out
     wn = _noise(perts, weight_key, LowRankNoise)
     bn = _noise(perts, bias_key, FullNoise)
     m, n = int(w2.shape[0]), int(w2.shape[1])
@@ -145,7 +159,12 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
         out = xp.matmul(x, w2.T) if shared else xp.reshape(
             xp.matmul(xp.reshape(x, (-1, n)), w2.T), (int(x.shape[0]), int(x.shape[1]), m)
         )
-        return out if bias is None else out + bias
+        out = out if bias is None else out + bias
+        if activation is not None:
+            from ..nn import functional as F
+
+            out = F.relu(out)
+        return out
     start, stop = member_range(perts, members)
     n_members = stop - start
     if not shared and int(x.shape[0]) != n_members:
@@ -165,7 +184,7 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
         return _cpu.perturbed_matmul(
             x, w2, bias, None if wn is None else wn.A, None if wn is None else wn.B, beps,
             np.asarray(pair_host, dtype=np.int64), np.asarray(sign_host, dtype=x.dtype),
-            cache=cache, cache_key=("shared-products", weight_key),
+            cache=cache, cache_key=("shared-products", weight_key), activation=activation,
         )
     device = _backend.device_of(x)
     pair_host, sign_host = _as_list(pair_host), _as_list(sign_host)
@@ -464,9 +483,26 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
     state = {} if state is None else state
     seen: dict[str, bool] = {}  # whether the model's input was shared, judged by its first weighted layer
     override = layer_fn
+    # A ReLU right after a Linear runs inside the Linear's perturbed product
+    # (bitwise the same values; the NumPy path saves a pass over the activations).
+    layer_list = list(model.layers)
+    relu_after = {n1: n2 for (n1, l1), (n2, l2) in zip(layer_list, layer_list[1:])
+                  if isinstance(l1, L.Linear) and isinstance(l2, L.Activation) and l2.kind == "relu"}
+    fused: set[str] = set()
+
+    owned: list = []  # the array the previous perturbed Linear just made (no one else holds it)
 
     def layer_fn(name, layer, local_params, h):
         wk, bk = f"{prefix}{name}.weight", f"{prefix}{name}.bias"
+        if name in fused:
+            return h  # this ReLU already ran inside the previous Linear
+        if owned and owned.pop() is h and isinstance(layer, L.Activation) and layer.kind == "tanh" \
+                and impl != "array_api" and _backend.is_numpy(xp):
+            from . import _cpu
+
+            # In place, the same ufunc (bitwise): a fresh (chunk, batch, width)
+            # array per chunk costs page faults (~390k per pop-16384 generation).
+            return _cpu.tanh_in_place(h)
         if isinstance(layer, known) and "x_shared" not in seen:
             image = isinstance(layer, (L.Conv2d, L.BatchNorm2d))
             seen["x_shared"] = len(h.shape) == (4 if image else 2)
@@ -475,8 +511,13 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
             if replaced is not None:
                 return replaced
         if isinstance(layer, L.Linear):
-            return perturbed_linear(h, local_params["weight"], local_params.get("bias"), perts,
-                                    weight_key=wk, bias_key=bk, members=members, impl=impl, cache=cache)
+            if name in relu_after:
+                fused.add(relu_after[name])
+            out = perturbed_matmul(h, local_params["weight"], local_params.get("bias"), perts, wk, bk, members,
+                                   impl=impl, cache=cache, activation="relu" if name in relu_after else None)
+            if out is not h and len(out.shape) == 3:
+                owned.append(out)
+            return out
         if isinstance(layer, L.Conv2d):
             return perturbed_conv2d(h, local_params["weight"], local_params.get("bias"), perts, weight_key=wk,
                                     bias_key=bk, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,

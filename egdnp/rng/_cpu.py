@@ -2,9 +2,12 @@
 
 Work is done in chunks of ``CHUNK_BLOCKS`` Philox blocks; every value depends
 only on its own index, so results do not depend on the thread count or on how
-the blocks are split.  The parallel kernels give each thread an equal,
-contiguous run of blocks and one set of scratch buffers (allocated once per
-thread, not once per chunk).  Inside a chunk, Philox runs over local arrays in
+the blocks are split.  Each operation has ONE compiled kernel, serial over a
+range of blocks and ``nogil``; large arrays give each of up to
+``NUMBA_NUM_THREADS`` plain Python threads an equal, contiguous run of blocks
+and one set of scratch buffers (:func:`_split`).  No Numba parallel region:
+compiling one (parfors) cost 3-8 s of a cold start per kernel, loading one
+from the cache starts the OpenMP layer, and the thread split needs neither.  Inside a chunk, Philox runs over local arrays in
 a loop LLVM vectorises (eight blocks per AVX-512 register, 64-bit lanes for the
 32x32->64-bit products), then a one-pass, branch-free Box-Muller loop whose
 integer work stays in 32 bits turns the words into normals (8 float32 lanes
@@ -17,10 +20,12 @@ paths give bitwise the same values (tests/test_rng.py).
 from __future__ import annotations
 
 import math
+import threading
 
+import numba
 import numpy as np
 from llvmlite import ir
-from numba import get_num_threads, njit, prange, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -36,41 +41,59 @@ _LO = np.uint64(MASK32)
 _S32 = np.uint64(32)
 
 
-def _pick(kernels, n):
-    """The member of a (parallel, serial) kernel pair to use for ``n`` values.
+_POOL = None
+_POOL_LOCK = threading.Lock()
 
-    Both compute every value from its own index, so results are bitwise
-    identical; an array of one chunk or less skips waking the thread pool,
-    which costs more than the work (milliseconds when the machine is busy).
-    Both take the same arguments, the last being ``numba.get_num_threads()``
-    (read in Python; the serial kernel ignores it).
+
+def _n_threads() -> int:
+    """Threads to split over: ``numba.get_num_threads()`` once Numba's threading
+    layer runs (so ``numba.set_num_threads`` is honoured), else the configured
+    count -- asking Numba earlier would start the layer (~60 ms) for nothing."""
+    from numba.np.ufunc import parallel
+
+    if getattr(parallel, "_is_initialized", True):
+        return max(1, numba.get_num_threads())
+    return max(1, int(numba.config.NUMBA_NUM_THREADS))
+
+
+def _split(kernel, n, args):
+    """Run ``kernel(*args, blo, bhi)`` over the ``(n + 3) // 4`` blocks of ``n`` values.
+
+    An array of one chunk per thread or less runs on the calling thread
+    (waking a thread costs more than the work); a larger one is cut into
+    contiguous runs (:func:`_thread_blocks`), one per thread, all but the first
+    on pool threads.  Every value is computed from its own index, so the
+    result is bitwise the same whatever the split.
     """
-    return kernels[1] if n <= 4 * CHUNK_BLOCKS else kernels[0]
+    global _POOL
+    nblocks = (n + 3) // 4
+    nt = 1 if n <= 4 * CHUNK_BLOCKS else min(_n_threads(), _n_chunks(n))
+    if nt <= 1:
+        kernel(*args, 0, nblocks)
+        return
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < nt - 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(max_workers=nt - 1, thread_name_prefix="egdnp-rng")
+        pool = _POOL
+    bounds = [_thread_blocks(t, nt, nblocks) for t in range(nt)]
+    futures = [pool.submit(kernel, *args, lo, hi) for lo, hi in bounds[1:]]
+    kernel(*args, *bounds[0])
+    for fut in futures:
+        fut.result()
 
 
-@njit(inline="always")
 def _n_chunks(n):
+    """Chunks of ``CHUNK_BLOCKS`` blocks in ``n`` values."""
     return ((n + 3) // 4 + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS
 
 
-@njit(inline="always")
-def _n_workers(nchunks, n_threads):
-    """Threads worth waking for ``nchunks`` chunks (each gets a contiguous run).
-
-    ``n_threads`` is ``numba.get_num_threads()`` read by the Python caller:
-    calling it inside the kernel would stop Numba from caching the kernel.
-    """
-    return max(1, min(n_threads, nchunks))
-
-
-@njit(inline="always")
 def _thread_blocks(t, nt, nblocks):
     """Blocks [lo, hi) of worker ``t`` of ``nt``: equal shares, cut at multiples of 16 blocks
     (whole cache lines of output for float32 and float64)."""
     groups = (nblocks + 15) // 16
-    lo = min(nblocks, 16 * (t * groups // nt))
-    hi = min(nblocks, 16 * ((t + 1) * groups // nt))
-    return lo, hi
+    return min(nblocks, 16 * (t * groups // nt)), min(nblocks, 16 * ((t + 1) * groups // nt))
 
 
 @njit(inline="always")
@@ -109,23 +132,11 @@ def _bits_blocks(out, blo, bhi, k0, k1, c1, c2, c3, o):
         _store4(out, b0, nb, o[0], o[1], o[2], o[3])
 
 
-@njit(parallel=True, cache=True)
-def _bits_parallel(out, k0, k1, c1, c2, c3, n_threads):
-    nblocks = (out.shape[0] + 3) // 4
-    nt = _n_workers(_n_chunks(out.shape[0]), n_threads)
-    for t in prange(nt):
-        o = np.empty((4, CHUNK_BLOCKS), np.uint32)
-        blo, bhi = _thread_blocks(t, nt, nblocks)
-        _bits_blocks(out, blo, bhi, k0, k1, c1, c2, c3, o)
-
-
-@njit(cache=True)
-def _bits_serial(out, k0, k1, c1, c2, c3, n_threads):
+@njit(cache=True, nogil=True)
+def _bits_range(out, k0, k1, c1, c2, c3, blo, bhi):
+    """Words of blocks blo .. bhi-1 into ``out`` (see :func:`_split`)."""
     o = np.empty((4, CHUNK_BLOCKS), np.uint32)
-    _bits_blocks(out, 0, (out.shape[0] + 3) // 4, k0, k1, c1, c2, c3, o)
-
-
-_BITS_KERNELS = (_bits_parallel, _bits_serial)
+    _bits_blocks(out, blo, bhi, k0, k1, c1, c2, c3, o)
 
 
 def _key(seed: int):
@@ -137,7 +148,7 @@ def random_bits(n, seed, stream, member, generation):
     out = np.empty(n, dtype=np.uint32)
     if n:
         k0, k1 = _key(seed)
-        _pick(_BITS_KERNELS, n)(out, k0, k1, np.uint32(stream), np.uint32(member), np.uint32(generation), get_num_threads())
+        _split(_bits_range, n, (out, k0, k1, np.uint32(stream), np.uint32(member), np.uint32(generation)))
     return out
 
 
@@ -439,29 +450,14 @@ def _normal_blocks(out, blo, bhi, k0, k1, c1, c2, c3, o, fbuf, ebuf, z):
             _store4(out, b0, nb, z[0], z[1], z[2], z[3])
 
 
-@njit(parallel=True, cache=True)
-def _normal_parallel(out, k0, k1, c1, c2, c3, n_threads):
-    nblocks = (out.shape[0] + 3) // 4
-    nt = _n_workers(_n_chunks(out.shape[0]), n_threads)
-    for t in prange(nt):
-        o = np.empty((4, CHUNK_BLOCKS), np.uint32)
-        z = np.empty((4, CHUNK_BLOCKS), out.dtype)
-        unused_f = np.empty(1, np.float32)
-        unused_e = np.empty(1, np.int32)
-        blo, bhi = _thread_blocks(t, nt, nblocks)
-        _normal_blocks(out, blo, bhi, k0, k1, c1, c2, c3, o, unused_f, unused_e, z)
-
-
-@njit(cache=True)
-def _normal_serial(out, k0, k1, c1, c2, c3, n_threads):
+@njit(cache=True, nogil=True)
+def _normal_range(out, k0, k1, c1, c2, c3, blo, bhi):
+    """Normals of blocks blo .. bhi-1 into ``out`` (see :func:`_split`)."""
     o = np.empty((4, CHUNK_BLOCKS), np.uint32)
     z = np.empty((4, CHUNK_BLOCKS), out.dtype)
     unused_f = np.empty(1, np.float32)
     unused_e = np.empty(1, np.int32)
-    _normal_blocks(out, 0, (out.shape[0] + 3) // 4, k0, k1, c1, c2, c3, o, unused_f, unused_e, z)
-
-
-_NORMAL_KERNELS = (_normal_parallel, _normal_serial)
+    _normal_blocks(out, blo, bhi, k0, k1, c1, c2, c3, o, unused_f, unused_e, z)
 
 
 def normal(n, seed, stream, member, generation, dtype):
@@ -469,7 +465,7 @@ def normal(n, seed, stream, member, generation, dtype):
     out = np.empty(n, dtype=np.dtype(dtype))
     if n:
         k0, k1 = _key(seed)
-        _pick(_NORMAL_KERNELS, n)(out, k0, k1, np.uint32(stream), np.uint32(member), np.uint32(generation), get_num_threads())
+        _split(_normal_range, n, (out, k0, k1, np.uint32(stream), np.uint32(member), np.uint32(generation)))
     return out
 
 
@@ -514,31 +510,15 @@ def _weighted_sum_blocks(out, blo, bhi, weights, members, k0, k1, c1, c3, o, fbu
         _store4(out, b0, nb, acc[0], acc[1], acc[2], acc[3])
 
 
-@njit(parallel=True, cache=True)
-def _weighted_sum_parallel(out, weights, members, k0, k1, c1, c3, n_threads):
-    nblocks = (out.shape[0] + 3) // 4
-    nt = _n_workers(_n_chunks(out.shape[0]), n_threads)
-    for t in prange(nt):
-        o = np.empty((4, CHUNK_BLOCKS), np.uint32)
-        z = np.empty((4, CHUNK_BLOCKS), out.dtype)
-        acc = np.empty((4, CHUNK_BLOCKS), np.float64)
-        unused_f = np.empty(1, np.float32)
-        unused_e = np.empty(1, np.int32)
-        blo, bhi = _thread_blocks(t, nt, nblocks)
-        _weighted_sum_blocks(out, blo, bhi, weights, members, k0, k1, c1, c3, o, unused_f, unused_e, z, acc)
-
-
-@njit(cache=True)
-def _weighted_sum_serial(out, weights, members, k0, k1, c1, c3, n_threads):
+@njit(cache=True, nogil=True)
+def _weighted_sum_range(out, weights, members, k0, k1, c1, c3, blo, bhi):
+    """Weighted sums of blocks blo .. bhi-1 into ``out`` (see :func:`_split`)."""
     o = np.empty((4, CHUNK_BLOCKS), np.uint32)
     z = np.empty((4, CHUNK_BLOCKS), out.dtype)
     acc = np.empty((4, CHUNK_BLOCKS), np.float64)
     unused_f = np.empty(1, np.float32)
     unused_e = np.empty(1, np.int32)
-    _weighted_sum_blocks(out, 0, (out.shape[0] + 3) // 4, weights, members, k0, k1, c1, c3, o, unused_f, unused_e, z, acc)
-
-
-_WEIGHTED_SUM_KERNELS = (_weighted_sum_parallel, _weighted_sum_serial)
+    _weighted_sum_blocks(out, blo, bhi, weights, members, k0, k1, c1, c3, o, unused_f, unused_e, z, acc)
 
 
 def weighted_noise_sum(weights, members, n, seed, stream, generation, dtype):
@@ -546,7 +526,8 @@ def weighted_noise_sum(weights, members, n, seed, stream, generation, dtype):
     out = np.empty(n, dtype=np.dtype(dtype))
     if n and weights.shape[0]:
         k0, k1 = _key(seed)
-        _pick(_WEIGHTED_SUM_KERNELS, n)(out, weights.astype(np.float64), members.astype(np.uint32), k0, k1, np.uint32(stream), np.uint32(generation), get_num_threads())
+        _split(_weighted_sum_range, n, (out, weights.astype(np.float64), members.astype(np.uint32), k0, k1,
+                                        np.uint32(stream), np.uint32(generation)))
     elif n:
         out[:] = 0
     return out
@@ -556,9 +537,13 @@ def weighted_noise_sum(weights, members, n, seed, stream, generation, dtype):
 # centered ranks
 # ----------------------------------------------------------------------------
 @njit(cache=True)
-def _centered_ranks_kernel(f, out):
+def _centered_ranks_kernel(f, order, out):
+    """Centered ranks of ``f`` given its stable ascending ``order`` (ties averaged).
+
+    The sort is NumPy's (``argsort(kind="stable")``, the same permutation as
+    a mergesort): compiling Numba's own mergesort took ~1.5 s of a cold start.
+    """
     n = f.shape[0]
-    order = np.argsort(f, kind="mergesort")
     i = 0
     while i < n:
         j = i
@@ -575,7 +560,8 @@ def centered_ranks(fitness):
     f = np.asarray(fitness)
     out = np.zeros(f.shape[0], dtype=np.float64)
     if f.shape[0] > 1:
-        _centered_ranks_kernel(f.astype(np.float64), out)
+        f64 = f.astype(np.float64)
+        _centered_ranks_kernel(f64, np.argsort(f64, kind="stable"), out)
     return out.astype(f.dtype)
 
 
