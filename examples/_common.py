@@ -266,3 +266,33 @@ def _pyplot():
         print("matplotlib is not installed: no plot (pip install matplotlib, or pass --no-plot)", file=sys.stderr)
         return None
     return plt
+
+
+def plot_returns(history, path, *, title, target=None, target_label="target") -> bool:
+    """Episode returns per generation (population mean and best, evaluations with their spread), as PNG.
+
+    ``history`` holds lists ``generation``, ``mean_return``, ``max_return``,
+    ``eval_generation``, ``eval_mean_return`` and optionally ``eval_std_return``
+    (drawn as a band).  Returns False when matplotlib is missing.
+    """
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    ax.plot(history["generation"], history["mean_return"], label="population mean (perturbed policies)")
+    ax.plot(history["generation"], history["max_return"], alpha=0.5, label="population best")
+    ev_gen, ev_mean = history["eval_generation"], history["eval_mean_return"]
+    ax.plot(ev_gen, ev_mean, marker="o", label="evaluation mean (unperturbed)")
+    if "eval_std_return" in history:
+        ev_std = history["eval_std_return"]
+        ax.fill_between(ev_gen, [m - s for m, s in zip(ev_mean, ev_std)], [m + s for m, s in zip(ev_mean, ev_std)],
+                        alpha=0.2)
+    if target is not None:
+        ax.axhline(target, color="k", linestyle="--", linewidth=1, label=f"{target_label} ({target:g})")
+    ax.set(xlabel="generation", ylabel="episode return", title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return True

@@ -196,28 +196,11 @@ def train(args) -> int:
                                       ("eval", f"eval mean return ({args.eval_episodes} ep.)", "{:.1f}"),
                                       ("solved", f"solved (>= {solved_at:g})", "{}"), ("wall_s", "wall s", "{:.1f}")]))
     _common.write_json(os.path.join(out, "results.json"), {"summary": summary, "history": history})
-    if not args.no_plot and plot_returns(history, solved_at, os.path.join(out, "returns.png")):
+    if not args.no_plot and _common.plot_returns(history, os.path.join(out, "returns.png"), title="EGGROLL on CartPole-v1",
+                                                     target=solved_at, target_label="solved"):
         print(f"plot: {os.path.join(out, 'returns.png')}")
     print(f"outputs written to {out}")
     return 0
-
-
-def plot_returns(history, solved_at, path) -> bool:
-    plt = _common._pyplot()
-    if plt is None:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4.8))
-    ax.plot(history["generation"], history["mean_return"], label="population mean (perturbed policies)")
-    ax.plot(history["generation"], history["max_return"], alpha=0.5, label="population best")
-    ax.plot(history["eval_generation"], history["eval_mean_return"], marker="o", label="evaluation mean (unperturbed)")
-    ax.axhline(solved_at, color="k", linestyle="--", linewidth=1, label=f"solved ({solved_at:g})")
-    ax.set(xlabel="generation", ylabel="episode return", title="EGGROLL on CartPole-v1")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small")
-    fig.tight_layout()
-    _common.save_figure(fig, path)
-    plt.close(fig)
-    return True
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # find _common.py when run from anywhere
 
 import _common
-from pendulum_eggroll import add_es_args, plot_returns, run, train
+from pendulum_eggroll import add_es_args, run, train
 
 
 def main(argv=None) -> int:
@@ -63,7 +63,7 @@ def finish(args) -> int:
           f"{summary['final_eval_mean_return']:.1f} (generation {history['eval_generation'][-1]}); "
           f"{summary['evaluations_per_s']:.2f} evaluations/s, {summary['env_steps_per_s']:.0f} env steps/s")
     _common.write_json(os.path.join(out, "results.json"), {"summary": summary, "history": history})
-    if not args.no_plot and plot_returns(history, os.path.join(out, "returns.png"), title=f"EGGROLL on {args.env}"):
+    if not args.no_plot and _common.plot_returns(history, os.path.join(out, "returns.png"), title=f"EGGROLL on {args.env}"):
         print(f"plot: {os.path.join(out, 'returns.png')}")
     print(f"outputs written to {out}")
     return 0

@@ -247,27 +247,6 @@ def run(args, body):
         return body()
 
 
-def plot_returns(history, path, *, title, target=None) -> bool:
-    plt = _common._pyplot()
-    if plt is None:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4.8))
-    ax.plot(history["generation"], history["mean_return"], label="population mean (perturbed policies)")
-    ax.plot(history["generation"], history["max_return"], alpha=0.5, label="population best")
-    ev_mean, ev_std = np.asarray(history["eval_mean_return"]), np.asarray(history["eval_std_return"])
-    ax.plot(history["eval_generation"], ev_mean, marker="o", label="evaluation mean (unperturbed)")
-    ax.fill_between(history["eval_generation"], ev_mean - ev_std, ev_mean + ev_std, alpha=0.2)
-    if target is not None:
-        ax.axhline(target, color="k", linestyle="--", linewidth=1, label=f"target ({target:g})")
-    ax.set(xlabel="generation", ylabel="episode return", title=title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small")
-    fig.tight_layout()
-    _common.save_figure(fig, path)
-    plt.close(fig)
-    return True
-
-
 def main(argv=None) -> int:
     parser = _common.make_parser(__doc__, "pendulum_out")
     add_es_args(parser, generations=200, pop=64, hidden=32, sigma=0.5, lr=0.1, episodes=5, eval_every=10,
@@ -291,7 +270,7 @@ def finish(args) -> int:
           f"{args.eval_episodes} episodes (target > {TARGET:g}: {'yes' if summary['reached_target'] else 'no'}); "
           f"{summary['evaluations_per_s']:.1f} evaluations/s")
     _common.write_json(os.path.join(out, "results.json"), {"summary": summary, "history": history})
-    if not args.no_plot and plot_returns(history, os.path.join(out, "returns.png"), title="EGGROLL on Pendulum-v1",
+    if not args.no_plot and _common.plot_returns(history, os.path.join(out, "returns.png"), title="EGGROLL on Pendulum-v1",
                                          target=TARGET):
         print(f"plot: {os.path.join(out, 'returns.png')}")
     print(f"outputs written to {out}")
