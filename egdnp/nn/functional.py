@@ -49,6 +49,8 @@ __all__ = [
     "conv2d_forward",
     "conv2d_backward",
     "conv_output_size",
+    "conv2d_relu_max_pool2d_forward",
+    "conv2d_relu_max_pool2d_backward",
     "max_pool2d",
     "max_pool2d_forward",
     "max_pool2d_backward",
@@ -507,6 +509,92 @@ def conv2d_backward(dout, cache, *, need_dx: bool = True):
         dx4 = col2im(dcols, x4_shape, kh, kw, stride=stride, padding=padding, dilation=dilation, transposed=True, impl=impl)
         dx = xp.reshape(dx4, x_shape)
     return dx, dw, db
+
+
+# ----------------------------------------------------------------------------
+# conv2d -> relu -> max_pool2d as one block
+# ----------------------------------------------------------------------------
+def conv2d_relu_max_pool2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, pool_size=2, pool_stride=None,
+                                   pool_padding=0, *, impl: str = "auto"):
+    """``max_pool2d(relu(conv2d(x, w, b, ...)), pool_size, ...)`` with ``(out, cache)``.
+
+    The block a CNN repeats.  With the Numba path (NumPy inputs, stride-1
+    convolution, 2x2 pooling of stride 2 without padding) one kernel adds the
+    bias, applies ReLU and pools straight from the convolution's GEMM result,
+    and the backward writes the GEMM's output gradient straight from the
+    pooled gradient: the convolution's output and its gradient are never
+    stored in NCHW.  Otherwise (and as the oracle) the three operations run in
+    turn.  Both give the same numbers: the fused kernels do the same float
+    operations.
+
+    Parameters
+    ----------
+    x : array, shape (N, C_in, H, W) or (pop, N, C_in, H, W)
+    w : array, shape (C_out, C_in, kh, kw)
+    b : array, shape (C_out,), or None
+    stride, padding, dilation : int or (int, int)
+        Of the convolution.
+    pool_size, pool_stride, pool_padding : int or (int, int)
+        Of the max pooling (``pool_stride`` defaults to ``pool_size``).
+    impl : {"auto", "numba", "array_api"}
+
+    Returns
+    -------
+    out : array, shape (..., C_out, out_h, out_w)
+        The pooled maps, same leading axes as ``x``.
+    cache : tuple for :func:`conv2d_relu_max_pool2d_backward`
+    """
+    xp = _namespace(x, w)
+    k, ps, pp = _pool_args(pool_size, pool_stride, pool_padding)
+    fused = k == (2, 2) and ps == (2, 2) and pp == (0, 0) and _pair(stride, "stride", minimum=1) == (1, 1)
+    if not (fused and _use_numba(xp, impl)):
+        conv_out, conv_cache = conv2d_forward(x, w, b, stride, padding, dilation, impl=impl)
+        act, relu_cache = relu_forward(conv_out)
+        out, pool_cache = max_pool2d_forward(act, k, ps, pp, impl=impl)
+        return out, ("composed", conv_cache, relu_cache, pool_cache)
+    c, h, wd = _check_image(x)
+    if len(w.shape) != 4 or int(w.shape[1]) != c:
+        raise ValueError(
+            f"w has shape {tuple(w.shape)} but x has {c} channels (shape {tuple(x.shape)}); "
+            f"expected w of shape (C_out, {c}, kh, kw)"
+        )
+    p, d = _pair(padding, "padding", minimum=0), _pair(dilation, "dilation", minimum=1)
+    oh, ow = _check_out_hw((h, wd), tuple(int(v) for v in w.shape[2:]), (1, 1), p, d, "conv2d")
+    _check_out_hw((oh, ow), k, ps, pp, (1, 1), "max_pool2d")
+    lead = tuple(x.shape[:-3])
+    n = _prod(lead)
+    x4 = xp.reshape(x, (n, c, h, wd)) if len(lead) != 1 else x
+    pooled, argmax, cols = _kernels().conv2d_relu_pool2x2_forward(x4, w, b, p, d)
+    cache = ("fused", argmax, pooled, cols, (n, c, h, wd), tuple(x.shape), w, b is not None, (p, d))
+    return xp.reshape(pooled, lead + tuple(pooled.shape[1:])), cache
+
+
+def conv2d_relu_max_pool2d_backward(dout, cache, *, need_dx: bool = True):
+    """Gradients of :func:`conv2d_relu_max_pool2d_forward`.
+
+    Parameters
+    ----------
+    dout : array, shape (..., C_out, out_h, out_w)
+        ``dL/dout`` of the pooled maps.
+    cache : tuple from :func:`conv2d_relu_max_pool2d_forward`
+    need_dx : bool
+        ``False`` skips ``dx`` (first layer of a model).
+
+    Returns
+    -------
+    dx : array, shape of x, or None
+    dw : array, shape (C_out, C_in, kh, kw)
+    db : array, shape (C_out,), or None without bias
+    """
+    if cache[0] == "composed":
+        _, conv_cache, relu_cache, pool_cache = cache
+        d = relu_backward(max_pool2d_backward(dout, pool_cache), relu_cache)
+        return conv2d_backward(d, conv_cache, need_dx=need_dx)
+    _, argmax, pooled, cols, x4_shape, x_shape, w, has_bias, (p, d) = cache
+    xp = _namespace(dout, w)
+    d4 = xp.reshape(dout, tuple(pooled.shape))
+    dx4, dw, db = _kernels().conv2d_relu_pool2x2_backward(d4, argmax, pooled, cols, x4_shape, w, p, d, has_bias, need_dx)
+    return (None if dx4 is None else xp.reshape(dx4, x_shape)), dw, db
 
 
 # ----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from typing import Any, Callable, NamedTuple
 
 from .. import _backend
 from .._checks import check_bool, check_rate
+from . import functional as F
 from .functional import ACTIVATIONS, _kernels, _namespace
 from . import layers as L
 from . import losses
@@ -130,6 +131,17 @@ class Serial:
             (tuple((k, f"{n}.{k}") for k in layer.param_shapes()), tuple((k, f"{n}.{k}") for k in layer.state_shapes()))
             for n, layer in self.layers
         )
+        # Conv2d -> ReLU -> MaxPool2d runs as one block (F.conv2d_relu_max_pool2d_*),
+        # whose Numba path never stores the convolution's output or its gradient:
+        # {index of the conv: index of the pool} for every such triple.
+        self._conv_blocks = {
+            i: i + 2
+            for i in range(len(self.layers) - 2)
+            if type(self.layers[i][1]) is L.Conv2d
+            and type(self.layers[i + 1][1]) is L.Activation and self.layers[i + 1][1].kind == "relu"
+            and type(self.layers[i + 2][1]) is L.MaxPool2d
+        }
+        self._block_of_pool = {end: start for start, end in self._conv_blocks.items()}
 
     # -- structure ------------------------------------------------------------
     def __repr__(self) -> str:
@@ -315,14 +327,28 @@ class Serial:
         new_state: dict[str, Any] = {}
         h = x
         train, step = bool(train), int(step)
-        for (n, layer), (pkeys, skeys) in zip(self.layers, self._keys):
+        i = 0
+        while i < len(self.layers):
+            n, layer = self.layers[i]
+            pkeys, skeys = self._keys[i]
             layer.check_input(h, n)
             local_p = {k: params[key] for k, key in pkeys}
+            if i in self._conv_blocks:
+                pool = self.layers[i + 2][1]
+                h, cache = F.conv2d_relu_max_pool2d_forward(
+                    h, local_p["weight"], local_p.get("bias"), layer.stride, layer.padding, layer.dilation,
+                    pool.kernel_size, pool.stride, pool.padding,
+                )
+                # the block's cache sits in the pool's slot; the conv's and the relu's stay empty
+                caches += [None, None, cache]
+                i += 3
+                continue
             local_s = {k: state[key] for k, key in skeys}
             h, cache, s_out = layer.forward(local_p, local_s, h, L.Context(n, train, seed, step))
             caches.append(cache)
             for k, v in s_out.items():
                 new_state[f"{n}.{k}"] = v
+            i += 1
         return h, ForwardCache(tuple(caches), new_state, _shape(x))
 
     def backward(self, params, cache: ForwardCache, dout, *, need_dx: bool = True):
@@ -348,16 +374,27 @@ class Serial:
             raise TypeError("cache must be the ForwardCache returned by this model's forward")
         grads: dict[str, Any] = {}
         d = dout
-        for i in range(len(self.layers) - 1, -1, -1):
+        i = len(self.layers) - 1
+        while i >= 0:
             n, layer = self.layers[i]
             if not need_dx and i < self._first_param_layer:
                 d = None
                 break
+            start = self._block_of_pool.get(i)
+            if start is not None and cache.layers[start] is None:  # a conv -> relu -> pool block
+                n = self.layers[start][0]
+                d, dw, db = F.conv2d_relu_max_pool2d_backward(d, cache.layers[i], need_dx=need_dx or start > self._first_param_layer)
+                grads[f"{n}.weight"] = dw
+                if db is not None:
+                    grads[f"{n}.bias"] = db
+                i = start - 1
+                continue
             local_p = {k: params[key] for k, key in self._keys[i][0]}
             layer_need_dx = need_dx or i > self._first_param_layer
             d, g = layer.backward(local_p, cache.layers[i], d, layer_need_dx)
             for k, v in g.items():
                 grads[f"{n}.{k}"] = v
+            i -= 1
         ordered = {k: grads[k] for k in self._param_shapes}
         return (d if need_dx else None), ordered
 
