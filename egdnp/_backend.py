@@ -40,6 +40,9 @@ __all__ = [
     "host_memory_bytes",
     "device_memory_bytes",
     "check_fits",
+    "import_cupy",
+    "IMPLS",
+    "resolve_impl",
 ]
 
 _CUPY_HELP = (
@@ -49,7 +52,7 @@ _CUPY_HELP = (
 )
 
 
-def _import_cupy():
+def import_cupy():
     """Import CuPy and check that a GPU is usable; one clear error otherwise."""
     try:
         cupy = importlib.import_module("cupy")
@@ -78,7 +81,7 @@ def cupy_available() -> bool:
     bool
     """
     try:
-        _import_cupy()
+        import_cupy()
     except RuntimeError:
         return False
     return True
@@ -93,7 +96,7 @@ def device_count() -> int:
         ``cupy.cuda.runtime.getDeviceCount()`` when a GPU is usable, else 0.
     """
     try:
-        cupy = _import_cupy()
+        cupy = import_cupy()
         return int(cupy.cuda.runtime.getDeviceCount())
     except Exception:  # noqa: BLE001 - no CuPy, no driver, no device: none usable
         return 0
@@ -128,7 +131,7 @@ def select_device(index: int) -> Any:
     """
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
         raise TypeError(f"index={index!r} must be an int GPU ordinal, e.g. local_rank % device_count()")
-    cupy = _import_cupy()
+    cupy = import_cupy()
     device = cupy.cuda.Device(_gpu_ordinal(cupy, index, "index"))
     device.use()
     return device
@@ -171,7 +174,7 @@ def get_namespace(backend: Any = "numpy") -> types.ModuleType:
         if name == "numpy":
             return array_api_compat.array_namespace(np.empty(0))
         if name == "cupy":
-            cupy = _import_cupy()
+            cupy = import_cupy()
             return array_api_compat.array_namespace(cupy.empty(0))
         if name in ("array_api_strict", "array-api-strict", "strict"):
             return importlib.import_module("array_api_strict")
@@ -345,6 +348,57 @@ def is_cupy(xp: types.ModuleType) -> bool:
     return bool(array_api_compat.is_cupy_namespace(xp))
 
 
+#: Every implementation name an op can be asked for with ``impl=``.
+IMPLS = ("auto", "numba", "cupy", "array_api")
+
+
+def resolve_impl(xp: types.ModuleType, impl: str, *, kernels: tuple[str, ...] = ("numba",), usable: bool = True,
+                 needs: str = "") -> str:
+    """Which implementation of an op runs for namespace ``xp``: ``"numba"``, ``"cupy"`` or ``"array_api"``.
+
+    Every op with fast kernels takes ``impl="auto"|<its kernels>|"array_api"``;
+    the array-API code is the oracle the kernels are tested against.  This is
+    the one place that turns that choice into an implementation.
+
+    Parameters
+    ----------
+    xp : namespace
+        The namespace the op computes in (NumPy runs Numba kernels, CuPy runs
+        CUDA kernels, any other namespace the array-API code).
+    impl : {"auto", "numba", "cupy", "array_api"}
+        What the caller asked for; the op accepts ``"auto"``, ``"array_api"``
+        and the names in ``kernels``.
+    kernels : tuple of {"numba", "cupy"}
+        The fast implementations this op has (empty: array-API code only).
+    usable : bool
+        Whether the fast kernel takes these arguments (a dtype, a shape, a
+        mutation kind).  ``False`` makes ``"auto"`` run the array-API code and
+        an explicit kernel request an error.
+    needs : str
+        What the kernel needs beyond its namespace, for that error
+        (``"a full-rank mutation"``).
+
+    Returns
+    -------
+    str, one of ``kernels`` or ``"array_api"``.
+    """
+    accepted = ("auto", *kernels, "array_api")
+    if not isinstance(impl, str) or impl not in accepted:
+        raise ValueError(f"impl={impl!r} is not one of {accepted}")
+    native = "numba" if is_numpy(xp) else "cupy" if is_cupy(xp) else None
+    if impl == "auto":
+        return native if native in kernels and usable else "array_api"
+    if impl == "array_api":
+        return impl
+    if impl != native:
+        library = "NumPy" if impl == "numba" else "CuPy"
+        raise ValueError(f"impl={impl!r} computes {library} arrays; xp={backend_name(xp)} is not {library}; "
+                         "use impl='auto' or impl='array_api'")
+    if not usable:
+        raise ValueError(f"impl={impl!r} needs {needs or 'other arguments'}; use impl='auto' or impl='array_api'")
+    return impl
+
+
 def device_of(x: Any) -> Any:
     """The device an array lives on (array-api-compat ``device``).
 
@@ -419,7 +473,7 @@ def to_device(
     array in ``xp``
     """
     if is_cupy(xp):
-        cupy = _import_cupy()
+        cupy = import_cupy()
         if device is not None:
             index = _gpu_ordinal(cupy, device)
             if out is not None and out.device.id != index:
@@ -519,7 +573,7 @@ def new_stream(xp: types.ModuleType, non_blocking: bool = True) -> Any:
     cupy.cuda.Stream or None
     """
     if is_cupy(xp):
-        cupy = _import_cupy()
+        cupy = import_cupy()
         return cupy.cuda.Stream(non_blocking=non_blocking)
     return None
 
@@ -542,7 +596,7 @@ def synchronize(xp: types.ModuleType, stream: Any = None) -> None:
     None
     """
     if is_cupy(xp):
-        cupy = _import_cupy()
+        cupy = import_cupy()
         if stream is not None:
             stream.synchronize()
         else:
@@ -572,7 +626,7 @@ def pinned_empty(shape: tuple[int, ...], dtype: Any, xp: types.ModuleType) -> np
     dt = numpy_dtype(xp, dtype)
     shape = tuple(int(s) for s in shape)
     if is_cupy(xp):
-        cupy = _import_cupy()
+        cupy = import_cupy()
         nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
         mem = cupy.cuda.alloc_pinned_memory(max(nbytes, 1))
         return np.frombuffer(mem, dtype=dt, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
@@ -725,7 +779,7 @@ def device_memory_bytes(xp: types.ModuleType) -> int | None:
     """
     if is_cupy(xp):
         try:
-            return int(_import_cupy().cuda.Device().mem_info[1])
+            return int(import_cupy().cuda.Device().mem_info[1])
         except Exception:  # noqa: BLE001 - unknown is not an error
             return None
     return host_memory_bytes()

@@ -123,7 +123,7 @@ def host(tmp_path_factory):
 def fake_cupy(host, monkeypatch):
     """egdnp.rng._gpu with a CuPy stand-in whose RawModule runs the host-compiled kernels."""
     fake = ch.FakeCupy(host)
-    monkeypatch.setattr(_backend, "_import_cupy", lambda: fake)
+    monkeypatch.setattr(_backend, "import_cupy", lambda: fake)
     _gpu._module.cache_clear()
     yield fake
     _gpu._module.cache_clear()
@@ -288,7 +288,7 @@ def test_centered_ranks_gpu_code_matches_oracle(monkeypatch):
         return np.argsort(a, axis=axis, kind="stable")
 
     fake.argsort = argsort
-    monkeypatch.setattr(_backend, "_import_cupy", lambda: fake)
+    monkeypatch.setattr(_backend, "import_cupy", lambda: fake)
     xs = _backend.get_namespace("numpy")
     r = np.random.default_rng(5)
     for f in ([3.0], [1.0, 1.0], [2.0, 1.0, 2.0, 0.5, 2.0], r.integers(0, 5, 101).astype(np.float32),

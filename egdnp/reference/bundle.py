@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .. import __version__
 from .._files import atomic_write
 
 __all__ = ["Bundle", "checksum", "to_numpy_arrays", "save_bundle", "make_manifest", "load_bundle", "load_arrays", "dump_arrays",
@@ -271,8 +272,6 @@ def make_manifest(scenario: str, arrays: Mapping[str, np.ndarray], *, hyperparam
         hyper-parameters, notes, platform fingerprint and the array table
         (shape, dtype, SHA-256 per array).
     """
-    from .. import __version__
-
     host = {name: np.asarray(a) for name, a in arrays.items()}
     return {
         "format": FORMAT_VERSION,

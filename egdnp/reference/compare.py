@@ -31,7 +31,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .bundle import Bundle, load_arrays, to_numpy_arrays
+from .bundle import MANIFEST, Bundle, load_arrays, load_bundle, to_numpy_arrays
 
 __all__ = ["compare", "CompareReport", "ArrayReport", "DEFAULT_TOLERANCES", "OPTIONAL_PREFIXES", "default_tolerances"]
 
@@ -442,8 +442,6 @@ def compare(expected, actual, *, rtol: float | None = None, atol: float | None =
     rtol = None if rtol is None else _check_tolerance("rtol", rtol)
     atol = None if atol is None else _check_tolerance("atol", atol)
     if isinstance(expected, (str, os.PathLike)):
-        from .bundle import MANIFEST, load_bundle
-
         if os.path.isfile(os.path.join(expected, MANIFEST)):
             expected = load_bundle(expected)
     if dtype is not None and dtype not in DEFAULT_TOLERANCES:

@@ -103,7 +103,7 @@ def explain(name: str, *, dtype: str = "float32", seed: int = 0) -> str:
     ValueError
         Unknown scenario or dtype.
     """
-    from . import generate
+    from . import generate  # here, not at the head: the package imports this module before it defines generate
 
     arrays, hyper = generate(name, dtype=dtype, seed=seed)
     scenario = SCENARIOS[name]

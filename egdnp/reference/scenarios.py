@@ -49,7 +49,9 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import _backend, rng
+from .. import _backend, es, nn, optim, rng
+from ..es.perturbations import matrix_shape, pair_normals
+from ..optim import egd as egd_mod
 
 
 __all__ = ["SCENARIOS", "Scenario", "scenario"]
@@ -215,8 +217,6 @@ def _layer_trace(model, params, x, dout):
     without buffers only.  Returns ``(activations, grad_activations, dx)``,
     the first two keyed by layer name.
     """
-    from .. import nn
-
     activations, steps, h = {}, [], x
     for name, layer in model.layers:
         single = nn.Serial((name, layer))
@@ -258,8 +258,6 @@ MODEL_CONVENTIONS = {
 
 
 def _forward_backward(model, params, x, y, xp):
-    from .. import nn
-
     logits, cache = model.forward(params, x)
     loss, dlogits = nn.softmax_cross_entropy_with_grad(logits, y, "mean")
     dx, grads = model.backward(params, cache, dlogits)
@@ -278,8 +276,6 @@ def _forward_backward(model, params, x, y, xp):
                 "d loss/d logits, d loss/d x, every parameter gradient")
 def mlp_forward_backward(xp, dtype, seed):
     """``fc1 -> tanh -> fc2``; ``y = x @ W.T + b``; loss = mean softmax cross-entropy over the batch."""
-    from .. import nn
-
     model = nn.mlp(MLP_SIZES, activation="tanh")
     params = _model_params(model, xp, dtype, seed)
     x = _normal(xp, dtype, (4, MLP_SIZES[0]), seed, "mlp/x")
@@ -299,8 +295,6 @@ def mlp_forward_backward(xp, dtype, seed):
                 "2x8x8 images: every layer's output and gradient, logits, loss, d loss/d x, every parameter gradient")
 def cnn_forward_backward(xp, dtype, seed):
     """``egdnp.nn.cnn(in_channels=2, image_size=8, n_classes=3, channels=(3, 4))``; cross-correlation as torch.nn.functional.conv2d."""
-    from .. import nn
-
     model = nn.cnn(in_channels=2, image_size=8, n_classes=3, channels=(3, 4))
     params = _model_params(model, xp, dtype, seed)
     x = _normal(xp, dtype, (2, 2, 8, 8), seed, "cnn/x")
@@ -335,8 +329,6 @@ OPT_STEPS = 3
 
 
 def _make_optimizer(kind):
-    from .. import optim
-
     factory, kw = OPTIMIZERS[kind]
     torch_name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[factory]
     hyper = {"optimizer": f"egdnp.optim.{factory}", **kw, "semantics": "torch.optim." + torch_name}
@@ -409,8 +401,6 @@ EGD_CYCLE = dict(pop_size=6, elite_frac=0.5, sigma=0.1, sigma_decay=0.9, cycle=2
 
 
 def _loss_closure(model, x, y, record=None):
-    from .. import nn
-
     def closure(params, member=None):
         if record is not None:
             record[member] = {k: _copy(v) for k, v in params.items()}  # EGD reuses candidate buffers
@@ -421,9 +411,6 @@ def _loss_closure(model, x, y, record=None):
 
 def _egd_cycle(recombine, temperature):
     def fn(xp, dtype, seed):
-        from .. import nn
-        from ..optim import egd as egd_mod
-
         model = nn.mlp(MLP_SIZES, activation="tanh")
         params = _model_params(model, xp, dtype, seed)
         x = _normal(xp, dtype, (8, MLP_SIZES[0]), seed, "egd/x")
@@ -504,8 +491,6 @@ def _raw_factors(params, plan, *, n_pairs, rank, seed, generation, xp, dtype):
     Matrix (m, n): ``L = normal(((m + n) r,))``, ``B = L[:n r]`` (n, r), ``A~ = L[n r:]`` (m, r).
     Other tensors: ``eps = normal(shape)``.  Returns ``{key: (A~ (P, m, r), B (P, n, r)) or eps (P, *shape)}``.
     """
-    from ..es.perturbations import matrix_shape, pair_normals
-
     factors = {}
     for key, how in plan.items():
         if how == "frozen":
@@ -534,8 +519,6 @@ def _factor_arrays(factors, prefix="inputs/factors"):
 
 def _eggroll_generation(xp, dtype, seed, convention, *, model, params, x, y, strategy, state):
     """One generation: ask (with egdnp's own raw factors passed explicitly), score, shape, tell."""
-    from .. import es
-
     plan = es.plan_parameters(params, convention=convention)
     gen_noise = es.noise_generation(state.generation, strategy.noise_reuse)
     n_pairs = strategy.pop_size // 2
@@ -566,8 +549,6 @@ CONVENTION_NOTES = {
 
 def _eggroll_scenario(convention):
     def fn(xp, dtype, seed):
-        from .. import es, nn, optim
-
         c = EGGROLL
         model = nn.mlp(MLP_SIZES, activation="tanh")
         params = _model_params(model, xp, dtype, seed)
@@ -641,8 +622,6 @@ TRAIN_HYPER = {
 
 def _train_gradient(kind):
     def fn(xp, dtype, seed):
-        from .. import nn
-
         model = nn.mlp(MLP_SIZES, activation="tanh")
         params = _model_params(model, xp, dtype, seed)
         opt, hyper = _make_optimizer(kind)
@@ -675,9 +654,6 @@ EGD_TRAIN = dict(lr=0.1, momentum=0.9, nesterov=True, evo_interval=2, pop_size=4
 @scenario("train_egd", f"{TRAIN_STEPS}-step EGD trajectory (Nesterov SGD, evolution every 2 steps, pop 4): losses, cycle reports, params after every step")
 def train_egd(xp, dtype, seed):
     """EGD training: ``update(grads, state, params, closure)`` with the closure scoring the step's own batch."""
-    from .. import nn
-    from ..optim import egd as egd_mod
-
     model = nn.mlp(MLP_SIZES, activation="tanh")
     params = _model_params(model, xp, dtype, seed)
     opt = egd_mod.egd(**EGD_TRAIN, seed=seed)
@@ -724,8 +700,6 @@ EGGROLL_TRAIN = dict(pop_size=8, rank=1, sigma=0.1, lr=0.1)
 @scenario("train_eggroll", f"{TRAIN_STEPS}-generation EGGROLL trajectory (convention 'egdnp', pop 8, rank 1, SGD): factors per generation, fitness, params")
 def train_eggroll(xp, dtype, seed):
     """EGGROLL training, egdnp convention; generation g (0-based) uses batch ``inputs/x[g]``."""
-    from .. import es, nn, optim
-
     model = nn.mlp(MLP_SIZES, activation="tanh")
     params = _model_params(model, xp, dtype, seed)
     c = EGGROLL_TRAIN

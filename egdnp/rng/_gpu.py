@@ -168,7 +168,7 @@ CUDA_SOURCES = (CudaSource("rng philox", KERNEL_SOURCE, OPTIONS, _NAMES),)
 
 @functools.lru_cache(maxsize=None)
 def _module():
-    cupy = _backend._import_cupy()
+    cupy = _backend.import_cupy()
     src = CUDA_SOURCES[0]
     return cupy.RawModule(code=src.code, options=src.options, name_expressions=src.name_expressions)
 
@@ -181,7 +181,7 @@ def _grid(n):
 
 
 def _launch(name, n, args):
-    cupy = _backend._import_cupy()
+    cupy = _backend.import_cupy()
     kernel = _module().get_function(name)
     grid, threads = _grid(n)
     kernel((grid,), (threads,), args)
@@ -194,7 +194,7 @@ def _key(seed):
 
 def random_bits(n, seed, stream, member, generation):
     """uint32 words 0..n-1 of an address on the current GPU, shape (n,)."""
-    cupy = _backend._import_cupy()
+    cupy = _backend.import_cupy()
     out = cupy.empty(n, dtype=cupy.uint32)
     if n:
         k0, k1 = _key(seed)
@@ -204,7 +204,7 @@ def random_bits(n, seed, stream, member, generation):
 
 def normal(n, seed, stream, member, generation, dtype):
     """Normals 0..n-1 of an address on the current GPU, shape (n,)."""
-    cupy = _backend._import_cupy()
+    cupy = _backend.import_cupy()
     out = cupy.empty(n, dtype=np.dtype(dtype))
     if n:
         k0, k1 = _key(seed)
@@ -215,7 +215,7 @@ def normal(n, seed, stream, member, generation, dtype):
 
 def weighted_noise_sum(weights, members, n, seed, stream, generation, dtype):
     """sum_i weights[i] * normal(member=members[i]) on the current GPU, shape (n,)."""
-    cupy = _backend._import_cupy()
+    cupy = _backend.import_cupy()
     out = cupy.zeros(n, dtype=np.dtype(dtype))
     if n and len(weights):
         k0, k1 = _key(seed)
@@ -228,7 +228,7 @@ def weighted_noise_sum(weights, members, n, seed, stream, generation, dtype):
 
 def centered_ranks(fitness):
     """Centered ranks with averaged ties on the GPU (sort-based), shape (pop,)."""
-    cupy = _backend._import_cupy()
+    cupy = _backend.import_cupy()
     f = cupy.asarray(fitness)
     n = f.shape[0]
     if n == 1:
