@@ -480,3 +480,44 @@ def test_conv_relu_pool_block_reports_bad_input_like_conv2d():
         F.conv2d_relu_max_pool2d_forward(np.zeros((1, 1, 3, 1)), np.zeros((1, 1, 3, 1)))
     with pytest.raises(ValueError, match="impl="):
         F.conv2d_relu_max_pool2d_forward(x[:, :2], w, impl="cuda")
+
+
+# ----------------------------------------------------------------------------
+# impl= on the activations (issue 14): the same switch as the other ops
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activation_impls_agree_with_the_array_api_oracle(dtype):
+    r = np.random.default_rng(21)
+    x = r.standard_normal((5, 7)).astype(dtype)
+    d = r.standard_normal((5, 7)).astype(dtype)
+    relu_out, tanh_out = F.relu(x), F.tanh(x)
+    for impl in ("auto", "numba"):
+        np.testing.assert_array_equal(F.relu_backward(d, relu_out, impl=impl), F.relu_backward(d, relu_out, impl="array_api"))
+        np.testing.assert_array_equal(F.tanh_backward(d, tanh_out, impl=impl), F.tanh_backward(d, tanh_out, impl="array_api"))
+        tol = dict(rtol=1e-6, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(F.gelu(x, impl=impl), F.gelu(x, impl="array_api"), **tol)
+        out, (xc, cdf) = F.gelu_forward(x, impl=impl)
+        np.testing.assert_allclose(cdf, F.gelu_forward(x, impl="array_api")[1][1], **tol)
+    # arguments the kernel does not take: "auto" runs the array-API code, "numba" refuses
+    wide = r.standard_normal((5, 1)).astype(dtype)
+    np.testing.assert_array_equal(F.relu_backward(d, wide), d * (wide > 0))
+    with pytest.raises(ValueError, match="impl='numba' needs dout and cache of one shape"):
+        F.relu_backward(d, wide, impl="numba")
+    with pytest.raises(ValueError, match="impl='numba' needs dout and cache of one shape and dtype"):
+        F.tanh_backward(d, tanh_out.astype(np.float16), impl="numba")
+
+
+def test_activation_impl_is_checked_like_the_other_ops():
+    import array_api_strict as xs
+
+    x = np.ones((2, 3))
+    for call in (lambda i: F.relu_backward(x, x, impl=i), lambda i: F.tanh_backward(x, x, impl=i),
+                 lambda i: F.gelu(x, impl=i), lambda i: F.gelu_forward(x, impl=i)):
+        with pytest.raises(ValueError, match=r"impl='cuda' is not one of \('auto', 'numba', 'array_api'\)"):
+            call("cuda")
+    s = xs.asarray(x)
+    for call in (lambda: F.relu_backward(s, s, impl="numba"), lambda: F.tanh_backward(s, s, impl="numba"),
+                 lambda: F.gelu(s, impl="numba")):
+        with pytest.raises(ValueError, match="impl='numba' computes NumPy arrays"):
+            call()
+    np.testing.assert_allclose(np.asarray(F.gelu(s)), F.gelu(x), rtol=1e-14)

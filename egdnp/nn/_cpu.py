@@ -1,9 +1,11 @@
-"""Numba CPU kernels for the copy-heavy parts of convolution and pooling.
+"""Numba CPU kernels (kernels only): convolution, pooling, activations' backward, cross-entropy.
 
 Each public function here takes and returns NumPy arrays and has exactly one
-caller, a dispatch function in :mod:`egdnp.nn.functional` whose array-API
-branch is the oracle the tests compare against.  Kernels are compiled once
-per dtype and cached on disk (``cache=True``).
+caller, a dispatch function in :mod:`egdnp.nn.functional` (or
+:mod:`egdnp.nn.losses`) whose array-API branch is the oracle the tests compare
+against.  Kernels are compiled once per dtype and cached on disk
+(``cache=True``).  Temporaries come from :func:`egdnp.nn._scratch.empty`: the
+step scratch inside a training step, ``np.empty`` otherwise.
 
 Threads: every kernel has a serial body (one image range) and a parallel
 driver that splits the batch over Numba's threads (images never share output
@@ -16,145 +18,18 @@ after a GEMM measured 5-10x slower than the serial one (see docs/nn.md).
 
 from __future__ import annotations
 
-import math
-import threading
-
 import numba
 import numpy as np
 from numba import prange
+
+# kernel temporaries come from the step scratch inside a training step
+from ._scratch import empty as _empty, zeros as _zeros
 
 _SERIAL = dict(nopython=True, cache=True, nogil=True)
 _PARALLEL = dict(nopython=True, parallel=True, cache=True, nogil=True)
 
 #: Output size (elements) from which kernels split the batch over threads.
 PARALLEL_MIN_ELEMENTS = 1 << 23
-
-
-# ----------------------------------------------------------------------------
-# step scratch: the temporaries of one forward + backward, reused every step
-# ----------------------------------------------------------------------------
-class StepScratch:
-    """A bump allocator over one reusable byte block, for one training step.
-
-    A CNN step allocates ~30 MB of short-lived arrays (padded inputs, im2col
-    columns, wide GEMM outputs, pooled maps and their gradients).  Fresh from
-    malloc they are fresh pages each step -- 2300-3300 page faults, about 30% of
-    the step on the 2-core VM.  Handing them out of one block that lives as long
-    as the thread makes the second and later steps fault-free without touching
-    the process's malloc settings (compare :func:`keep_freed_memory`).
-
-    Arrays from :meth:`empty` are valid until the next :meth:`reset`: only
-    intermediates that die inside the step may come from here, never an array
-    the step returns.  The first step (or a step larger than every earlier one)
-    records how many bytes it wanted and falls back to ``np.empty``; the block
-    grows to that size at the next :meth:`reset`.
-    """
-
-    ALIGN = 64  # bytes: a cache line, also what AVX-512 loads like
-
-    def __init__(self):
-        self.block = np.empty(0, dtype=np.uint8)
-        self.offset = 0  # bytes handed out since the last reset
-        self.wanted = 0  # largest offset reached since the last reset
-
-    def reset(self) -> None:
-        """Start a new step; grow the block if the last step wanted more."""
-        if self.wanted > self.block.size:
-            raw = np.empty(self.wanted + self.ALIGN, dtype=np.uint8)
-            start = -raw.ctypes.data % self.ALIGN
-            self.block = raw[start : start + self.wanted]
-        self.offset = 0
-        self.wanted = 0
-
-    def release(self) -> None:
-        """Give the block back to malloc."""
-        self.block = np.empty(0, dtype=np.uint8)
-        self.offset = self.wanted = 0
-
-    def empty(self, shape, dtype) -> np.ndarray:
-        dtype = np.dtype(dtype)
-        start = self.offset
-        # cheap on purpose (called per kernel): math.prod and ndarray(buffer=...)
-        # cost ~0.5 us where np.prod plus a view and a reshape cost ~4 us
-        self.offset = start - (-math.prod(shape) * dtype.itemsize // self.ALIGN) * self.ALIGN
-        if self.offset > self.wanted:
-            self.wanted = self.offset
-        if self.offset > self.block.size:
-            return np.empty(shape, dtype=dtype)
-        return np.ndarray(shape, dtype=dtype, buffer=self.block, offset=start)
-
-    def paused(self) -> "_Paused":
-        """A context in which allocation is normal (for code whose arrays may outlive the step)."""
-        return _Paused()
-
-    def holds(self, arr) -> bool:
-        """True when ``arr`` may live in the block (then it must not leave the step)."""
-        return isinstance(arr, np.ndarray) and self.block.size > 0 and np.may_share_memory(arr, self.block)
-
-
-# .scratch: this thread's StepScratch; .in_step: inside step_scratch(); .active: _empty allocates from it
-_THREAD = threading.local()
-
-
-# The two contexts below are classes, not @contextmanager generators: they are
-# entered once or twice per training step, and a generator context costs ~1.5 us.
-class _Paused:
-    """Context: this thread's kernels allocate normally inside, the step scratch after."""
-
-    __slots__ = ("was_active",)
-
-    def __enter__(self):
-        self.was_active = getattr(_THREAD, "active", False)
-        _THREAD.active = False
-
-    def __exit__(self, *exc):
-        _THREAD.active = self.was_active
-
-
-class step_scratch:  # noqa: N801 -- used like a function: ``with step_scratch() as scratch``
-    """Serve this thread's kernel temporaries from its :class:`StepScratch` inside the block.
-
-    ``with step_scratch() as scratch`` gives the scratch.  Not re-entrant on
-    purpose: a nested block (a loss callable that itself trains a model) gives
-    None and allocates normally, so the outer step's arrays are never handed out twice.
-    """
-
-    __slots__ = ("nested",)
-
-    def __enter__(self):
-        self.nested = getattr(_THREAD, "in_step", False)  # also while the outer step is paused
-        if self.nested:
-            return None
-        scratch = getattr(_THREAD, "scratch", None)
-        if scratch is None:
-            scratch = _THREAD.scratch = StepScratch()
-        scratch.reset()
-        _THREAD.in_step = _THREAD.active = True
-        return scratch
-
-    def __exit__(self, *exc):
-        if not self.nested:
-            _THREAD.in_step = _THREAD.active = False
-
-
-def release_step_scratch() -> None:
-    """Free this thread's step scratch block (it is re-grown by the next step)."""
-    scratch = getattr(_THREAD, "scratch", None)
-    if scratch is not None:
-        scratch.release()
-
-
-def _empty(shape, dtype) -> np.ndarray:
-    """``np.empty`` for a step temporary: from the step scratch inside :func:`step_scratch`."""
-    if getattr(_THREAD, "active", False):
-        return _THREAD.scratch.empty(shape, dtype)
-    return np.empty(shape, dtype=dtype)
-
-
-def _zeros(shape, dtype) -> np.ndarray:
-    out = _empty(shape, dtype)
-    out.fill(0)
-    return out
 
 
 def _parallel(n_elements: int) -> bool:
@@ -967,32 +842,6 @@ def normal_cdf(x):
     from scipy.special import ndtr
 
     return ndtr(x)
-
-
-def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse (process-wide, opt-in).
-
-    A training step allocates tens of megabytes of short-lived arrays.  With
-    glibc's defaults many of them are fresh pages each time (mmap'ed blocks,
-    heap trimming), which cost 2000-3500 page faults per CNN step on the 2-core
-    test VM -- about a quarter of the step.  Raising ``M_MMAP_THRESHOLD`` and
-    ``M_TRIM_THRESHOLD`` makes freed blocks come back without faults, at the
-    price of the process keeping its peak heap size.
-
-    Returns True when applied, False where the C library is not glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    ok = mallopt(m_mmap_threshold, int(mmap_threshold)) == 1
-    ok = (mallopt(m_trim_threshold, int(trim_threshold)) == 1) and ok
-    return bool(ok)
 
 
 @numba.jit(**_SERIAL)

@@ -24,11 +24,13 @@ with weights of shape ``(C_out, C_in, kh, kw)``.
 
 Backends
 --------
-All math goes through the array-API namespace of the inputs.  Three hot spots
-(``im2col``, ``col2im`` and max pooling) have Numba kernels for NumPy inputs in
-:mod:`egdnp.nn._cpu`; each sits behind one dispatch function here
-(``impl="auto"|"numba"|"array_api"``) and the array-API code path is the
-oracle the tests compare them with.
+All math goes through the array-API namespace of the inputs.  The hot spots
+have Numba kernels for NumPy inputs in :mod:`egdnp.nn._cpu` (``im2col``,
+``col2im``, the stride-1 convolution, max pooling, the conv -> ReLU -> max-pool
+block, the ReLU and tanh backward passes; GELU's normal CDF comes from SciPy);
+each sits behind one dispatch function here (``impl="auto"|"numba"|"array_api"``,
+resolved by :func:`egdnp._backend.resolve_impl`) and the array-API code path
+is the oracle the tests compare them with.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import math
 import numbers
 from typing import Any
 
-from .. import _backend
+from .. import _backend, rng
 
 __all__ = [
     "im2col",
@@ -85,6 +87,7 @@ __all__ = [
     "ACTIVATIONS",
 ]
 
+#: The ``impl=`` values nn's ops accept (resolved by :func:`egdnp._backend.resolve_impl`).
 IMPLS = ("auto", "numba", "array_api")
 
 # The namespace of some arrays (memoised in _backend on their types); the short
@@ -136,15 +139,13 @@ def _prod(values) -> int:
     return out
 
 
-def _use_numba(xp, impl: str) -> bool:
-    if impl not in IMPLS:
-        raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
-    if impl == "array_api":
-        return False
-    numpy_ok = _backend.is_numpy(xp)
-    if impl == "numba" and not numpy_ok:
-        raise ValueError(f"impl='numba' needs NumPy arrays; got namespace {_backend.backend_name(xp)}")
-    return numpy_ok
+def _use_numba(xp, impl: str, *, usable: bool = True, needs: str = "") -> bool:
+    """True when an op's Numba kernel runs (the choice of :func:`egdnp._backend.resolve_impl`).
+
+    ``impl`` is one of :data:`IMPLS`; ``usable``/``needs``: whether the kernel
+    takes these arguments, and what it needs when it does not.
+    """
+    return _backend.resolve_impl(xp, impl, usable=usable, needs=needs) == "numba"
 
 
 def _check_image(x, name: str = "x") -> tuple[int, int, int]:
@@ -551,7 +552,7 @@ def conv2d_relu_max_pool2d_forward(x, w, b=None, stride=1, padding=0, dilation=1
         conv_out, conv_cache = conv2d_forward(x, w, b, stride, padding, dilation, impl=impl)
         act, relu_cache = relu_forward(conv_out)
         out, pool_cache = max_pool2d_forward(act, k, ps, pp, impl=impl)
-        return out, ("composed", conv_cache, relu_cache, pool_cache)
+        return out, ("composed", conv_cache, relu_cache, pool_cache, impl)
     c, h, wd = _check_image(x)
     if len(w.shape) != 4 or int(w.shape[1]) != c:
         raise ValueError(
@@ -587,8 +588,8 @@ def conv2d_relu_max_pool2d_backward(dout, cache, *, need_dx: bool = True):
     db : array, shape (C_out,), or None without bias
     """
     if cache[0] == "composed":
-        _, conv_cache, relu_cache, pool_cache = cache
-        d = relu_backward(max_pool2d_backward(dout, pool_cache), relu_cache)
+        _, conv_cache, relu_cache, pool_cache, impl = cache
+        d = relu_backward(max_pool2d_backward(dout, pool_cache), relu_cache, impl=impl)
         return conv2d_backward(d, conv_cache, need_dx=need_dx)
     _, argmax, pooled, cols, x4_shape, x_shape, w, has_bias, (p, d) = cache
     xp = _namespace(dout, w)
@@ -793,23 +794,25 @@ def relu_forward(x):
     return out, out
 
 
-def relu_backward(dout, cache):
-    """``dout * (x > 0)`` (subgradient 0 at 0, like torch); one Numba pass on NumPy.
+def relu_backward(dout, cache, *, impl: str = "auto"):
+    """``dout * (x > 0)`` (subgradient 0 at 0, like torch).
 
     Parameters
     ----------
     dout : array, shape of x
         ``dL/dout``.
     cache : from :func:`relu_forward`
+    impl : {"auto", "numba", "array_api"}
+        ``"auto"``: one Numba pass for NumPy arrays of one shape, the
+        array-API expression otherwise.
 
     Returns
     -------
     dx : array, shape of x
     """
     xp = _namespace(dout)
-    if _backend.is_numpy(xp):
-        _cpu = _kernels()
-        return _cpu.relu_backward(dout, cache)
+    if _use_numba(xp, impl, usable=dout.shape == cache.shape, needs="dout and cache of one shape"):
+        return _kernels().relu_backward(dout, cache)
     return dout * xp.astype(cache > 0, dout.dtype)
 
 
@@ -843,7 +846,7 @@ def tanh_forward(x):
     return out, out
 
 
-def tanh_backward(dout, cache):
+def tanh_backward(dout, cache, *, impl: str = "auto"):
     """``dout * (1 - tanh(x)**2)``.
 
     Parameters
@@ -851,15 +854,18 @@ def tanh_backward(dout, cache):
     dout : array, shape of x
         ``dL/dout``.
     cache : from :func:`tanh_forward`
+    impl : {"auto", "numba", "array_api"}
+        ``"auto"``: one Numba pass (the same float operations) for NumPy arrays
+        of one shape and dtype, the array-API expression otherwise.
 
     Returns
     -------
     dx : array, shape of x
     """
     xp = _namespace(dout)
-    if _backend.is_numpy(xp) and dout.dtype == cache.dtype and dout.shape == cache.shape:
-        _cpu = _kernels()
-        return _cpu.tanh_backward(dout, cache)
+    usable = dout.dtype == cache.dtype and dout.shape == cache.shape
+    if _use_numba(xp, impl, usable=usable, needs="dout and cache of one shape and dtype"):
+        return _kernels().tanh_backward(dout, cache)
     return dout * (1.0 - cache * cache)
 
 
@@ -950,26 +956,32 @@ def _erf_fallback(xp, x):
     return xp.where(x < 0, -value, value)
 
 
-def gelu(x):
+def gelu(x, *, impl: str = "auto"):
     """Exact GELU ``x * Phi(x)`` with the normal CDF ``Phi`` (torch's default, not the tanh form).
 
     Parameters
     ----------
     x : array, any shape
+    impl : {"auto", "numba", "array_api"}
+        See :func:`gelu_forward`.
 
     Returns
     -------
     array, shape of x
     """
-    return gelu_forward(x)[0]
+    return gelu_forward(x, impl=impl)[0]
 
 
-def gelu_forward(x):
+def gelu_forward(x, *, impl: str = "auto"):
     """:func:`gelu` with ``(out, cache)``.
 
     Parameters
     ----------
     x : array, any shape
+    impl : {"auto", "numba", "array_api"}
+        ``"auto"``: NumPy arrays take ``Phi`` from the CPU kernel path
+        (SciPy's ``ndtr``), other namespaces from ``erf`` (the namespace's own,
+        or a series accurate to ~1e-15 where the array API has none).
 
     Returns
     -------
@@ -977,9 +989,8 @@ def gelu_forward(x):
     cache : tuple ``(x, Phi(x))``, arrays of the shape of x
     """
     xp = _namespace(x)
-    if _backend.is_numpy(xp):
-        _cpu = _kernels()
-        cdf = _cpu.normal_cdf(x)
+    if _use_numba(xp, impl):
+        cdf = _kernels().normal_cdf(x)
     else:
         cdf = 0.5 * (1.0 + _erf(xp, x * _SQRT_HALF))
     return x * cdf, (x, cdf)
@@ -1225,8 +1236,6 @@ def dropout_forward(x, rate: float, *, seed: int, stream, generation: int = 0, m
         raise ValueError(f"rate={rate} must be in [0, 1)")
     if not train or rate == 0.0:
         return x, None
-    from .. import rng
-
     xp = _namespace(x)
     dname = "float64" if x.dtype == xp.float64 else "float32"
     u = rng.uniform(tuple(x.shape), seed=seed, stream=stream, member=member, generation=generation, dtype=dname, xp=xp)

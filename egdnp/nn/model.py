@@ -38,10 +38,10 @@ from typing import Any, Callable, NamedTuple
 
 from .. import _backend
 from .._checks import check_bool, check_rate
+from . import _scratch, losses
 from . import functional as F
-from .functional import ACTIVATIONS, _kernels, _namespace
 from . import layers as L
-from . import losses
+from .functional import ACTIVATIONS, _namespace
 
 __all__ = ["Serial", "ForwardCache", "serial", "mlp", "cnn", "residual_mlp"]
 
@@ -468,12 +468,11 @@ class Serial:
                 _backend.check_same_library(y, x, "y", "x")
         if not (hasattr(x, "shape") and _backend.is_numpy(_namespace(x))):  # forward reports bad x
             return self._loss_and_grad(params, x, y, loss, state, train, seed, step, return_state, None)
-        _cpu = _kernels()
         # The step's kernel temporaries come from a per-thread block reused every
         # step (no page faults).  Nothing returned lives there: gradients are
         # fresh GEMM outputs, and the loss runs outside the block on a copy of
         # an output that lives in it.
-        with _cpu.step_scratch() as scratch:
+        with _scratch.step_scratch() as scratch:
             return self._loss_and_grad(params, x, y, loss, state, train, seed, step, return_state, scratch)
 
     def _loss_and_grad(self, params, x, y, loss, state, train, seed, step, return_state, scratch):
