@@ -141,7 +141,23 @@ class Serial:
             and type(self.layers[i + 1][1]) is L.Activation and self.layers[i + 1][1].kind == "relu"
             and type(self.layers[i + 2][1]) is L.MaxPool2d
         }
-        self._block_of_pool = {end: start for start, end in self._conv_blocks.items()}
+        # The passes as precomputed tuples (a Python loop over them costs what the
+        # old loop over the layers did): forward (name, layer, param keys, state
+        # keys, the block's pool layer or None), a block's entry standing for its
+        # three layers; backward (layer index, the block's conv index or None).
+        self._forward_plan, i = [], 0
+        while i < len(self.layers):
+            pool = self.layers[i + 2][1] if i in self._conv_blocks else None
+            self._forward_plan.append(self.layers[i] + self._keys[i] + (pool,))
+            i += 1 if pool is None else 3
+        self._forward_plan = tuple(self._forward_plan)
+        block_of_pool = {end: start for start, end in self._conv_blocks.items()}
+        self._backward_plan, i = [], len(self.layers) - 1
+        while i >= 0:
+            start = block_of_pool.get(i)
+            self._backward_plan.append((i, start))
+            i = (i if start is None else start) - 1
+        self._backward_plan = tuple(self._backward_plan)
 
     # -- structure ------------------------------------------------------------
     def __repr__(self) -> str:
@@ -327,28 +343,22 @@ class Serial:
         new_state: dict[str, Any] = {}
         h = x
         train, step = bool(train), int(step)
-        i = 0
-        while i < len(self.layers):
-            n, layer = self.layers[i]
-            pkeys, skeys = self._keys[i]
+        for n, layer, pkeys, skeys, pool in self._forward_plan:
             layer.check_input(h, n)
             local_p = {k: params[key] for k, key in pkeys}
-            if i in self._conv_blocks:
-                pool = self.layers[i + 2][1]
+            if pool is not None:
                 h, cache = F.conv2d_relu_max_pool2d_forward(
                     h, local_p["weight"], local_p.get("bias"), layer.stride, layer.padding, layer.dilation,
                     pool.kernel_size, pool.stride, pool.padding,
                 )
                 # the block's cache sits in the pool's slot; the conv's and the relu's stay empty
                 caches += [None, None, cache]
-                i += 3
                 continue
             local_s = {k: state[key] for k, key in skeys}
             h, cache, s_out = layer.forward(local_p, local_s, h, L.Context(n, train, seed, step))
             caches.append(cache)
             for k, v in s_out.items():
                 new_state[f"{n}.{k}"] = v
-            i += 1
         return h, ForwardCache(tuple(caches), new_state, _shape(x))
 
     def backward(self, params, cache: ForwardCache, dout, *, need_dx: bool = True):
@@ -374,27 +384,23 @@ class Serial:
             raise TypeError("cache must be the ForwardCache returned by this model's forward")
         grads: dict[str, Any] = {}
         d = dout
-        i = len(self.layers) - 1
-        while i >= 0:
-            n, layer = self.layers[i]
+        for i, start in self._backward_plan:
             if not need_dx and i < self._first_param_layer:
                 d = None
                 break
-            start = self._block_of_pool.get(i)
-            if start is not None and cache.layers[start] is None:  # a conv -> relu -> pool block
+            if start is not None:  # a conv -> relu -> pool block, i its pool
                 n = self.layers[start][0]
                 d, dw, db = F.conv2d_relu_max_pool2d_backward(d, cache.layers[i], need_dx=need_dx or start > self._first_param_layer)
                 grads[f"{n}.weight"] = dw
                 if db is not None:
                     grads[f"{n}.bias"] = db
-                i = start - 1
                 continue
+            n, layer = self.layers[i]
             local_p = {k: params[key] for k, key in self._keys[i][0]}
             layer_need_dx = need_dx or i > self._first_param_layer
             d, g = layer.backward(local_p, cache.layers[i], d, layer_need_dx)
             for k, v in g.items():
                 grads[f"{n}.{k}"] = v
-            i -= 1
         ordered = {k: grads[k] for k in self._param_shapes}
         return (d if need_dx else None), ordered
 
