@@ -262,6 +262,25 @@ def test_normal_members_is_one_2d_launch_of_the_normal_kernel(fake_cupy, dtype):
     assert fake_cupy.launches == []  # an empty array launches nothing
 
 
+def test_cupy_namespace_draws_a_population_in_one_launch(fake_cupy, monkeypatch):
+    """rng.normal_members and EGGROLL's pair_normals dispatch a CuPy namespace to the one 2-D launch
+    (it was one launch per pair); the stand-in module is the namespace (array-api-compat knows it by name)."""
+    from egdnp.es.perturbations import pair_normals
+
+    real = _backend.get_namespace
+    monkeypatch.setattr(_backend, "get_namespace", lambda b="numpy": fake_cupy if b is fake_cupy else real(b))
+    seed, stream, _, generation = ADDRESSES[0]
+    got = rng.normal_members(6, 1001, seed=seed, stream=stream, first=2, generation=generation, xp=fake_cupy)
+    pairs = pair_normals(6, 1001, seed=seed, stream=stream, generation=generation, dtype="float32", xp=fake_cupy,
+                         first=2)
+    expr = "egdnp_normal_members<float>"
+    assert fake_cupy.launches == [(expr, (_gpu._grid(1001)[0], 6), 256)] * 2
+    np.testing.assert_array_equal(got, pairs)
+    np.testing.assert_array_equal(got[3], _gpu.normal(1001, seed, stream, 5, generation, "float32"))
+    with pytest.raises(ValueError, match="impl='numba'"):
+        rng.normal_members(2, 3, seed=1, xp=fake_cupy, impl="numba")
+
+
 def test_normal_members_grid_strides_over_rows_and_blocks(host, fake_cupy):
     """A grid smaller than the work (rows > grid y, blocks > grid x) loops and gives the same rows; guards untouched."""
     seed, stream, _, generation = ADDRESSES[0]

@@ -100,6 +100,7 @@ def lowrank_weighted_sum(weights, A, B, *, impl: str = "auto"):
         arrays (bitwise the same values, so the same GEMM result); above
         ``egdnp.es._cpu.GRAD_BLOCK_MIN_PAIRS`` pairs it sums the product over
         cache-sized blocks of pairs (same result within float rounding).
+        Factors and weights of mixed dtypes run the array-API code.
 
     Returns
     -------
