@@ -3,7 +3,8 @@
 Called only from :mod:`egdnp.es`: through :func:`egdnp.es.layers.perturbed_matmul`
 and :func:`egdnp.es.gradient.lowrank_weighted_sum`, whose array-API code is
 the oracle in the tests, and for the population chunks of
-:mod:`egdnp.es.layers` (:func:`map_chunks`, :func:`tanh_in_place`).  The perturbed product costs little on top of the clean
+:mod:`egdnp.es.layers` (:func:`map_chunks`, :func:`tanh_in_place`).  The
+perturbed product costs little on top of the clean
 one: a per-member input runs ONE BLAS GEMM over all ``N * rows`` rows straight
 into the output, then one pass (:func:`_postadd_kernel`, memory bound) adds
 the low-rank term ``s (x B) A^T`` -- with ``x B`` formed row by row while the
@@ -14,9 +15,8 @@ kernel (:func:`_skinny_kernel`).
 
 Parallelism: Numba kernels release the GIL and are split over members on
 the plain Python threads of :mod:`egdnp._threads` (:func:`_run_split`), never
-Numba parallel regions:
-BLAS threads spin after a GEMM and a parallel region right after it would
-fight them for the two cores, while idle pool threads block.
+Numba parallel regions: BLAS threads spin after a GEMM and a parallel region
+right after it would fight them for the two cores, while idle pool threads block.
 """
 
 from __future__ import annotations
