@@ -201,7 +201,7 @@ def test_layer_errors():
 
 @pytest.mark.parametrize("n_out", [6, 40])
 def test_thread_split_is_bitwise_identical(monkeypatch, n_out):
-    from egdnp.es import _cpu
+    from egdnp import _threads
 
     rng = np.random.default_rng(4)
     w = rng.standard_normal((n_out, 12)).astype(np.float32)
@@ -209,8 +209,8 @@ def test_thread_split_is_bitwise_identical(monkeypatch, n_out):
     perts = es.generate({"l.weight": w, "l.bias": b}, pop_size=10, rank=3, sigma=0.1, seed=2)
     outs = []
     for threads in (1, 3):
-        monkeypatch.setattr(_cpu, "_n_threads", lambda t=threads: t)
-        monkeypatch.setattr(_cpu, "THREAD_MIN_WORK", 0)
+        monkeypatch.setattr(_threads, "cpu_threads", lambda t=threads: t)
+        monkeypatch.setattr(_threads, "ES_SPLIT_FROM_WORK", 0)
         for x in (rng.standard_normal((5, 12)).astype(np.float32), rng.standard_normal((10, 5, 12)).astype(np.float32)):
             outs.append(es.perturbed_linear(x, w, b, perts, weight_key="l.weight", bias_key="l.bias"))
         rng = np.random.default_rng(4)

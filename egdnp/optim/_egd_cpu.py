@@ -3,7 +3,7 @@
 * :func:`mutant_into` -- ``out = base + scale * normal(address)``: the
   array-API path draws the normals, scales them in place and adds the base
   (three passes and a temporary); this kernel regenerates the same normals
-  chunk by chunk with the rng's own Numba routine (``_normal_chunk``) into a
+  chunk by chunk with the rng's own Numba routine (``rng.kernels.normal_chunk``) into a
   chunk-local buffer and writes ``base[j] + scale * z[j]`` straight into
   ``out`` in one contiguous loop (sliced, 0-based, so Numba drops the
   negative-index checks and vectorises it: 0.235 ms instead of 0.27 ms for
@@ -38,7 +38,8 @@ import math
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from ..rng._cpu import CHUNK_BLOCKS, _key, _normal_chunk, _weighted_chunk
+from ..rng.kernels import CHUNK_BLOCKS, normal_chunk, weighted_chunk
+from ..rng.kernels import key as _key
 
 __all__ = ["mutant_into", "MutantPlan", "LowRankPlan", "seed_recombine_into", "mix_into", "lowrank_mutant_into",
            "stacked_factors", "mean_square", "PARALLEL_FROM", "set_parallel_from"]
@@ -96,13 +97,13 @@ def _add_rounded(out_c, base_c, tmp):
 
 
 @njit(inline="always")
-def _mutant_run(c0, c1, out, base, scale, k0, k1, s1, s2, s3, o, fbuf, ebuf, z, tmp):
+def _mutant_run(c0, c1, out, base, scale, k0, k1, s1, s2, s3, o, z, tmp):
     """Chunks c0 .. c1-1 of ``out = base + scale * z``: normals of one chunk, then one contiguous pass."""
     n = out.shape[0]
     nblocks = (n + 3) // 4
     for b in range(c0 * CHUNK_BLOCKS, min(c1 * CHUNK_BLOCKS, nblocks), CHUNK_BLOCKS):
         nb = min(CHUNK_BLOCKS, nblocks - b)
-        _normal_chunk(b, nb, k0, k1, s1, s2, s3, o[0], o[1], o[2], o[3], fbuf, ebuf, z[0], z[1], z[2], z[3])
+        normal_chunk(b, nb, k0, k1, s1, s2, s3, o[0], o[1], o[2], o[3], z[0], z[1], z[2], z[3])
         _interleave(nb, z[0], z[1], z[2], z[3], tmp)
         j0 = 4 * b
         j1 = min(n, j0 + 4 * nb)
@@ -112,11 +113,9 @@ def _mutant_run(c0, c1, out, base, scale, k0, k1, s1, s2, s3, o, fbuf, ebuf, z, 
 @njit(inline="always")
 def _chunk_scratch(dtype):
     o = np.empty((4, CHUNK_BLOCKS), np.uint32)
-    fbuf = np.empty(CHUNK_BLOCKS, np.float32)
-    ebuf = np.empty(CHUNK_BLOCKS, np.int32)
     z = np.empty((4, CHUNK_BLOCKS), dtype)
     tmp = np.empty(4 * CHUNK_BLOCKS, dtype)
-    return o, fbuf, ebuf, z, tmp
+    return o, z, tmp
 
 
 @njit(parallel=True, cache=True)
@@ -124,15 +123,14 @@ def _mutant_parallel(out, base, scale, k0, k1, s1, s2, s3, n_threads):
     nchunks = _n_chunks(out.shape[0])
     nt = max(1, min(n_threads, nchunks))
     for t in prange(nt):
-        o, fbuf, ebuf, z, tmp = _chunk_scratch(out.dtype)
-        _mutant_run(t * nchunks // nt, (t + 1) * nchunks // nt, out, base, scale, k0, k1, s1, s2, s3,
-                    o, fbuf, ebuf, z, tmp)
+        o, z, tmp = _chunk_scratch(out.dtype)
+        _mutant_run(t * nchunks // nt, (t + 1) * nchunks // nt, out, base, scale, k0, k1, s1, s2, s3, o, z, tmp)
 
 
 @njit(cache=True)
 def _mutant_serial(out, base, scale, k0, k1, s1, s2, s3, n_threads):
-    o, fbuf, ebuf, z, tmp = _chunk_scratch(out.dtype)
-    _mutant_run(0, _n_chunks(out.shape[0]), out, base, scale, k0, k1, s1, s2, s3, o, fbuf, ebuf, z, tmp)
+    o, z, tmp = _chunk_scratch(out.dtype)
+    _mutant_run(0, _n_chunks(out.shape[0]), out, base, scale, k0, k1, s1, s2, s3, o, z, tmp)
 
 
 def _pick(parallel, serial, n):
@@ -193,12 +191,12 @@ class MutantPlan:
 # base + sum_i w_i z_i  (seed storage recombination)
 # ----------------------------------------------------------------------------
 @njit(inline="always")
-def _seed_mix_run(c0, c1, out, base, weights, members, k0, k1, s1, s3, o, fbuf, ebuf, z, tmp, acc):
+def _seed_mix_run(c0, c1, out, base, weights, members, k0, k1, s1, s3, o, z, tmp, acc):
     n = out.shape[0]
     nblocks = (n + 3) // 4
     for b in range(c0 * CHUNK_BLOCKS, min(c1 * CHUNK_BLOCKS, nblocks), CHUNK_BLOCKS):
         nb = min(CHUNK_BLOCKS, nblocks - b)
-        _weighted_chunk(b, nb, weights, members, k0, k1, s1, s3, o, fbuf, ebuf, z, acc)
+        weighted_chunk(b, nb, weights, members, k0, k1, s1, s3, o, z, acc)
         # weighted_noise_sum rounds the float64 sum to the dtype (the stores into tmp do
         # exactly that), then the cycle adds the base
         _interleave(nb, acc[0], acc[1], acc[2], acc[3], tmp)
@@ -212,18 +210,17 @@ def _seed_mix_parallel(out, base, weights, members, k0, k1, s1, s3, n_threads):
     nchunks = _n_chunks(out.shape[0])
     nt = max(1, min(n_threads, nchunks))
     for t in prange(nt):
-        o, fbuf, ebuf, z, tmp = _chunk_scratch(out.dtype)
+        o, z, tmp = _chunk_scratch(out.dtype)
         acc = np.empty((4, CHUNK_BLOCKS), np.float64)
         _seed_mix_run(t * nchunks // nt, (t + 1) * nchunks // nt, out, base, weights, members, k0, k1, s1, s3,
-                      o, fbuf, ebuf, z, tmp, acc)
+                      o, z, tmp, acc)
 
 
 @njit(cache=True)
 def _seed_mix_serial(out, base, weights, members, k0, k1, s1, s3, n_threads):
-    o, fbuf, ebuf, z, tmp = _chunk_scratch(out.dtype)
+    o, z, tmp = _chunk_scratch(out.dtype)
     acc = np.empty((4, CHUNK_BLOCKS), np.float64)
-    _seed_mix_run(0, _n_chunks(out.shape[0]), out, base, weights, members, k0, k1, s1, s3, o, fbuf, ebuf, z, tmp,
-                  acc)
+    _seed_mix_run(0, _n_chunks(out.shape[0]), out, base, weights, members, k0, k1, s1, s3, o, z, tmp, acc)
 
 
 def seed_recombine_into(out: np.ndarray, base: np.ndarray, weights, members, seed: int, stream: int,
@@ -359,14 +356,12 @@ def lowrank_mutant_into(out: np.ndarray, base: np.ndarray, a_scaled: np.ndarray,
 def _factors_kernel(out, n_a, factor, k0, k1, s1, s2, s3):
     """Normals 0..len(out)-1 of the address into ``out``, the first ``n_a`` multiplied by ``factor``."""
     o = np.empty((4, _SUB), np.uint32)
-    fbuf = np.empty(_SUB, np.float32)
-    ebuf = np.empty(_SUB, np.int32)
     z = np.empty((4, _SUB), out.dtype)
     n = out.shape[0]
     nblocks = (n + 3) // 4
     for b in range(0, nblocks, _SUB):
         nb = min(_SUB, nblocks - b)
-        _normal_chunk(b, nb, k0, k1, s1, s2, s3, o[0], o[1], o[2], o[3], fbuf, ebuf, z[0], z[1], z[2], z[3])
+        normal_chunk(b, nb, k0, k1, s1, s2, s3, o[0], o[1], o[2], o[3], z[0], z[1], z[2], z[3])
         for i in range(nb):
             for q in range(4):
                 j = 4 * (b + i) + q
