@@ -599,15 +599,17 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
     xp = _backend.array_namespace(x)
     fast = _backend.resolve_impl(xp, impl) == "numba"
     start, stop = member_range(perts, members) if perts is not None else (0, None)
+    layer_list = list(model.layers)
+    entries = {name: _perturbed_forward_of(layer) for name, layer in layer_list}  # one registry look-up a layer
     if perts is not None:
-        owners = {f"{prefix}{n}.{k}": layer for n, layer in model.layers for k in layer.param_shapes()}
+        owners = {f"{prefix}{n}.{k}": (n, layer) for n, layer in layer_list for k in layer.param_shapes()}
         for key in perts.noise:
             if not key.startswith(prefix):
                 continue
             if key not in owners:
                 raise ValueError(f"perts perturbs {key!r}, which is not a parameter of the model; keys are {list(owners)}")
-            if _perturbed_forward_of(owners[key]) is None:
-                cls = type(owners[key]).__name__
+            if entries[owners[key][0]] is None:
+                cls = type(owners[key][1]).__name__
                 raise ValueError(f"parameter {key!r} belongs to a {cls} layer, which has no perturbed forward; give it "
                                  f"one with es.register_perturbed_forward({cls}, fn), or leave {key!r} unperturbed")
     state = {} if state is None else state
@@ -615,8 +617,7 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
     override = layer_fn
     # A ReLU right after a Linear runs inside the Linear's perturbed product
     # (bitwise the same values; the NumPy path saves a pass over the activations).
-    layer_list = list(model.layers)
-    linear = {n for n, layer in layer_list if getattr(_perturbed_forward_of(layer), "fn", None) is _linear_forward}
+    linear = {n for n, entry in entries.items() if entry is not None and entry.fn is _linear_forward}
     relu_after = {n1: n2 for (n1, l1), (n2, l2) in zip(layer_list, layer_list[1:])
                   if n1 in linear and isinstance(l2, L.Activation) and l2.kind == "relu"}
     fused: set[str] = set()
@@ -632,7 +633,7 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
             # In place, the same ufunc (bitwise): a fresh (chunk, batch, width)
             # array per chunk costs page faults (~390k per pop-16384 generation).
             return _cpu.tanh_in_place(h)
-        entry = _perturbed_forward_of(layer)
+        entry = entries[name] if name in entries else _perturbed_forward_of(layer)
         if entry is not None and "x_shared" not in seen:
             seen["x_shared"] = len(h.shape) == entry.shared_ndim
         if override is not None:
