@@ -221,7 +221,7 @@ def centered_ranks(f):
 
 
 def _method_name(method) -> str:
-    """How error messages name a shaping: its registered name, or the function's."""
+    """How error messages name a shaping: the name it was given, or the function's ``__name__``."""
     return method if isinstance(method, str) else getattr(method, "__name__", repr(method))
 
 

@@ -44,8 +44,8 @@ def _takes_group_size(fn) -> bool:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return True
-    return any(p.name == "group_size" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.kind == p.VAR_KEYWORD
-               for p in params)
+    return any((p.name == "group_size" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+               or p.kind == p.VAR_KEYWORD for p in params)
 
 
 class EggrollState(NamedTuple):
