@@ -242,7 +242,7 @@ class Eggroll:
         _backend.check_float_arrays(params, "params", fix="EGGROLL perturbs float32 or float64 parameters")
         plan = plan_parameters(params, convention=self.convention, vectors=self.vectors, noise_map=self.noise_map)
         check_rank(self.rank, {k: _lowrank_dims(params[k].shape) for k, how in plan.items() if how == "lowrank"})
-        seed = _rng._check_seed(seed)
+        seed = _rng.check_seed(seed)
         return EggrollState(params=dict(params), opt_state=self.optimizer.init(params), generation=0, seed=seed)
 
     def ask(self, state: EggrollState, *, factors: dict | None = None, pairs: tuple | None = None) -> Perturbations:
