@@ -23,7 +23,6 @@ what the per-candidate path hands the closure.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Callable
 

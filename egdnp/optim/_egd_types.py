@@ -99,8 +99,8 @@ class EGDState(NamedTuple):
     recombine : str or None
         The recombination the run uses (``EGDConfig.recombine``), recorded so
         that a saved state names it; ``None`` in states saved before it was
-        recorded.  Loading a state whose recombination is not registered is
-        refused.
+        recorded.  ``update`` and ``evolve`` write their optimiser's name;
+        loading a state whose recombination is not registered is refused.
     """
 
     step: int
