@@ -1,7 +1,7 @@
 """EGD's recombination registry, and state files that record the recombination's name.
 
 ``tests/egd_state_files`` holds files written by the code before the name was
-recorded (main at 20f3120, ``/tmp`` script in the issue-14c report): a state,
+recorded (main at 20f3120, see the README there): a state,
 a torch-style checkpoint, and the parameters that code reached three updates
 later (the bit-for-bit resume target).
 """
