@@ -34,7 +34,7 @@ def test_set_parallel_from_is_the_threading_policys_threshold(monkeypatch):
     base = np.zeros(8, dtype=np.float32)
     assert mutant_plans(NP, {"w": base}, {"w": 0.1}, seed=0, cycle=0, mutation="full", rank=1)["w"].kernel \
         is _egd_cpu._mutant_parallel
-    assert set_parallel_from(9) == 8
+    assert set_parallel_from(np.int64(9)) == 8 and type(_threads.EGD_SPLIT_FROM) is int
     assert mutant_plans(NP, {"w": base}, {"w": 0.1}, seed=0, cycle=0, mutation="full", rank=1)["w"].kernel \
         is _egd_cpu._mutant_serial
     for bad in (0, -1, 2.5, True, "8"):

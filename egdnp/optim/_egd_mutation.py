@@ -32,6 +32,7 @@ elements and split over Numba's threads from there
 from __future__ import annotations
 
 import math
+import numbers
 
 from .. import _backend, _threads, rng
 
@@ -58,10 +59,10 @@ def set_parallel_from(n_elements: int) -> int:
     int
         The previous threshold (to restore it).
     """
-    if isinstance(n_elements, bool) or not isinstance(n_elements, int) or n_elements < 1:
+    if isinstance(n_elements, bool) or not isinstance(n_elements, numbers.Integral) or n_elements < 1:
         raise ValueError(f"n_elements={n_elements!r} must be an int >= 1 (elements of one parameter array)")
     old = _threads.EGD_SPLIT_FROM
-    _threads.EGD_SPLIT_FROM = n_elements
+    _threads.EGD_SPLIT_FROM = int(n_elements)
     return old
 
 
