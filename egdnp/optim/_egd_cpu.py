@@ -22,13 +22,14 @@ Every kernel rounds exactly like the array-API oracle it replaces (a product,
 then a sum, in the array's dtype; no fused multiply-add: the kernels are
 compiled without fastmath), so both paths agree bit for bit (tested).
 
-Serial or parallel: the cycle alternates these kernels with the closure's
-BLAS calls.  Waking Numba's thread pool right before (or after) OpenBLAS's
-threads costs more than it saves on small arrays, so arrays below
-:data:`PARALLEL_FROM` elements run on the calling thread.
+Serial or parallel: the caller chooses (``parallel=``).  The cycle alternates
+these kernels with the closure's BLAS calls, and waking Numba's thread pool
+right before (or after) OpenBLAS's threads costs more than it saves on small
+arrays, so :mod:`egdnp.optim._egd_mutation` -- the one place that chooses
+EGD's kernels -- asks for the parallel ones from
+``egdnp._threads.EGD_SPLIT_FROM`` elements.
 
-Only NumPy arrays reach this module (the dispatch checks
-``egdnp._backend.is_numpy``).
+Only NumPy arrays reach this module (:mod:`egdnp.optim._egd_mutation` sends them).
 """
 
 from __future__ import annotations
@@ -42,28 +43,10 @@ from ..rng.kernels import CHUNK_BLOCKS, normal_chunk, weighted_chunk
 from ..rng.kernels import key as _key
 
 __all__ = ["mutant_into", "MutantPlan", "LowRankPlan", "seed_recombine_into", "mix_into", "lowrank_mutant_into",
-           "stacked_factors", "mean_square", "PARALLEL_FROM", "set_parallel_from"]
+           "stacked_factors", "mean_square"]
 
 # Blocks per sub-chunk of the low-rank factor kernel (its arrays are small).
 _SUB = 256
-
-# Arrays with fewer elements than this run the serial kernels.  Alone, the
-# parallel mutant kernel takes 0.11 ms for a 784x256 float32 weight on 2 cores
-# against 0.235 ms serial; inside the bench_egd cycle, alternating with the
-# closure's OpenBLAS calls, the 7 mutants took 2.7-2.8 ms parallel against
-# 2.4 ms serial (pool wake-ups, and Numba's and OpenBLAS's threads competing
-# for the 2 cores).  So the default keeps every array of the benchmark MLP
-# serial; change it with ``set_parallel_from`` on machines with spare cores.
-PARALLEL_FROM = 1 << 20
-
-
-def set_parallel_from(n_elements: int) -> int:
-    """Set :data:`PARALLEL_FROM` (arrays of at least this many elements use the thread pool); returns the old value."""
-    global PARALLEL_FROM
-    old = PARALLEL_FROM
-    PARALLEL_FROM = int(n_elements)
-    return old
-
 
 @njit(inline="always")
 def _n_chunks(n):
@@ -133,12 +116,8 @@ def _mutant_serial(out, base, scale, k0, k1, s1, s2, s3, n_threads):
     _mutant_run(0, _n_chunks(out.shape[0]), out, base, scale, k0, k1, s1, s2, s3, o, z, tmp)
 
 
-def _pick(parallel, serial, n):
-    return parallel if n >= PARALLEL_FROM else serial
-
-
 def mutant_into(out: np.ndarray, base: np.ndarray, scale: float, seed: int, stream: int, member: int,
-                generation: int) -> np.ndarray:
+                generation: int, *, parallel: bool) -> np.ndarray:
     """Write ``base + scale * normal(base.shape, seed, stream, member, generation)`` into ``out``.
 
     Parameters
@@ -149,13 +128,15 @@ def mutant_into(out: np.ndarray, base: np.ndarray, scale: float, seed: int, stre
         Rounded to the arrays' dtype first (as NumPy does with a Python float).
     seed, stream, member, generation : int
         The noise address (``stream`` already an integer id).
+    parallel : bool
+        Split the work over Numba's threads (same bits either way).
     """
     flat_out = out.reshape(-1)
     flat_base = np.ascontiguousarray(base).reshape(-1)
     n = flat_out.shape[0]
     if n:
         k0, k1 = _key(seed)
-        _pick(_mutant_parallel, _mutant_serial, n)(
+        (_mutant_parallel if parallel else _mutant_serial)(
             flat_out, flat_base, out.dtype.type(scale), k0, k1, np.uint32(stream), np.uint32(member),
             np.uint32(generation), get_num_threads())
     return out
@@ -165,19 +146,20 @@ class MutantPlan:
     """Everything :func:`mutant_into` converts per call, converted once per cycle and parameter.
 
     ``plan.write(out, member)`` writes the mutant of ``member`` into the
-    C-contiguous buffer ``out``; the numbers are :func:`mutant_into`'s.
+    C-contiguous buffer ``out``; the numbers are :func:`mutant_into`'s
+    (``parallel`` as there).
     """
 
     __slots__ = ("base", "scale", "k0", "k1", "stream", "generation", "kernel", "n", "n_threads")
 
-    def __init__(self, base: np.ndarray, scale: float, seed: int, stream: int, generation: int):
+    def __init__(self, base: np.ndarray, scale: float, seed: int, stream: int, generation: int, *, parallel: bool):
         self.base = np.ascontiguousarray(base).reshape(-1)
         self.n = self.base.shape[0]
         self.scale = self.base.dtype.type(scale)
         self.k0, self.k1 = _key(seed)
         self.stream = np.uint32(stream)
         self.generation = np.uint32(generation)
-        self.kernel = _pick(_mutant_parallel, _mutant_serial, self.n)
+        self.kernel = _mutant_parallel if parallel else _mutant_serial
         self.n_threads = get_num_threads()
 
     def write(self, out: np.ndarray, member: int) -> None:
@@ -224,7 +206,7 @@ def _seed_mix_serial(out, base, weights, members, k0, k1, s1, s3, n_threads):
 
 
 def seed_recombine_into(out: np.ndarray, base: np.ndarray, weights, members, seed: int, stream: int,
-                        generation: int) -> np.ndarray:
+                        generation: int, *, parallel: bool) -> np.ndarray:
     """``out = base + (sum_i weights[i] * normal(member=members[i])).astype(dtype)`` in one pass.
 
     Equal bit for bit to ``g = rng.weighted_noise_sum(weights, ...); g += base``.
@@ -235,6 +217,8 @@ def seed_recombine_into(out: np.ndarray, base: np.ndarray, weights, members, see
     weights : sequence of float, shape (k,)
         Already multiplied by the absolute noise scale; accumulated in float64.
     members : sequence of int, shape (k,)
+    parallel : bool
+        Split the work over Numba's threads (same bits either way).
     """
     flat_out = out.reshape(-1)
     flat_base = np.ascontiguousarray(base).reshape(-1)
@@ -246,7 +230,7 @@ def seed_recombine_into(out: np.ndarray, base: np.ndarray, weights, members, see
             np.copyto(flat_out, flat_base)
             return out
         k0, k1 = _key(seed)
-        _pick(_seed_mix_parallel, _seed_mix_serial, n)(
+        (_seed_mix_parallel if parallel else _seed_mix_serial)(
             flat_out, flat_base, w, m, k0, k1, np.uint32(stream), np.uint32(generation), get_num_threads())
     return out
 
