@@ -280,7 +280,7 @@ def check_state(cfg: EGDConfig, state, params: dict) -> None:
             raise ValueError(f"state.{name}={value!r} must be an int >= 0; pass the state init or update returned")
     check_float("state.sigma", state.sigma, low=0.0, low_inclusive=False,
                 fix="pass the state init or update returned")
-    _rng._check_seed(state.seed)
+    _rng.check_seed(state.seed)
     if (state.momentum is None) != (cfg.momentum == 0.0):
         raise ValueError(
             f"state.momentum is {'None' if state.momentum is None else 'a dict of buffers'} but this optimiser "

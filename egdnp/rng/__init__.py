@@ -164,7 +164,6 @@ def _check_dtype(xp, dtype: Any):
     raise TypeError(f"dtype={dtype!r} is not supported; use 'float32' or 'float64'")
 
 
-_check_seed = check_seed  # the name other egdnp modules used before check_seed was public
 
 
 def _resolve(xp: Any, impl: str):
