@@ -186,15 +186,18 @@ def _launcher(index: int, expr: str, params) -> str:
     plist = ", ".join(f"{t} {p}" for t, p in params)
     names = ", ".join(p for _, p in params)
     return f"""
-extern "C" void egdnp_host_launch_{index}(unsigned int egdnp_grid, unsigned int egdnp_block, {plist}) {{
+extern "C" void egdnp_host_launch_{index}(unsigned int egdnp_grid, unsigned int egdnp_grid_y,
+                                           unsigned int egdnp_block, {plist}) {{
     egdnp_ftz_scope ftz;
-    gridDim.x = egdnp_grid; gridDim.y = gridDim.z = 1;
+    gridDim.x = egdnp_grid; gridDim.y = egdnp_grid_y; gridDim.z = 1;
     blockDim.x = egdnp_block; blockDim.y = blockDim.z = 1;
-    for (unsigned int bx = 0; bx < egdnp_grid; ++bx) {{
-        for (unsigned int tx = 0; tx < egdnp_block; ++tx) {{
-            blockIdx.x = bx; blockIdx.y = blockIdx.z = 0;
-            threadIdx.x = tx; threadIdx.y = threadIdx.z = 0;
-            {expr}({names});
+    for (unsigned int by = 0; by < egdnp_grid_y; ++by) {{
+        for (unsigned int bx = 0; bx < egdnp_grid; ++bx) {{
+            for (unsigned int tx = 0; tx < egdnp_block; ++tx) {{
+                blockIdx.x = bx; blockIdx.y = by; blockIdx.z = 0;
+                threadIdx.x = tx; threadIdx.y = threadIdx.z = 0;
+                {expr}({names});
+            }}
         }}
     }}
 }}
@@ -222,7 +225,7 @@ class HostKernels:
             _, _, params = resolve(src.code, expr)
             fn = getattr(self.lib, f"egdnp_host_launch_{i}")
             fn.restype = None
-            fn.argtypes = [ctypes.c_uint32, ctypes.c_uint32] + [
+            fn.argtypes = [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32] + [
                 ctypes.c_void_p if t.endswith("*") else _SCALARS[t][0] for t, _ in params
             ]
             self.signatures[expr] = params
@@ -255,10 +258,12 @@ class HostKernels:
                 assert isinstance(a, np.generic) and type(a) is want, (
                     f"{expr}: parameter {name} ({t}) got {type(a).__name__} {a!r}, want {want.__name__}")
 
-    def launch(self, expr: str, grid: int, block: int, args) -> None:
+    def launch(self, expr: str, grid, block: int, args) -> None:
+        """Run every thread of a ``grid`` (int, or (x, y) for a 2-D grid) of ``block`` threads in turn."""
         self.check_args(expr, args)
+        gx, gy = grid if isinstance(grid, tuple) else (grid, 1)
         cargs = [a.ctypes.data if isinstance(a, np.ndarray) else a.item() for a in args]
-        self.functions[expr](grid, block, *cargs)
+        self.functions[expr](gx, gy, block, *cargs)
 
 
 def build_host_library(src, workdir: Path) -> HostKernels:
@@ -314,9 +319,15 @@ class FakeCupy(types.ModuleType):
 
                 def kernel(grid, block, args):
                     assert isinstance(grid, tuple) and isinstance(block, tuple)
-                    assert len(grid) == 1 and len(block) == 1, "egdnp's kernels are one-dimensional"
+                    assert len(grid) in (1, 2) and len(block) == 1, "egdnp's grids are 1-D or 2-D, its blocks 1-D"
                     g, b = int(grid[0]), int(block[0])
-                    assert 1 <= g <= 2**31 - 1 and 1 <= b <= 1024, f"launch ({g},), ({b},) is not valid on CUDA"
+                    assert 1 <= g <= 2**31 - 1 and 1 <= b <= 1024, f"launch {grid}, ({b},) is not valid on CUDA"
+                    if len(grid) == 2:
+                        gy = int(grid[1])
+                        assert 1 <= gy <= 65535, f"launch {grid}: grid y must be in [1, 65535] on CUDA"
+                        fake.launches.append((name, (g, gy), b))
+                        fake.kernels.launch(name, (g, gy), b, args)
+                        return
                     fake.launches.append((name, g, b))
                     fake.kernels.launch(name, g, b, args)
 

@@ -54,3 +54,16 @@ def strict_devices():
 def to_numpy(x) -> np.ndarray:
     """Host copy of any backend's array, for assertions."""
     return _backend.to_host(x)
+
+
+@pytest.fixture
+def es_registries():
+    """egdnp.es's registries (``FITNESS_SHAPINGS``, ``PERTURBED_FORWARDS``), restored after the test:
+    registrations are process-wide."""
+    from egdnp import es
+
+    saved = [(registry, dict(registry)) for registry in (es.FITNESS_SHAPINGS, es.PERTURBED_FORWARDS)]
+    yield es
+    for registry, items in saved:
+        registry.clear()
+        registry.update(items)

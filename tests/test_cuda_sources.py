@@ -65,9 +65,11 @@ def test_name_expressions_name_every_kernel(src):
 def test_instantiation_lines_follow_the_signatures():
     src = _gpu.CUDA_SOURCES[0]
     lines = ch.instantiation_lines(src.code, src.name_expressions).splitlines()
-    assert len(lines) == 4  # egdnp_bits is extern "C", not a template
+    assert len(lines) == 6  # egdnp_bits is extern "C", not a template
     assert "template __global__ void egdnp_normal<float>(float* out, long long n, u32 k0" in lines[0]
     assert "const double* w" in lines[2] and "double* out" in lines[3]
+    assert "egdnp_normal_members<float>(float* out, long long n, long long rows, u32 k0" in lines[4]
+    assert "egdnp_normal_members<double>(double* out" in lines[5]
     with pytest.raises(ValueError, match="no __global__"):
         ch.resolve(src.code, "egdnp_missing<float>")
 
@@ -238,6 +240,61 @@ def test_launch_shape():
     assert _gpu._grid(4 * 256 + 1) == (2, 256)
     assert _gpu._grid(N) == ((N + 3) // 4 // 256 + 1, 256)
     assert _gpu._grid(2**34) == (65535, 256)  # capped: the kernels loop grid-stride
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_normal_members_is_one_2d_launch_of_the_normal_kernel(fake_cupy, dtype):
+    """rng.normal_members on CuPy: ONE launch whose row p is bitwise the 1-D kernel's normal(member=first + p)."""
+    seed, stream, _, generation = ADDRESSES[1]
+    n_members, size, first = 5, 4 * 256 * 3 + 7, 2**32 - 5  # several thread blocks per row, a partial last block
+    got = _gpu.normal_members(n_members, size, seed, stream, first, generation, dtype)
+    assert got.shape == (n_members, size) and got.dtype == np.dtype(dtype)
+    name = "egdnp_normal_members<float>" if dtype == "float32" else "egdnp_normal_members<double>"
+    assert fake_cupy.launches == [(name, (_gpu._grid(size)[0], n_members), 256)]
+    for p in range(n_members):
+        np.testing.assert_array_equal(got[p].view(np.uint8),
+                                      _gpu.normal(size, seed, stream, first + p, generation, dtype).view(np.uint8))
+    numba = _cpu.normal_members(n_members, size, seed, stream, first, generation, dtype)
+    np.testing.assert_allclose(got, numba, rtol=0, atol=2 * NORMAL_ATOL[dtype])
+    fake_cupy.launches.clear()
+    assert _gpu.normal_members(0, size, seed, stream, first, generation, dtype).shape == (0, size)
+    assert _gpu.normal_members(3, 0, seed, stream, first, generation, dtype).shape == (3, 0)
+    assert fake_cupy.launches == []  # an empty array launches nothing
+
+
+def test_cupy_namespace_draws_a_population_in_one_launch(fake_cupy, monkeypatch):
+    """rng.normal_members and EGGROLL's pair_normals dispatch a CuPy namespace to the one 2-D launch
+    (it was one launch per pair); the stand-in module is the namespace (array-api-compat knows it by name)."""
+    from egdnp.es.perturbations import pair_normals
+
+    real = _backend.get_namespace
+    monkeypatch.setattr(_backend, "get_namespace", lambda b="numpy": fake_cupy if b is fake_cupy else real(b))
+    seed, stream, _, generation = ADDRESSES[0]
+    got = rng.normal_members(6, 1001, seed=seed, stream=stream, first=2, generation=generation, xp=fake_cupy)
+    pairs = pair_normals(6, 1001, seed=seed, stream=stream, generation=generation, dtype="float32", xp=fake_cupy,
+                         first=2)
+    expr = "egdnp_normal_members<float>"
+    assert fake_cupy.launches == [(expr, (_gpu._grid(1001)[0], 6), 256)] * 2
+    np.testing.assert_array_equal(got, pairs)
+    np.testing.assert_array_equal(got[3], _gpu.normal(1001, seed, stream, 5, generation, "float32"))
+    with pytest.raises(ValueError, match="impl='numba'"):
+        rng.normal_members(2, 3, seed=1, xp=fake_cupy, impl="numba")
+
+
+def test_normal_members_grid_strides_over_rows_and_blocks(host, fake_cupy):
+    """A grid smaller than the work (rows > grid y, blocks > grid x) loops and gives the same rows; guards untouched."""
+    seed, stream, _, generation = ADDRESSES[0]
+    k0, k1 = _gpu._key(seed)
+    rows, n = 7, 4 * 2 * 32 * 3 + 2
+    assert _gpu._grid2(n, rows) == ((_gpu._grid(n)[0], rows), 256)
+    assert _gpu._grid2(n, 10**6) == ((_gpu._grid(n)[0], 65535), 256)  # capped: the kernel loops over rows
+    for dtype, expr in (("float32", "egdnp_normal_members<float>"), ("float64", "egdnp_normal_members<double>")):
+        want = np.stack([_gpu.normal(n, seed, stream, 3 + p, generation, dtype) for p in range(rows)])
+        out = np.full(rows * n + 5, 7.0, dtype=dtype)
+        host.launch(expr, (2, 3), 32, (out[: rows * n], np.int64(n), np.int64(rows), k0, k1, np.uint32(stream),
+                                       np.uint32(3), np.uint32(generation)))
+        np.testing.assert_array_equal(out[: rows * n].reshape(rows, n), want)
+        assert np.all(out[rows * n :] == 7.0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -20,7 +20,7 @@ import pytest
 
 from _fake_cupy import PinnedMemory, make_fake_cupy
 from egdnp import _backend
-from egdnp.optim import _egd_cycle
+from egdnp.optim import _egd_population
 from egdnp.optim.egd import make_config
 
 
@@ -225,9 +225,9 @@ def test_host_population_on_cupy_hands_complete_candidates(fake, mutation):
     mutated = ["fc.weight", "fc.bias"]
     scales = {"fc.weight": 0.05, "fc.bias": 0.02}
     xnp = _backend.get_namespace("numpy")
-    ref = _egd_cycle.HostPopulation(cfg, xnp, _params(None), mutated, scales, 4, _egd_cycle.Workspace(), cfg.seed)
-    ws = _egd_cycle.Workspace()
-    gpu = _egd_cycle.HostPopulation(cfg, fake, _params(fake), mutated, scales, 4, ws, cfg.seed)
+    ref = _egd_population.HostPopulation(cfg, xnp, _params(None), mutated, scales, 4, _egd_population.Workspace(), cfg.seed)
+    ws = _egd_population.Workspace()
+    gpu = _egd_population.HostPopulation(cfg, fake, _params(fake), mutated, scales, 4, ws, cfg.seed)
     want = {m: cand for m, _, cand in _drive(ref, range(1, 6))}
     handles = []
     for m, h, cand in _drive(gpu, range(1, 6)):
@@ -251,7 +251,7 @@ def test_host_population_on_cupy_hands_complete_candidates(fake, mutation):
     # a second cycle in the same workspace allocates no host or device memory
     pinned_before, dev_before = len(fake.world.pinned), dict(ws.device_buffers)
     allocs = ws.host_allocations
-    gpu2 = _egd_cycle.HostPopulation(cfg, fake, _params(fake), mutated, scales, 5, ws, cfg.seed)
+    gpu2 = _egd_population.HostPopulation(cfg, fake, _params(fake), mutated, scales, 5, ws, cfg.seed)
     for _ in _drive(gpu2, range(1, 6)):
         pass
     assert ws.host_allocations == allocs and len(fake.world.pinned) == pinned_before

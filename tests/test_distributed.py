@@ -160,6 +160,33 @@ def test_allreduce_mode_refuses_a_strategy_with_its_own_tell_and_keeps_the_varia
             assert "baseline_mean" in states["allreduce"][1]
 
 
+def test_allreduce_mode_shapes_with_a_registered_name_or_a_callable(monkeypatch):
+    """The all-reduce mode shapes the whole fitness exactly as strategy.tell does, for a registered shaping name
+    and for a shaping function (the fitness mode calls strategy.tell)."""
+
+    def halves(f):  # +1 for the better half, -1 for the rest
+        return es.centered_ranks(f) * 2.0
+
+    monkeypatch.setitem(es.FITNESS_SHAPINGS, "halves", halves)
+    params = MODEL.init(seed=0)
+    x = np.random.default_rng(1).random((16, 4, 6), dtype=np.float32)
+    y = np.array([0, 1, 2, 0])
+    for fitness in ("halves", halves):
+        strategy = es.Eggroll(pop_size=16, fitness=fitness, optimizer=optim.sgd(0.1))
+        states = {}
+        for mode in distributed.MODES:
+            dist = distributed.DistributedEggroll(strategy, one(), mode=mode)
+            state = dist.init(params, seed=3)
+            states[mode], _ = dist.step(state, lambda p: es.classification_fitness(
+                es.perturbed_model_forward(MODEL, state.params, x[:p.pop_size], p), y))
+        moved = False
+        for k in params:
+            np.testing.assert_allclose(states["allreduce"].params[k], states["fitness"].params[k],
+                                       rtol=1e-5, atol=1e-7, err_msg=f"{fitness!r} {k}")
+            moved |= not np.array_equal(states["fitness"].params[k], params[k])
+        assert moved
+
+
 def test_gather_members_on_one_process_and_bad_input():
     """One process: the rows come back in member order (a copy); rows that do not match the block are refused."""
     dist = distributed.DistributedEggroll(es.Eggroll(pop_size=8), one())

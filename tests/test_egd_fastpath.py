@@ -12,20 +12,35 @@ import math
 import numpy as np
 import pytest
 
-from egdnp import _backend, rng
+from egdnp import _backend, _threads, rng
 from egdnp.optim import _egd_cpu
-from egdnp.optim._egd_mutation import mutant, param_scale, weighted_unit_noise
-from egdnp.optim.egd import egd
+from egdnp.optim._egd_mutation import mutant, mutant_plans, param_scale, seed_recombination, weighted_unit_noise
+from egdnp.optim.egd import egd, set_parallel_from
 
 NP = _backend.get_namespace("numpy")
 SHAPES = [(1,), (7,), (3, 5), (33, 257), (16385,), (2, 3, 4)]
 
 
 @pytest.fixture(params=["serial", "parallel"])
-def threads(request):
-    old = _egd_cpu.set_parallel_from(1 if request.param == "parallel" else 1 << 40)
-    yield request.param
-    _egd_cpu.set_parallel_from(old)
+def threads(request, monkeypatch):
+    # the threshold is read at call time from the one threading policy
+    monkeypatch.setattr(_threads, "EGD_SPLIT_FROM", 1 if request.param == "parallel" else 1 << 40)
+    return request.param
+
+
+def test_set_parallel_from_is_the_threading_policys_threshold(monkeypatch):
+    monkeypatch.setattr(_threads, "EGD_SPLIT_FROM", 1 << 20)
+    assert set_parallel_from(8) == 1 << 20 and _threads.EGD_SPLIT_FROM == 8
+    base = np.zeros(8, dtype=np.float32)
+    assert mutant_plans(NP, {"w": base}, {"w": 0.1}, seed=0, cycle=0, mutation="full", rank=1)["w"].kernel \
+        is _egd_cpu._mutant_parallel
+    assert set_parallel_from(np.int64(9)) == 8 and type(_threads.EGD_SPLIT_FROM) is int
+    assert mutant_plans(NP, {"w": base}, {"w": 0.1}, seed=0, cycle=0, mutation="full", rank=1)["w"].kernel \
+        is _egd_cpu._mutant_serial
+    for bad in (0, -1, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="n_elements"):
+            set_parallel_from(bad)
+    assert _threads.EGD_SPLIT_FROM == 9
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -33,7 +48,9 @@ def threads(request):
 def test_mutant_plan_equals_oracle(dtype, shape, threads):
     base = rng.normal(shape, seed=2, stream="base", dtype=dtype)
     oracle = mutant(base, 0.021, seed=5, name="fc.weight", member=3, cycle=4, xp=NP, impl="array_api")
-    plan = _egd_cpu.MutantPlan(base, 0.021, 5, rng.stream_id("fc.weight"), 4)
+    plan = mutant_plans(NP, {"fc.weight": base}, {"fc.weight": 0.021}, seed=5, cycle=4, mutation="full",
+                        rank=1)["fc.weight"]
+    assert plan.kernel is (_egd_cpu._mutant_parallel if threads == "parallel" else _egd_cpu._mutant_serial)
     out = np.empty(shape, dtype=dtype)
     plan.write(out, 3)
     np.testing.assert_array_equal(out, oracle)
@@ -63,10 +80,13 @@ def test_seed_recombination_equals_weighted_noise_sum_plus_base(dtype, shape, th
     weights, members, scale = [0.5, 0.3125, 0.1875], [2, 7, 4], 0.013
     ref = weighted_unit_noise(weights, members, shape, seed=9, name="p", cycle=5, dtype=dtype, xp=NP, factor=scale)
     ref += base
+    np.testing.assert_array_equal(seed_recombination(base, weights, members, scale, seed=9, name="p", cycle=5, xp=NP),
+                                  ref)
     out = np.empty(shape, dtype=dtype)
-    _egd_cpu.seed_recombine_into(out, base, [w * scale for w in weights], members, 9, rng.stream_id("p"), 5)
+    _egd_cpu.seed_recombine_into(out, base, [w * scale for w in weights], members, 9, rng.stream_id("p"), 5,
+                                 parallel=threads == "parallel")
     np.testing.assert_array_equal(out, ref)
-    _egd_cpu.seed_recombine_into(out, base, [], [], 9, rng.stream_id("p"), 5)
+    _egd_cpu.seed_recombine_into(out, base, [], [], 9, rng.stream_id("p"), 5, parallel=threads == "parallel")
     np.testing.assert_array_equal(out, base)
 
 

@@ -60,3 +60,14 @@ def test_bad_impl():
         mutant(np.zeros(3), 1.0, seed=0, name="w", member=1, cycle=0, xp=xp, impl="cuda")
     with pytest.raises(ValueError, match="impl='numba'"):
         mutant(np.zeros((3, 3)), 1.0, seed=0, name="w", member=1, cycle=0, xp=xp, mutation="lowrank", impl="numba")
+
+
+def test_numba_stays_lazy():
+    """``import egdnp`` and building an EGD optimiser load no Numba: the kernels are imported on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, egdnp; from egdnp.optim import egd as E; "
+            "opt = E.egd(recombine='softmax'); opt.init({'w': np.zeros((3, 2), np.float32)}); "
+            "assert 'numba' not in sys.modules, 'numba loaded'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -119,3 +119,29 @@ def test_loading_other_shapes_optimiser_or_file_raises(tmp_path):
     with pytest.raises(ValueError, match="not an EGGROLL checkpoint"):
         strategy.load(other)
 
+
+
+def test_a_shaping_function_is_saved_by_its_registered_name_or_refused(tmp_path, monkeypatch):
+    """A checkpoint records the shaping by name: a registered function resumes under its name or as itself,
+    bit for bit; an unregistered one is refused before anything is written."""
+
+    def signs(f):
+        return np.sign(f - np.median(f)).astype(f.dtype)
+
+    path = tmp_path / "run.npz"
+    bare = _make(fitness=signs)
+    with pytest.raises(ValueError, match="fitness=signs is a shaping function without a registered name.*"
+                                         "register_fitness_shaping\\('signs', fn\\)"):
+        bare.save(path, bare.init(MODEL.init(seed=0), seed=7))
+    assert not path.exists()
+    monkeypatch.setitem(es.FITNESS_SHAPINGS, "signs", signs)
+    assert es.checkpoint.noise_settings(bare)["fitness"] == "signs"
+    whole = _run(_make(fitness=signs), _make(fitness=signs).init(MODEL.init(seed=0), seed=7), 4)
+    _make(fitness=signs).save(path, _run(_make(fitness=signs), _make(fitness=signs).init(MODEL.init(seed=0), seed=7), 2))
+    for fitness in ("signs", signs):
+        fresh = _make(fitness=fitness)
+        resumed = _run(fresh, fresh.load(path, like=MODEL.init(seed=0)), 2)
+        for k in whole.params:
+            np.testing.assert_array_equal(resumed.params[k], whole.params[k])
+    with pytest.raises(ValueError, match="fitness='signs', but this Eggroll has fitness='zscore'"):
+        _make(fitness="zscore").load(path)

@@ -63,3 +63,55 @@ def test_bad_fitness():
         es.group_zscore(np.zeros(6), 4)
     with pytest.raises(ValueError, match="method"):
         es.shape_fitness(np.zeros(4), "softmax")
+
+
+# -- the shaping registry (issue 14: registries where people extend) -------------------------------------
+
+
+def _signs(f):
+    return np.sign(f - np.median(f))
+
+
+def test_builtin_shapings_are_registered_and_shape_by_name_is_unchanged():
+    assert tuple(es.FITNESS_SHAPINGS) == es.fitness.METHODS
+    f = np.random.default_rng(3).standard_normal(12).astype(np.float32)
+    np.testing.assert_array_equal(es.shape_fitness(f, "zscore"), es.zscore(f))
+    np.testing.assert_array_equal(es.shape_fitness(f, "zscore_ddof1"), es.zscore(f, ddof=1))
+    np.testing.assert_array_equal(es.shape_fitness(f, "zscore", group_size=4), es.group_zscore(f, 4))
+    np.testing.assert_array_equal(es.shape_fitness(f, "zscore_var_eps", group_size=3), es.zscore_var_eps(f, group_size=3))
+    np.testing.assert_array_equal(es.shape_fitness(f, "centered_ranks"), es.centered_ranks(f))
+    assert es.shape_fitness(f, "none") is f
+
+
+def test_register_a_shaping_and_shape_by_name_or_callable(es_registries):
+    fn = es.register_fitness_shaping("signs", _signs)
+    assert fn is _signs and es.FITNESS_SHAPINGS["signs"] is _signs
+    f = np.array([3.0, -1.0, 2.0, 0.5])
+    np.testing.assert_array_equal(es.shape_fitness(f, "signs"), _signs(f))
+    np.testing.assert_array_equal(es.shape_fitness(f, _signs), _signs(f))
+    assert es.fitness.shaping_name(_signs) == "signs" and es.fitness.shaping_name(lambda f: f) is None
+    # ddof / eps / group_size reach a function only when given
+    seen = {}
+    es.shape_fitness(f, lambda f, **kw: seen.update(kw) or f, group_size=2, eps=0.5)
+    assert seen == {"group_size": 2, "eps": 0.5}
+
+
+def test_bad_registrations_and_shapings_are_clear_errors(es_registries):
+    with pytest.raises(TypeError, match="fn=3 .*must be callable"):
+        es.register_fitness_shaping("three", 3)
+    with pytest.raises(TypeError, match="name=.*non-empty str"):
+        es.register_fitness_shaping("", _signs)
+    with pytest.raises(ValueError, match="'zscore' is built in"):
+        es.register_fitness_shaping("zscore", _signs)
+    es.register_fitness_shaping("signs", _signs)
+    with pytest.raises(ValueError, match="'signs' is already registered.*replace=True"):
+        es.register_fitness_shaping("signs", np.sign)
+    assert es.FITNESS_SHAPINGS["signs"] is _signs  # nothing half-updated
+    es.register_fitness_shaping("signs", np.sign, replace=True)
+    assert es.FITNESS_SHAPINGS["signs"] is np.sign
+    with pytest.raises(ValueError, match="method='nope' is not one of .*register_fitness_shaping"):
+        es.shape_fitness(np.zeros(4), "nope")
+    with pytest.raises(TypeError, match="method=3 must be a fitness shaping name"):
+        es.shape_fitness(np.zeros(4), 3)
+    with pytest.raises(ValueError, match="'sum' returned \\(\\); it must return one shaped fitness per member.*\\(4,\\)"):
+        es.shape_fitness(np.ones(4), np.sum)

@@ -42,6 +42,20 @@ def test_numba_concatenation_is_bitwise_the_array_api_one(dtype):
     np.testing.assert_array_equal(_cpu.concat_factors(B, w), np.transpose(B * w[:, None, None], (1, 0, 2)).reshape(9, 111))
 
 
+def test_lowrank_weighted_sum_impl_choice():
+    """impl goes through _backend.resolve_impl: its accepted values, clear errors, mixed dtypes on the oracle."""
+    import array_api_strict as xps
+
+    g = np.random.default_rng(6)
+    w, A, B = g.standard_normal(4), g.standard_normal((4, 5, 2)), g.standard_normal((4, 3, 2))
+    with pytest.raises(ValueError, match="impl='cupy' is not one of"):
+        es.lowrank_weighted_sum(w, A, B, impl="cupy")
+    with pytest.raises(ValueError, match="impl='numba' computes NumPy arrays.*use impl='auto' or impl='array_api'"):
+        es.lowrank_weighted_sum(xps.asarray(w), xps.asarray(A), xps.asarray(B), impl="numba")
+    mixed = es.lowrank_weighted_sum(w.astype(np.float32), A, B, impl="numba")  # the kernel needs one dtype
+    np.testing.assert_array_equal(mixed, es.lowrank_weighted_sum(w.astype(np.float32), A, B, impl="array_api"))
+
+
 @pytest.mark.parametrize("convention", ["egdnp", "hyperscalees-torch", "hyperscalees-jax"])
 @pytest.mark.parametrize("antithetic", [True, False])
 def test_es_gradient_equals_member_sum(xp, convention, antithetic):

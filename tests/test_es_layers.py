@@ -201,7 +201,7 @@ def test_layer_errors():
 
 @pytest.mark.parametrize("n_out", [6, 40])
 def test_thread_split_is_bitwise_identical(monkeypatch, n_out):
-    from egdnp.es import _cpu
+    from egdnp import _threads
 
     rng = np.random.default_rng(4)
     w = rng.standard_normal((n_out, 12)).astype(np.float32)
@@ -209,8 +209,8 @@ def test_thread_split_is_bitwise_identical(monkeypatch, n_out):
     perts = es.generate({"l.weight": w, "l.bias": b}, pop_size=10, rank=3, sigma=0.1, seed=2)
     outs = []
     for threads in (1, 3):
-        monkeypatch.setattr(_cpu, "_n_threads", lambda t=threads: t)
-        monkeypatch.setattr(_cpu, "THREAD_MIN_WORK", 0)
+        monkeypatch.setattr(_threads, "cpu_threads", lambda t=threads: t)
+        monkeypatch.setattr(_threads, "ES_SPLIT_FROM_WORK", 0)
         for x in (rng.standard_normal((5, 12)).astype(np.float32), rng.standard_normal((10, 5, 12)).astype(np.float32)):
             outs.append(es.perturbed_linear(x, w, b, perts, weight_key="l.weight", bias_key="l.bias"))
         rng = np.random.default_rng(4)
@@ -308,3 +308,114 @@ def test_model_forward_activation_shortcuts_are_bitwise_the_layer_by_layer_forwa
         h = act(h) if i < 3 else h
     got = es.perturbed_model_forward(model, params, x, perts)
     np.testing.assert_array_equal(got, h)
+
+
+# -- the perturbable-layer registry (issue 14: registries where people extend) ---------------------------
+
+
+class Gained(nn.Layer):
+    """A layer egdnp does not know: ``y = (x @ weight.T) * gain`` (a matrix and a vector parameter)."""
+
+    prefix = "gained"
+
+    def __init__(self, n_in, n_out):
+        self.n_in, self.n_out = n_in, n_out
+
+    def param_shapes(self):
+        return {"weight": (self.n_out, self.n_in), "gain": (self.n_out,)}
+
+    def init(self, seed, name, *, xp=None, dtype="float32"):
+        params = nn.Linear(self.n_in, self.n_out, bias=False).init(seed, name, xp=xp, dtype=dtype)
+        return {"weight": params["weight"], "gain": 1.5 + nn.init.zeros((self.n_out,), xp=xp, dtype=dtype)}
+
+    def forward(self, params, state, x, ctx):
+        return (x @ params["weight"].T) * params["gain"], None, state
+
+
+def gained_forward(layer, params, h, perts, *, key, members, state, impl, cache):
+    """What a user writes: the matrix through es.perturbed_matmul, the vector as gain + s_i eps_{p_i} per member."""
+    xp = _backend.array_namespace(h)
+    out = es.perturbed_matmul(h, params["weight"], None, perts, f"{key}.weight", None, members, impl=impl, cache=cache)
+    noise = None if perts is None else perts.noise.get(f"{key}.gain")
+    if noise is None:
+        return out * params["gain"]
+    start, stop = es.layers.member_range(perts, members)
+    pair = xp.asarray(list(perts.pair[start:stop]), dtype=xp.int64)
+    sign = xp.reshape(xp.asarray(list(perts.sign[start:stop]), dtype=h.dtype), (stop - start, 1, 1))
+    gain = params["gain"] + xp.take(noise.eps, pair, axis=0)[:, None, :] * sign  # (N, 1, n_out)
+    return out * gain
+
+
+def test_a_user_layer_becomes_perturbable_without_editing_egdnp(xp, es_registries):
+    model = nn.serial(nn.Linear(10, 8), nn.Tanh(), ("g", Gained(8, 6)), nn.ReLU(), ("head", Gained(6, 3)))
+    params = model.init(seed=0, xp=xp, dtype="float64")
+    perts = es.generate(params, pop_size=4, rank=2, sigma=0.1, seed=3, dtype="float64")
+    assert {"g.weight", "g.gain", "head.weight", "head.gain"} <= set(perts.noise)
+    x = _randn(xp, (5, 10), 1)
+    with pytest.raises(ValueError, match="'g.weight' belongs to a Gained layer, which has no perturbed forward; "
+                                         r"give it one with es.register_perturbed_forward\(Gained, fn\)"):
+        es.perturbed_model_forward(model, params, x, perts)
+    assert es.register_perturbed_forward(Gained, gained_forward) is gained_forward
+    assert es.PERTURBED_FORWARDS[Gained] == es.PerturbedForward(gained_forward, 2)
+    out = es.perturbed_model_forward(model, params, x, perts)
+    for i in range(4):
+        ref = model.apply(es.dense_perturbed_params(params, perts, i), x)
+        np.testing.assert_allclose(to_numpy(out)[i], to_numpy(ref), rtol=0, atol=TOL)
+    # a model that starts with it: a shared input, and nothing perturbed keeps the output shared per member
+    first = nn.serial(("g", Gained(10, 3)))
+    p0 = first.init(seed=1, xp=xp, dtype="float64")
+    out = es.perturbed_model_forward(first, p0, x, es.generate(p0, pop_size=4, rank=1, seed=0, dtype="float64",
+                                                               noise_map={"*": "frozen"}))
+    assert tuple(out.shape) == (4, 5, 3)
+    np.testing.assert_array_equal(to_numpy(out)[2], to_numpy(first.apply(p0, x)))
+
+
+def test_a_linear_subclass_keeps_the_fused_fast_path_and_can_have_its_own_forward(es_registries, monkeypatch):
+    class MyLinear(nn.Linear):
+        pass
+
+    activations = []
+    matmul = es.layers.perturbed_matmul
+
+    def recording(*args, **kw):
+        activations.append(kw.get("activation"))
+        return matmul(*args, **kw)
+
+    monkeypatch.setattr(es.layers, "perturbed_matmul", recording)
+
+    layers = lambda cls: nn.serial(("fc1", cls(12, 40)), nn.ReLU(), ("fc2", cls(40, 3)))  # noqa: E731
+    params = layers(nn.Linear).init(seed=2)
+    perts = es.generate(params, pop_size=6, rank=2, sigma=0.1, seed=5)
+    x = np.random.default_rng(1).standard_normal((9, 12)).astype(np.float32)
+    ref = es.perturbed_model_forward(layers(nn.Linear), params, x, perts)
+    activations.clear()
+    np.testing.assert_array_equal(es.perturbed_model_forward(layers(MyLinear), params, x, perts), ref)
+    assert activations == ["relu", None]  # the ReLU after fc1 ran inside its product, as for nn.Linear
+    calls = []
+
+    def logged(layer, params, h, perts, **kw):
+        calls.append(kw["key"])
+        return es.perturbed_linear(h, params["weight"], params["bias"], perts, weight_key=kw["key"] + ".weight",
+                                   bias_key=kw["key"] + ".bias", members=kw["members"])
+
+    es.register_perturbed_forward(MyLinear, logged)
+    np.testing.assert_array_equal(es.perturbed_model_forward(layers(MyLinear), params, x, perts), ref)
+    assert calls == ["fc1", "fc2"]
+
+
+def test_bad_perturbed_forward_registrations_are_clear_errors(es_registries):
+    before = dict(es.PERTURBED_FORWARDS)
+    with pytest.raises(TypeError, match="layer_cls=<class 'int'> must be a subclass of egdnp.nn.Layer"):
+        es.register_perturbed_forward(int, gained_forward)
+    with pytest.raises(TypeError, match="fn=None must be callable"):
+        es.register_perturbed_forward(Gained, None)
+    with pytest.raises(ValueError, match="shared_ndim=0 must be an int >= 1"):
+        es.register_perturbed_forward(Gained, gained_forward, shared_ndim=0)
+    with pytest.raises(ValueError, match="Linear has a built-in perturbed forward, which cannot be replaced"):
+        es.register_perturbed_forward(nn.Linear, gained_forward, replace=True)
+    assert es.PERTURBED_FORWARDS == before  # nothing half-registered
+    es.register_perturbed_forward(Gained, gained_forward)
+    with pytest.raises(ValueError, match="Gained already has a perturbed forward .*replace=True"):
+        es.register_perturbed_forward(Gained, print)
+    es.register_perturbed_forward(Gained, print, replace=True, shared_ndim=3)
+    assert es.PERTURBED_FORWARDS[Gained] == es.PerturbedForward(print, 3)

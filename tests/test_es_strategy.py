@@ -202,3 +202,43 @@ def test_port_conv_helper_flattened_shapes():
     assert new["conv1.weight"].shape == w.shape
     with pytest.raises(ValueError, match="population_size"):
         EF.compute_gradients(np.zeros(4), perts, 8)
+
+
+def _generations(strategy, n=2):
+    """n generations of a small MLP on fixed batches; returns the final params."""
+    model = nn.mlp((6, 5, 3), activation="tanh")
+    state = strategy.init(model.init(seed=0), seed=4)
+    for g in range(n):
+        r = np.random.default_rng(g)
+        xb, yb = r.random((8, 6), dtype=np.float32), r.integers(0, 3, 8)
+        perts = strategy.ask(state)
+        f = es.population_fitness(model, state.params, xb, perts, lambda out: es.classification_fitness(out, yb))
+        state, _ = strategy.tell(state, perts, f)
+    return state.params
+
+
+def test_fitness_by_callable_or_registered_name_runs_like_the_builtin(monkeypatch):
+    """Eggroll(fitness=fn) and a registered name give bit for bit the run of the built-in shaping they compute."""
+    monkeypatch.setitem(es.FITNESS_SHAPINGS, "my_zscore", es.zscore)
+    grouped = lambda f, *, group_size: es.group_zscore(f, group_size)  # noqa: E731
+    for builtin, others, group_size in (("zscore", (es.zscore, "my_zscore"), 0), ("group_zscore", (grouped,), 4)):
+        ref = _generations(es.Eggroll(pop_size=8, fitness=builtin, group_size=group_size))
+        for fitness in others:
+            strategy = es.Eggroll(pop_size=8, fitness=fitness, group_size=group_size)
+            assert strategy.fitness is fitness
+            got = _generations(strategy)
+            for k in ref:
+                np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{fitness!r} {k}")
+
+
+def test_fitness_callable_errors():
+    with pytest.raises(ValueError, match="fitness='nope' is not one of .*register_fitness_shaping"):
+        es.Eggroll(pop_size=8, fitness="nope")
+    with pytest.raises(TypeError, match="fitness=3 must be a fitness shaping name"):
+        es.Eggroll(pop_size=8, fitness=3)
+    with pytest.raises(ValueError, match="group_size=4 but the fitness shaping .* takes no group_size"):
+        es.Eggroll(pop_size=8, fitness=lambda f: f, group_size=4)
+    strategy = es.Eggroll(pop_size=8, fitness=lambda f: f[:4])
+    state = strategy.init(nn.mlp((6, 3)).init(seed=0))
+    with pytest.raises(ValueError, match=r"returned \(4,\); it must return one shaped fitness per member.*\(8,\)"):
+        strategy.tell(state, strategy.ask(state), np.arange(8, dtype=np.float32))

@@ -157,12 +157,12 @@ def test_float32_box_muller_paths_are_bitwise_equal(n_random):
     n = wa.shape[0]
     zc = np.empty(n, np.float32)
     zs = np.empty(n, np.float32)
-    _cpu._box_muller_f32(wa, wb, n, np.empty(1, np.float32), np.empty(1, np.int32), zc, zs)
+    _cpu._box_muller_f32(wa, wb, n, zc, zs)
     out = np.full(4 * n + 3, np.nan, np.float32)
     _cpu._box_muller_store4_f32(wa, wb, wb[::-1].copy(), wa[::-1].copy(), n, out, 3)
     zc2 = np.empty(n, np.float32)
     zs2 = np.empty(n, np.float32)
-    _cpu._box_muller_f32(wb[::-1].copy(), wa[::-1].copy(), n, np.empty(1, np.float32), np.empty(1, np.int32), zc2, zs2)
+    _cpu._box_muller_f32(wb[::-1].copy(), wa[::-1].copy(), n, zc2, zs2)
     expected = np.stack([zc, zs, zc2, zs2], axis=1).reshape(-1)
     np.testing.assert_array_equal(out[3:].view(np.uint32), expected.view(np.uint32))
     assert np.isnan(out[:3]).all()  # nothing written before j0
@@ -179,9 +179,8 @@ def test_float32_normal_equals_word_by_word_box_muller(n):
     w = words.reshape(-1, 4)
     nb = w.shape[0]
     z = [np.empty(nb, np.float32) for _ in range(4)]
-    scratch = (np.empty(1, np.float32), np.empty(1, np.int32))
-    _cpu._box_muller_f32(w[:, 0].copy(), w[:, 1].copy(), nb, *scratch, z[0], z[1])
-    _cpu._box_muller_f32(w[:, 2].copy(), w[:, 3].copy(), nb, *scratch, z[2], z[3])
+    _cpu._box_muller_f32(w[:, 0].copy(), w[:, 1].copy(), nb, z[0], z[1])
+    _cpu._box_muller_f32(w[:, 2].copy(), w[:, 3].copy(), nb, z[2], z[3])
     expected = np.stack(z, axis=1).reshape(-1)[:n]
     got = rng.normal(n, seed=21, stream="layer.weight", member=3, generation=9)
     np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
@@ -371,3 +370,170 @@ def test_oracle_stays_on_a_non_default_device(strict_devices):
     )
     g = rng.weighted_noise_sum([1.0, -1.0], (4, 3), seed=3, xp=xs, device=other)
     assert g.device == other
+
+
+def test_split_over_threads_does_not_change_results(monkeypatch):
+    """From _threads.RNG_SPLIT_FROM values the draw is cut over pool threads; force it for small arrays."""
+    from egdnp import _threads
+
+    n = 3 * 4 * _cpu.CHUNK_BLOCKS + 5
+    serial = (rng.normal(n, seed=8, stream=1), rng.normal(n, seed=8, stream=1, dtype="float64"),
+              rng.random_bits(n, seed=8, stream=1), rng.weighted_noise_sum([0.5, -1.0, 2.0], n, seed=8, stream=1))
+    calls = []
+    real = _threads.run_split
+    monkeypatch.setattr(_threads, "RNG_SPLIT_FROM", 0)
+    monkeypatch.setattr(_threads, "cpu_threads", lambda: 3)
+    monkeypatch.setattr(_threads, "run_split", lambda fn, bounds: calls.append(list(bounds)) or real(fn, bounds))
+    split = (rng.normal(n, seed=8, stream=1), rng.normal(n, seed=8, stream=1, dtype="float64"),
+             rng.random_bits(n, seed=8, stream=1), rng.weighted_noise_sum([0.5, -1.0, 2.0], n, seed=8, stream=1))
+    assert len(calls) == 4 and all(len(b) == 3 and b[0][0] == 0 and b[-1][1] == (n + 3) // 4 for b in calls)
+    for a, b in zip(serial, split):
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+# ----------------------------------------------------------------------------
+# normal_members: the noise of consecutive members in one launch
+# ----------------------------------------------------------------------------
+MEMBER_SIZES = [1, 3, 5, 4 * _cpu.CHUNK_BLOCKS - 1, 4 * _cpu.CHUNK_BLOCKS + 6, 2 * 4 * _cpu.CHUNK_BLOCKS + 3]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("size", MEMBER_SIZES)
+@pytest.mark.parametrize("first", [0, 9, 2**32 - 3])
+def test_normal_members_is_bitwise_normal_per_member(size, dtype, first):
+    got = rng.normal_members(3, size, seed=2**64 - 5, stream="fc1.weight", first=first, generation=11, dtype=dtype)
+    assert got.shape == (3, size) and got.dtype == np.dtype(dtype)
+    want = np.stack([rng.normal(size, seed=2**64 - 5, stream="fc1.weight", member=first + k, generation=11, dtype=dtype)
+                     for k in range(3)])
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_normal_members_split_over_threads_is_bitwise_the_same(monkeypatch, dtype):
+    from egdnp import _threads
+
+    size = 4 * _cpu.CHUNK_BLOCKS + 6
+    serial = rng.normal_members(7, size, seed=4, stream=3, first=2, generation=1, dtype=dtype)
+    calls = []
+    real = _threads.run_split
+    monkeypatch.setattr(_threads, "ES_NOISE_SPLIT_FROM", 0)
+    monkeypatch.setattr(_threads, "cpu_threads", lambda: 3)
+    monkeypatch.setattr(_threads, "run_split", lambda fn, bounds: calls.append(list(bounds)) or real(fn, bounds))
+    split = rng.normal_members(7, size, seed=4, stream=3, first=2, generation=1, dtype=dtype)
+    assert calls == [[(0, 2), (2, 4), (4, 7)]]  # contiguous runs of members, one per thread
+    np.testing.assert_array_equal(serial.view(np.uint8), split.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_normal_members_on_every_namespace_matches_the_oracle(xp, dtype):
+    """The array-API oracle on each namespace; the kernels (Numba, CuPy) within NORMAL_ATOL of it."""
+    got = rng.normal_members(4, 1001, seed=7, stream="b", first=5, generation=2, dtype=dtype, xp=xp)
+    assert tuple(got.shape) == (4, 1001)
+    oracle = np.stack([to_numpy(rng.normal(1001, seed=7, stream="b", member=5 + k, generation=2, dtype=dtype, xp=xp,
+                                           impl="array_api")) for k in range(4)])
+    np.testing.assert_allclose(to_numpy(got), oracle, rtol=0, atol=rng.NORMAL_ATOL[dtype])
+    via_oracle = rng.normal_members(4, 1001, seed=7, stream="b", first=5, generation=2, dtype=dtype, xp=xp,
+                                    impl="array_api")
+    np.testing.assert_array_equal(to_numpy(via_oracle), oracle)
+
+
+@pytest.mark.parametrize("impl", ["numba", "array_api"])
+@pytest.mark.parametrize("n_members,size", [(0, 5), (3, 0), (0, 0)])
+def test_normal_members_empty(impl, n_members, size):
+    got = rng.normal_members(n_members, size, seed=1, impl=impl)
+    assert tuple(got.shape) == (n_members, size) and got.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(n_members=-1), ValueError, "n_members=-1"),
+        (dict(n_members=2.0), TypeError, "n_members=2.0"),
+        (dict(size=True), TypeError, "size=True"),
+        (dict(size=2**34 + 1), ValueError, "size="),
+        (dict(first=-1), ValueError, "first=-1"),
+        (dict(first=2**32 - 2, n_members=3), ValueError, "first=4294967294 with n_members=3"),
+        (dict(seed=-1), ValueError, "seed=-1"),
+        (dict(dtype="float16"), TypeError, "dtype="),
+        (dict(impl="cupy"), ValueError, "impl='cupy'"),
+        (dict(impl="fortran"), ValueError, "impl='fortran'"),
+    ],
+)
+def test_normal_members_bad_arguments(kwargs, exc, match):
+    args = dict(n_members=2, size=3, seed=1)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        rng.normal_members(args.pop("n_members"), args.pop("size"), **args)
+    # the last member id itself is fine
+    assert rng.normal_members(2, 3, seed=1, first=2**32 - 2).shape == (2, 3)
+
+
+# ----------------------------------------------------------------------------
+# the public front door: rng.kernels
+# ----------------------------------------------------------------------------
+def test_kernels_are_the_code_rng_runs():
+    from egdnp.rng import kernels
+
+    assert kernels.__all__ == ["CHUNK_BLOCKS", "key", "philox_chunk", "normal_chunk", "weighted_chunk", "store4"]
+    assert kernels.CHUNK_BLOCKS == _cpu.CHUNK_BLOCKS
+    assert (kernels.key, kernels.philox_chunk, kernels.normal_chunk, kernels.weighted_chunk, kernels.store4) == (
+        _cpu._key, _cpu._philox_chunk, _cpu._normal_chunk, _cpu._weighted_chunk, _cpu._store4)
+    assert kernels.key(2**64 - 1 - 7) == (np.uint32(2**32 - 8), np.uint32(2**32 - 1))
+
+
+def test_kernels_inlined_elsewhere_give_normal_and_weighted_sum():
+    """A caller's own njit kernel built from rng.kernels reproduces rng.normal / weighted_noise_sum bitwise."""
+    from numba import njit
+
+    from egdnp.rng import kernels
+
+    @njit
+    def draw(out, acc_out, weights, members, k0, k1, c1, c2, c3):
+        nb = 37
+        o = np.empty((4, nb), np.uint32)
+        z = np.empty((4, nb), out.dtype)
+        acc = np.empty((4, nb), np.float64)
+        nblocks = (out.shape[0] + 3) // 4
+        for b0 in range(0, nblocks, nb):
+            m = min(nb, nblocks - b0)
+            kernels.normal_chunk(b0, m, k0, k1, c1, c2, c3, o[0], o[1], o[2], o[3], z[0], z[1], z[2], z[3])
+            kernels.store4(out, b0, m, z[0], z[1], z[2], z[3])
+            kernels.weighted_chunk(b0, m, weights, members, k0, k1, c1, c3, o, z, acc)
+            kernels.store4(acc_out, b0, m, acc[0], acc[1], acc[2], acc[3])
+
+    n = 1001
+    weights, members = np.array([0.5, -2.0]), np.array([4, 9], dtype=np.uint32)
+    for dtype in ("float32", "float64"):
+        out, acc_out = np.empty(n, dtype), np.empty(n, dtype)
+        k0, k1 = kernels.key(77)
+        draw(out, acc_out, weights, members, k0, k1, np.uint32(3), np.uint32(6), np.uint32(2))
+        np.testing.assert_array_equal(out, rng.normal(n, seed=77, stream=3, member=6, generation=2, dtype=dtype))
+        np.testing.assert_array_equal(acc_out, rng.weighted_noise_sum(weights, n, seed=77, stream=3, members=members,
+                                                                      generation=2, dtype=dtype))
+
+
+def test_no_package_outside_rng_imports_its_private_modules():
+    """One front door: other packages use rng's public names and rng.kernels, never rng._cpu/_gpu/_array_api/_spec."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(rng.__file__).resolve().parents[1]
+    private = re.compile(r"(?:from\s+(?:egdnp|\.\.?)\.?rng(?:\.|\s+import\s+)_\w+|egdnp\.rng\._\w+|_rng\._\w+)")
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.parent.name == "rng" and path.parent.parent == root:
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if private.search(line) and not line.lstrip().startswith("#"):
+                offenders.append(f"{path.relative_to(root)}:{i}: {line.strip()}")
+    assert offenders == []
+
+
+def test_import_egdnp_does_not_load_numba():
+    """rng.kernels and the Numba kernels load on first use; ``import egdnp`` (rng, es, optim) must not start Numba."""
+    import sys
+
+    code = ("import sys, egdnp, egdnp.rng, egdnp.es, egdnp.optim; "
+            "assert 'numba' not in sys.modules, 'import egdnp loaded numba'; "
+            "assert 'egdnp.rng.kernels' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

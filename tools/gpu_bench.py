@@ -243,15 +243,15 @@ def bench_pinned_h2d(ctx: Ctx):
     import numpy as np
 
     from egdnp import _backend, nn, rng
-    from egdnp.optim import _egd_cycle
+    from egdnp.optim import _egd_population
     from egdnp.optim.egd import make_config
 
     if not ctx.gpu:
         # NumPy: host memory is the device's, HostPopulation copies nothing; run the path once for the dry run
         params = nn.mlp((784, 256, 10)).init(seed=0)
         cfg = make_config(pop_size=4)
-        store = _egd_cycle.HostPopulation(cfg, ctx.xp, params, list(params),
-                                          {k: 0.01 for k in params}, 1, _egd_cycle.Workspace(), cfg.seed)
+        store = _egd_population.HostPopulation(cfg, ctx.xp, params, list(params),
+                                          {k: 0.01 for k in params}, 1, _egd_population.Workspace(), cfg.seed)
         store.begin()
         store.device_params(store.prepare(1))
         return {"skipped": "CPU dry run: NumPy host memory is the device memory, nothing is copied"}, []
@@ -278,8 +278,8 @@ def bench_pinned_h2d(ctx: Ctx):
 
     for label, params in configs.items():
         cfg = make_config(pop_size=8, seed=0)
-        store = _egd_cycle.HostPopulation(cfg, xp, params, list(params), {k: 0.01 for k in params}, 1,
-                                          _egd_cycle.Workspace(), cfg.seed)
+        store = _egd_population.HostPopulation(cfg, xp, params, list(params), {k: 0.01 for k in params}, 1,
+                                          _egd_population.Workspace(), cfg.seed)
         store.begin()
         handle = store.prepare(1)
         nbytes = sum(int(v.nbytes) for v in params.values())

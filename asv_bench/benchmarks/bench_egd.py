@@ -26,7 +26,7 @@ import os
 # the two alone.  Without spinning (set before Numba starts its thread pool) the pair
 # costs the sum of its parts.  egdnp itself does not set it (it would slow a torch imported
 # later in the same process); the cycle's own kernels run serially on arrays of this size
-# (egdnp.optim._egd_cpu.PARALLEL_FROM), so this only matters for the closure's helpers.
+# (egdnp._threads.EGD_SPLIT_FROM), so this only matters for the closure's helpers.
 os.environ.setdefault("GOMP_SPINCOUNT", "0")
 
 from egdnp import _backend, rng  # noqa: E402

@@ -56,6 +56,22 @@ class NormalGeneration:
     track_speedup_over_baseline.unit = "x"
 
 
+class MidSizeNormal:
+    """One mid-size draw (2**17 float32 normals, a 512x256 weight's worth): the serial kernel, below
+    ``egdnp._threads.RNG_SPLIT_FROM`` (2**18 values), where waking a thread costs more than it saves."""
+
+    params = (BACKENDS, [2**17])
+    param_names = ["backend", "n"]
+
+    def setup(self, backend, n):
+        self.xp = namespace_or_skip(backend)
+        rng.normal(n, seed=1, stream="bench", xp=self.xp)
+
+    def time_egdnp_normal(self, backend, n):
+        rng.normal(n, seed=1, stream="bench", xp=self.xp)
+        _backend.synchronize(self.xp)
+
+
 class RandomBits:
     """10**7 raw Philox words."""
 

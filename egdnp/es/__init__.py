@@ -9,8 +9,8 @@ Modules
 -------
 egdnp.es.conventions    "egdnp", "hyperscalees-torch", "hyperscalees-jax" (table)
 egdnp.es.perturbations  addressed factors (seed, name, member/pair, generation)
-egdnp.es.layers         perturbed linear / conv2d / batch norm, whole-model forward
-egdnp.es.fitness        z-score, group, centered ranks; classification fitness
+egdnp.es.layers         perturbed linear / conv2d / batch norm, whole-model forward (layer registry)
+egdnp.es.fitness        z-score, group, centered ranks (shaping registry); classification fitness
 egdnp.es.gradient       the ES gradient (true sum, never the factorised shortcut)
 egdnp.es.strategy       ``Eggroll`` with ``init`` / ``ask`` / ``tell``
 egdnp.es.variants       ``OpenES`` (full rank), ``SparseES``, ``EggrollBaseline`` (same API)
@@ -25,9 +25,20 @@ See docs/eggroll.md.
 from . import conventions, egd_scorer, fitness, functional, gradient, layers, perturbations, rl, strategy, variants
 from .conventions import CONVENTIONS, Convention, get_convention, noise_generation
 from .egd_scorer import ModelScorer, model_scorer
-from .fitness import centered_ranks, classification_fitness, group_zscore, shape_fitness, zscore, zscore_var_eps
+from .fitness import (
+    FITNESS_SHAPINGS,
+    centered_ranks,
+    classification_fitness,
+    group_zscore,
+    register_fitness_shaping,
+    shape_fitness,
+    zscore,
+    zscore_var_eps,
+)
 from .gradient import es_gradient, factorised_shortcut, loss_gradients, lowrank_weighted_sum, pair_weights, sparse_weighted_sum
 from .layers import (
+    PERTURBED_FORWARDS,
+    PerturbedForward,
     dense_perturbed_params,
     perturbed_batch_norm,
     perturbed_conv2d,
@@ -36,6 +47,7 @@ from .layers import (
     perturbed_matmul,
     perturbed_model_forward,
     population_fitness,
+    register_perturbed_forward,
 )
 from .perturbations import (
     FullNoise,
@@ -71,6 +83,8 @@ __all__ = [
     "noise_generation",
     "ModelScorer",
     "model_scorer",
+    "FITNESS_SHAPINGS",
+    "register_fitness_shaping",
     "centered_ranks",
     "classification_fitness",
     "group_zscore",
@@ -83,6 +97,9 @@ __all__ = [
     "lowrank_weighted_sum",
     "pair_weights",
     "sparse_weighted_sum",
+    "PERTURBED_FORWARDS",
+    "PerturbedForward",
+    "register_perturbed_forward",
     "dense_perturbed_params",
     "perturbed_batch_norm",
     "perturbed_conv2d",

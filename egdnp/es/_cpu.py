@@ -1,8 +1,10 @@
 """NumPy/Numba fast paths of EGGROLL (CPU only).
 
-Called only through :func:`egdnp.es.layers.perturbed_matmul` and
-:func:`egdnp.es.gradient.lowrank_weighted_sum`, whose array-API code is the
-oracle in the tests.  The perturbed product costs little on top of the clean
+Called only from :mod:`egdnp.es`: through :func:`egdnp.es.layers.perturbed_matmul`
+and :func:`egdnp.es.gradient.lowrank_weighted_sum`, whose array-API code is
+the oracle in the tests, and for the population chunks of
+:mod:`egdnp.es.layers` (:func:`map_chunks`, :func:`tanh_in_place`).  The
+perturbed product costs little on top of the clean
 one: a per-member input runs ONE BLAS GEMM over all ``N * rows`` rows straight
 into the output, then one pass (:func:`_postadd_kernel`, memory bound) adds
 the low-rank term ``s (x B) A^T`` -- with ``x B`` formed row by row while the
@@ -12,19 +14,20 @@ row is in L1 -- the bias and the bias noise; a shared input's ``x W^T`` and
 kernel (:func:`_skinny_kernel`).
 
 Parallelism: Numba kernels release the GIL and are split over members on
-plain Python threads (:func:`_run_split`), never Numba parallel regions:
-BLAS threads spin after a GEMM and a parallel region right after it would
-fight them for the two cores, while idle pool threads block.
+the plain Python threads of :mod:`egdnp._threads` (:func:`_run_split`), never
+Numba parallel regions: BLAS threads spin after a GEMM and a parallel region
+right after it would fight them for the two cores, while idle pool threads block.
 """
 
 from __future__ import annotations
 
-import threading
-
 import numba
 import numpy as np  # this module is the NumPy backend's fast path
 
-__all__ = ["perturbed_matmul"]
+from .. import _threads
+
+__all__ = ["perturbed_matmul", "map_chunks", "tanh_in_place", "concat_factors", "lowrank_weighted_sum",
+           "SKINNY_MAX_OUT", "GRAD_BLOCK_PAIRS", "GRAD_BLOCK_MIN_PAIRS"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -245,69 +248,32 @@ def _skinny_kernel(out, x, w, b_t, a_t, pair, sign, bias, has_bias, beps, has_be
 # ----------------------------------------------------------------------------
 # splitting the members over threads
 # ----------------------------------------------------------------------------
-# The kernels release the GIL (nogil=True), so plain Python threads run them on
-# disjoint member ranges.  Idle pool threads block instead of spinning, so they
-# do not fight BLAS's spinning threads for the two cores the way a Numba
-# parallel region does right after a GEMM.  Every output element is computed the
-# same way whatever the split: results are bitwise independent of the thread count.
-_POOL = None
-THREAD_MIN_WORK = 1 << 21  # multiply-adds below which one thread is faster
-
-
-def _n_threads() -> int:
-    return max(1, int(numba.config.NUMBA_NUM_THREADS))
-
-
-_LOCAL = threading.local()  # .in_worker: this thread already is one of the split's threads
-
-
-def _pool(workers: int):
-    global _POOL
-    if _POOL is None or _POOL._max_workers < workers:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="egdnp-es")
-    return _POOL
-
-
+# The kernels release the GIL (nogil=True), so the shared pool's plain Python
+# threads (egdnp._threads) run them on disjoint member ranges.  Every output
+# element is computed the same way whatever the split: results are bitwise
+# independent of the thread count.
 def map_chunks(fn, items: list) -> list:
     """``[fn(item) for item in items]`` on the calling thread plus pool threads.
 
     Items are handed out in contiguous blocks, one block per thread, and results
-    come back in order; inside ``fn`` the kernels do not split again.  Used for
+    come back in order; inside ``fn`` the kernels do not split again
+    (:func:`egdnp._threads.run_split` runs nested splits inline).  Used for
     population chunks, whose heavy work (Numba kernels, NumPy ufuncs) releases the GIL.
     """
-    k = min(_n_threads(), len(items))
-    if k <= 1 or getattr(_LOCAL, "in_worker", False):
-        return [fn(item) for item in items]
-    bounds = [len(items) * t // k for t in range(k + 1)]
-
-    def block(lo, hi):
-        _LOCAL.in_worker = True
-        try:
-            return [fn(item) for item in items[lo:hi]]
-        finally:
-            _LOCAL.in_worker = False
-
-    futures = [_pool(k - 1).submit(block, bounds[t], bounds[t + 1]) for t in range(1, k)]
-    out = block(bounds[0], bounds[1])
-    for fut in futures:
-        out.extend(fut.result())
-    return out
+    k = min(_threads.cpu_threads(), len(items))
+    bounds = [(len(items) * t // k, len(items) * (t + 1) // k) for t in range(k)]
+    blocks = _threads.run_split(lambda lo, hi: [fn(item) for item in items[lo:hi]], bounds)
+    return [result for block in blocks for result in block]
 
 
 def _run_split(fn, n_members: int, work: int) -> None:
-    """Call ``fn(lo, hi)`` on disjoint member ranges covering ``[0, n_members)``."""
-    k = min(_n_threads(), n_members) if work >= THREAD_MIN_WORK else 1
-    if k <= 1 or getattr(_LOCAL, "in_worker", False):
-        fn(0, n_members)
-        return
-    _pool(k - 1)
-    bounds = [n_members * t // k for t in range(k + 1)]
-    futures = [_POOL.submit(fn, bounds[t], bounds[t + 1]) for t in range(1, k)]
-    fn(bounds[0], bounds[1])
-    for fut in futures:
-        fut.result()
+    """Call ``fn(lo, hi)`` on disjoint member ranges covering ``[0, n_members)``.
+
+    One range below :data:`egdnp._threads.ES_SPLIT_FROM_WORK` multiply-adds
+    (``work``), else one per thread.
+    """
+    k = max(1, min(_threads.cpu_threads(), n_members)) if work >= _threads.ES_SPLIT_FROM_WORK else 1
+    _threads.run_split(fn, [(n_members * t // k, n_members * (t + 1) // k) for t in range(k)])
 
 
 # Outputs at most this wide use the fused kernel instead of BLAS (measured on
@@ -529,67 +495,4 @@ def lowrank_weighted_sum(weights, A, B):
             out = part
         else:
             out += part
-    return out
-
-
-# ----------------------------------------------------------------------------
-# egdnp noise of many pairs in one kernel launch
-# ----------------------------------------------------------------------------
-from ..rng import _cpu as _rng_cpu  # noqa: E402  (the spec's Philox/Box-Muller building blocks)
-
-_CHUNK = _rng_cpu.CHUNK_BLOCKS
-
-
-@numba.njit(cache=True, nogil=True)
-def _members_normal_range(out, members, k0, k1, c1, c3, lo, hi):
-    """Rows lo .. hi-1: ``out[p] = normal(member=members[p])``; one set of scratch buffers for all rows."""
-    n = out.shape[1]
-    nblocks = (n + 3) // 4
-    nchunks = (nblocks + _CHUNK - 1) // _CHUNK
-    o0 = np.empty(_CHUNK, np.uint32)
-    o1 = np.empty(_CHUNK, np.uint32)
-    o2 = np.empty(_CHUNK, np.uint32)
-    o3 = np.empty(_CHUNK, np.uint32)
-    fbuf = np.empty(_CHUNK, np.float32)
-    ebuf = np.empty(_CHUNK, np.int32)
-    z0 = np.empty(_CHUNK, out.dtype)
-    z1 = np.empty(_CHUNK, out.dtype)
-    z2 = np.empty(_CHUNK, out.dtype)
-    z3 = np.empty(_CHUNK, out.dtype)
-    for p in range(lo, hi):
-        row = out[p]
-        for ch in range(nchunks):
-            b0 = ch * _CHUNK
-            nb = min(_CHUNK, nblocks - b0)
-            _rng_cpu._normal_chunk(b0, nb, k0, k1, c1, members[p], c3, o0, o1, o2, o3, fbuf, ebuf, z0, z1, z2, z3)
-            _rng_cpu._store4(row, b0, nb, z0, z1, z2, z3)
-
-
-# Below this many values one thread is faster than two (waking a thread costs
-# more, and stalls when the two cores are shared with BLAS threads or other processes).
-PARALLEL_MIN_VALUES = 1 << 20
-
-
-def members_normal(n_members, size, seed, stream, generation, dtype, first=0):
-    """``out[k] = egdnp.rng.normal((size,), seed, stream, member=first + k, generation)`` for k < n_members.
-
-    One kernel launch instead of ``n_members`` calls, split over plain Python
-    threads by rows (:func:`_run_split`) when there are at least
-    :data:`PARALLEL_MIN_VALUES` values: one serial ``nogil`` kernel to compile
-    (a Numba parallel region took ~3x its compile time on a cold start).
-    Returns ndarray, shape (n_members, size).
-    """
-    out = np.empty((n_members, size), dtype=np.dtype(dtype))
-    if n_members and size:
-        k0, k1 = _rng_cpu._key(seed)
-        members = np.arange(first, first + n_members, dtype=np.uint32)
-        c1, c3 = np.uint32(stream), np.uint32(generation)
-
-        def rows(lo, hi):
-            _members_normal_range(out, members, k0, k1, c1, c3, lo, hi)
-
-        if n_members * size >= PARALLEL_MIN_VALUES:
-            _run_split(rows, n_members, THREAD_MIN_WORK)
-        else:
-            rows(0, n_members)
     return out

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from .. import _backend
 from .. import optim as _optim
+from .fitness import shaping_name
 from .strategy import Eggroll, EggrollState
 
 __all__ = ["save", "load", "noise_settings"]
@@ -47,11 +48,19 @@ def noise_settings(strategy: Eggroll) -> dict:
     -------
     dict of str to (int, float, str, bool or None)
         ``pop_size``, ``rank``, ``antithetic``, ``convention``, ``vectors``,
-        ``noise_reuse``, ``sigma`` (``"schedule"`` for a callable), ``fitness``,
+        ``noise_reuse``, ``sigma`` (``"schedule"`` for a callable), ``fitness``
+        (a shaping function by its registered name),
         ``group_size``, plus the strategy class, its noise map (a dict as text,
         ``"callable"`` for a function, which cannot be compared) and a
         variant's own settings (``SparseES.k``, ``EggrollBaseline.clip_norm``):
         a checkpoint can only be resumed by a strategy with the same values.
+
+    Raises
+    ------
+    ValueError
+        The strategy shapes fitness with a function that is not registered
+        (:func:`egdnp.es.fitness.register_fitness_shaping`): a file could not
+        say which shaping resumes the run.
     """
     if not isinstance(strategy, Eggroll):
         raise TypeError(f"strategy must be an es.Eggroll, got {type(strategy).__name__}")
@@ -65,7 +74,7 @@ def noise_settings(strategy: Eggroll) -> dict:
         "vectors": strategy.vectors,
         "noise_reuse": strategy.noise_reuse,
         "sigma": "schedule" if callable(strategy.sigma) else float(strategy.sigma),
-        "fitness": strategy.fitness,
+        "fitness": _fitness_setting(strategy.fitness),
         "group_size": int(strategy.group_size),
         **extra,
     }
@@ -74,6 +83,20 @@ def noise_settings(strategy: Eggroll) -> dict:
 # Settings added after the first checkpoints were written: a file without them was
 # written by a plain Eggroll without a noise map.
 _EXTRA_DEFAULTS = {"strategy": "Eggroll", "noise_map": None}
+
+
+def _fitness_setting(fitness) -> str:
+    """The shaping as a checkpoint records it: its name (a registered function's name, too)."""
+    if not callable(fitness):
+        return fitness  # a name (or a variant's own label such as "baseline_zscore")
+    name = shaping_name(fitness)
+    if name is None:
+        label = getattr(fitness, "__name__", repr(fitness))
+        raise ValueError(
+            f"fitness={label} is a shaping function without a registered name, and a checkpoint records the shaping "
+            f"by name; register it first, es.register_fitness_shaping('{label}', fn): a run saved with it then resumes "
+            f"with fitness='{label}' or with the function itself")
+    return name
 
 
 def _extra_settings(strategy) -> dict:

@@ -254,8 +254,9 @@ class ModelScorer:
                               sigma=1.0, seed=None, generation=mutations.cycle, noise_generation=mutations.cycle,
                               convention="egdnp", layout="none", external=frozenset(noise))
         cache: dict = {}
-        impl = "array_api" if self.impl == "array_api" else "auto"
-        fast_conv = _backend.is_numpy(_backend.array_namespace(x)) and self.impl == "auto"
+        impl = self.impl
+        # the NumPy layer_fn below is this scorer's "numba" implementation (NumPy arrays, impl="auto")
+        fast_conv = _backend.resolve_impl(_backend.array_namespace(x), impl) == "numba"
         outs = []
         for start in range(0, n, chunk):
             members = (start, min(n, start + chunk))

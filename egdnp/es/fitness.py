@@ -18,6 +18,11 @@ method             formula
                    for N = 1), via :func:`egdnp.rng.centered_ranks`
 ``none``           ``f_hat = f``
 =================  ============================================================
+
+:data:`FITNESS_SHAPINGS` maps these names (and those added with
+:func:`register_fitness_shaping`) to their functions; wherever a shaping is
+chosen (``Eggroll(fitness=...)``, :func:`shape_fitness`) a callable
+``fn(f) -> f_hat`` may also stand in for the name, as in evosax.
 """
 
 from __future__ import annotations
@@ -26,9 +31,14 @@ import math
 
 from .. import _backend
 from .. import rng as _rng
+from ..nn import softmax_cross_entropy
 
 __all__ = [
     "METHODS",
+    "FITNESS_SHAPINGS",
+    "register_fitness_shaping",
+    "shaping_function",
+    "shaping_name",
     "check_fitness",
     "zscore",
     "zscore_var_eps",
@@ -210,20 +220,80 @@ def centered_ranks(f):
     return _rng.centered_ranks(f, check_finite=False)
 
 
-def shape_fitness(f, method: str = "centered_ranks", *, group_size: int = 0, ddof: int | None = None, eps: float | None = None):
-    """Shape raw fitness by name (see the module table).
+def _method_name(method) -> str:
+    """How error messages name a shaping: the name it was given, or the function's ``__name__``."""
+    return method if isinstance(method, str) else getattr(method, "__name__", repr(method))
+
+
+def shaping_function(method, *, arg: str = "method"):
+    """The shaping function of ``method``: a registered name or a callable ``fn(f) -> f_hat``.
+
+    Parameters
+    ----------
+    method : str or callable
+        A key of :data:`FITNESS_SHAPINGS`, or a shaping function.
+    arg : str
+        The caller's name of the argument, for the error messages.
+
+    Returns
+    -------
+    callable
+        ``fn(f, **options) -> f_hat`` with ``f`` and ``f_hat`` of shape (N,).
+
+    Raises
+    ------
+    ValueError
+        An unknown name.
+    TypeError
+        Neither a name nor a callable.
+    """
+    if isinstance(method, str):
+        fn = FITNESS_SHAPINGS.get(method)
+        if fn is None:
+            raise ValueError(f"{arg}={method!r} is not one of {tuple(FITNESS_SHAPINGS)}; pick one, or register "
+                             "yours with es.register_fitness_shaping(name, fn), or pass the function itself")
+        return fn
+    if callable(method):
+        return method
+    raise TypeError(f"{arg}={method!r} must be a fitness shaping name in {tuple(FITNESS_SHAPINGS)} or a callable "
+                    "fn(f) -> shaped f of shape (N,)")
+
+
+def shaping_name(method) -> str | None:
+    """The registered name of ``method`` (a name, or a registered function), None for an unregistered callable.
+
+    Parameters
+    ----------
+    method : str or callable
+
+    Returns
+    -------
+    str or None
+    """
+    if isinstance(method, str):
+        return method if method in FITNESS_SHAPINGS else None
+    for name, fn in FITNESS_SHAPINGS.items():
+        if fn is method:
+            return name
+    return None
+
+
+def shape_fitness(f, method="centered_ranks", *, group_size: int = 0, ddof: int | None = None, eps: float | None = None):
+    """Shape raw fitness by name (see the module table) or with a shaping function.
 
     Parameters
     ----------
     f : array, shape (N,)
         Raw fitness, higher is better, all finite.
-    method : str
-        One of :data:`METHODS`.
+    method : str or callable
+        A key of :data:`FITNESS_SHAPINGS` (the built-in :data:`METHODS` and
+        those of :func:`register_fitness_shaping`), or ``fn(f) -> f_hat``.
     group_size : int
         ``zscore_var_eps``: 0 for global, G for the JAX group variant;
         ``group_zscore``: G >= 1; ``zscore`` with G > 0 means ``group_zscore``.
+        Passed to a shaping function as ``group_size=`` when > 0.
     ddof, eps : optional
-        Override the method's defaults.
+        Override the method's defaults (passed on only when given).
 
     Returns
     -------
@@ -233,7 +303,7 @@ def shape_fitness(f, method: str = "centered_ranks", *, group_size: int = 0, ddo
     return shape_checked(xp, f, method, group_size=group_size, ddof=ddof, eps=eps)
 
 
-def shape_checked(xp, f, method: str, *, group_size: int = 0, ddof: int | None = None, eps: float | None = None):
+def shape_checked(xp, f, method, *, group_size: int = 0, ddof: int | None = None, eps: float | None = None):
     """:func:`shape_fitness` of an ``f`` that :func:`check_fitness` has passed (no second finiteness check).
 
     Every finiteness check of a fitness vector is a device sync on a GPU; a
@@ -250,26 +320,116 @@ def shape_checked(xp, f, method: str, *, group_size: int = 0, ddof: int | None =
     Returns
     -------
     array, shape (N,)
+
+    Raises
+    ------
+    ValueError
+        A shaping function returned another shape than (N,).
     """
-    if method == "zscore":
-        if group_size:
-            return _group_zscore(xp, f, group_size, 0 if ddof is None else ddof, 1e-8 if eps is None else eps)
-        return _zscore(xp, f, 0 if ddof is None else ddof, 1e-8 if eps is None else eps)
-    if method == "zscore_ddof1":
-        if group_size:
-            return _group_zscore(xp, f, group_size, 1 if ddof is None else ddof, 1e-8 if eps is None else eps)
-        return _zscore(xp, f, 1 if ddof is None else ddof, 1e-8 if eps is None else eps)
-    if method == "zscore_var_eps":
-        return _zscore_var_eps(xp, f, 1e-5 if eps is None else eps, group_size)
-    if method == "group_zscore":
+    fn = shaping_function(method)
+    options = {} if not group_size else {"group_size": group_size}
+    if ddof is not None:
+        options["ddof"] = ddof
+    if eps is not None:
+        options["eps"] = eps
+    out = fn(f, **options)
+    n = int(f.shape[0])
+    if getattr(out, "shape", None) is None or tuple(out.shape) != (n,):
+        got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+        raise ValueError(f"fitness shaping {_method_name(method)!r} returned {got}; it must return one shaped "
+                         f"fitness per member, an array of shape ({n},) in the namespace of f")
+    return out
+
+
+# The built-in shapings, as registered functions of an already checked f (shape (N,)).
+def _shape_zscore(f, *, group_size=0, ddof=None, eps=None):
+    xp = _backend.array_namespace(f)
+    if group_size:
         return _group_zscore(xp, f, group_size, 0 if ddof is None else ddof, 1e-8 if eps is None else eps)
-    if method == "centered_ranks":
-        if group_size:
-            raise ValueError("group_size is not used by centered_ranks; pass group_size=0 or method='group_zscore'")
-        return _rng.centered_ranks(f, check_finite=False)
-    if method == "none":
-        return f
-    raise ValueError(f"method={method!r} is not one of {METHODS}")
+    return _zscore(xp, f, 0 if ddof is None else ddof, 1e-8 if eps is None else eps)
+
+
+def _shape_zscore_ddof1(f, *, group_size=0, ddof=None, eps=None):
+    xp = _backend.array_namespace(f)
+    if group_size:
+        return _group_zscore(xp, f, group_size, 1 if ddof is None else ddof, 1e-8 if eps is None else eps)
+    return _zscore(xp, f, 1 if ddof is None else ddof, 1e-8 if eps is None else eps)
+
+
+def _shape_zscore_var_eps(f, *, group_size=0, ddof=None, eps=None):
+    return _zscore_var_eps(_backend.array_namespace(f), f, 1e-5 if eps is None else eps, group_size)
+
+
+def _shape_group_zscore(f, *, group_size=0, ddof=None, eps=None):
+    xp = _backend.array_namespace(f)
+    return _group_zscore(xp, f, group_size, 0 if ddof is None else ddof, 1e-8 if eps is None else eps)
+
+
+def _shape_centered_ranks(f, *, group_size=0, ddof=None, eps=None):
+    if group_size:
+        raise ValueError("group_size is not used by centered_ranks; pass group_size=0 or method='group_zscore'")
+    return _rng.centered_ranks(f, check_finite=False)
+
+
+def _shape_none(f, *, group_size=0, ddof=None, eps=None):
+    return f
+
+
+#: name -> shaping function ``fn(f, **options) -> f_hat`` (shape (N,) -> (N,)); the built-ins
+#: first.  Add to it with :func:`register_fitness_shaping`.
+FITNESS_SHAPINGS: dict = {
+    "zscore": _shape_zscore,
+    "zscore_ddof1": _shape_zscore_ddof1,
+    "zscore_var_eps": _shape_zscore_var_eps,
+    "group_zscore": _shape_group_zscore,
+    "centered_ranks": _shape_centered_ranks,
+    "none": _shape_none,
+}
+assert tuple(FITNESS_SHAPINGS) == METHODS
+
+
+def register_fitness_shaping(name: str, fn, *, replace: bool = False):
+    """Make ``fn`` a fitness shaping that ``Eggroll(fitness=name)`` and :func:`shape_fitness` find by name.
+
+    A registered name also lets a checkpoint record a shaping function
+    (:func:`egdnp.es.checkpoint.save`).
+
+    Parameters
+    ----------
+    name : str
+        Not one of the built-in :data:`METHODS`.
+    fn : callable
+        ``fn(f) -> f_hat``: raw fitness ``f`` of shape (N,) (finite floats,
+        checked before the call) to shaped fitness of shape (N,) in the same
+        namespace; it is also called with ``group_size=G`` when a strategy has
+        ``group_size > 0`` (and ``ddof=`` / ``eps=`` when :func:`shape_fitness`
+        is given them).
+    replace : bool
+        Allow re-registering a name you registered before.
+
+    Returns
+    -------
+    callable
+        ``fn`` (so that this works as a decorator's body).
+
+    Raises
+    ------
+    TypeError
+        ``name`` is not a non-empty string, or ``fn`` is not callable.
+    ValueError
+        ``name`` is built in, or registered and ``replace`` is False.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name={name!r} must be a non-empty str (the name Eggroll(fitness=...) will use)")
+    if not callable(fn):
+        raise TypeError(f"fn={fn!r} for fitness shaping {name!r} must be callable fn(f) -> f_hat of shape (N,)")
+    if name in METHODS:
+        raise ValueError(f"fitness shaping {name!r} is built in and cannot be replaced; register yours under another name")
+    if name in FITNESS_SHAPINGS and not replace:
+        raise ValueError(f"fitness shaping {name!r} is already registered ({FITNESS_SHAPINGS[name]!r}); pick another "
+                         "name, or pass replace=True to re-register it")
+    FITNESS_SHAPINGS[name] = fn
+    return fn
 
 
 def classification_fitness(logits, labels):
@@ -284,8 +444,6 @@ def classification_fitness(logits, labels):
     -------
     array, shape (N,)
     """
-    from ..nn import softmax_cross_entropy
-
     xp = _backend.array_namespace(logits)
     if len(logits.shape) != 3:
         raise ValueError(f"logits has shape {tuple(logits.shape)}; expected (pop, batch, classes)")

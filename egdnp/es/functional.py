@@ -151,7 +151,7 @@ def perturbed_conv2d(x, W, perts: Perturbations, key: str, stride=1, padding=0, 
                                     padding=padding, dilation=dilation, members=members)
 
 
-def normalize_fitnesses(fitnesses, *, convention=_DEFAULT, method: str | None = None, group_size: int = 0):
+def normalize_fitnesses(fitnesses, *, convention=_DEFAULT, method=None, group_size: int = 0):
     """Shape raw fitness with the convention's method (or ``method``); (pop,) -> (pop,).
 
     Parameters
@@ -159,8 +159,9 @@ def normalize_fitnesses(fitnesses, *, convention=_DEFAULT, method: str | None = 
     fitnesses : array, shape (pop,)
         Raw fitness (higher is better).
     convention : str or Convention
-    method : str, optional
-        One of :data:`egdnp.es.fitness.METHODS`, overriding the convention's.
+    method : str or callable, optional
+        A name of :data:`egdnp.es.fitness.FITNESS_SHAPINGS` or a shaping
+        function ``fn(f) -> f_hat``, overriding the convention's.
     group_size : int
         Members per group for the grouped methods (0: one group).
 

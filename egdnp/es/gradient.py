@@ -100,6 +100,7 @@ def lowrank_weighted_sum(weights, A, B, *, impl: str = "auto"):
         arrays (bitwise the same values, so the same GEMM result); above
         ``egdnp.es._cpu.GRAD_BLOCK_MIN_PAIRS`` pairs it sums the product over
         cache-sized blocks of pairs (same result within float rounding).
+        Factors and weights of mixed dtypes run the array-API code.
 
     Returns
     -------
@@ -114,12 +115,10 @@ def lowrank_weighted_sum(weights, A, B, *, impl: str = "auto"):
     if tuple(weights.shape) != (p,):
         raise ValueError(f"weights has shape {tuple(weights.shape)}; expected ({p},), one per factor pair")
     n = int(B.shape[1])
-    if impl not in ("auto", "numba", "array_api"):
-        raise ValueError(f"impl={impl!r} must be 'auto', 'numba' or 'array_api'")
-    if impl == "numba" and not _backend.is_numpy(xp):
-        raise ValueError("impl='numba' needs NumPy arrays; use impl='auto' or 'array_api'")
-    if impl != "array_api" and _backend.is_numpy(xp) and A.dtype == B.dtype == weights.dtype:
-        from . import _cpu
+    # The kernel needs one dtype: a mixed-dtype call runs the array-API code, whatever impl says (as before).
+    impl = _backend.resolve_impl(xp, impl)
+    if impl == "numba" and A.dtype == B.dtype == weights.dtype:
+        from . import _cpu  # loads Numba: imported on first use, so ``import egdnp`` does not
 
         # The concatenations below in one pass each (no scaled temporary, no
         # slow small-stride transpose copy); many pairs are summed in blocks.

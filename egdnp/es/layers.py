@@ -31,18 +31,33 @@ perturbed_linear(x, weight, bias, perts, *, weight_key, bias_key, members)
 perturbed_conv2d(x, weight, bias, perts, *, weight_key, bias_key, stride, padding, dilation, members)
 perturbed_batch_norm(x, gamma, beta, running_mean, running_var, perts, *, ...)   (eval statistics)
 perturbed_layer_norm(x, gamma, beta, perts, *, gamma_key, beta_key, eps, members)
-perturbed_model_forward(model, params, x, perts, *, members, state)
+perturbed_model_forward(model, params, x, perts, *, members, state, impl, cache, prefix, layer_fn)
+population_fitness(model, params, x, perts, fitness_fn, *, chunk_size, state, impl, threaded)
+register_perturbed_forward(layer_cls, fn, *, shared_ndim, replace)
 dense_perturbed_params(params, perts, member)   (explicit W + A B^T, for tests)
+
+Which layers are perturbable
+----------------------------
+:data:`PERTURBED_FORWARDS` maps a layer class to its perturbed forward;
+:func:`perturbed_model_forward` looks every layer up there (a subclass uses
+its nearest registered base).  Make your own :class:`egdnp.nn.Layer`
+perturbable with :func:`register_perturbed_forward`, without editing egdnp.
 """
 
 from __future__ import annotations
 
 import numbers
+from typing import Callable, NamedTuple
 
 from .. import _backend
+from ..nn import functional as F
+from ..nn import layers as L
 from .perturbations import FullNoise, LowRankNoise, Perturbations, SparseNoise, StackedLowRankNoise, _one_hot, dense_noise
 
 __all__ = [
+    "PERTURBED_FORWARDS",
+    "PerturbedForward",
+    "register_perturbed_forward",
     "member_range",
     "perturbed_matmul",
     "perturbed_linear",
@@ -127,11 +142,10 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
     """
     if activation not in (None, "relu"):
         raise ValueError(f"activation={activation!r} must be None or 'relu'")
-    if activation is not None and (impl == "array_api" or not _backend.is_numpy(_backend.array_namespace(x, w2))):
-        from ..nn import functional as F
-
-        return F.relu(perturbed_matmul(x, w2, bias, perts, weight_key, bias_key, members, impl=impl, cache=cache))
     xp = _backend.array_namespace(x, w2)
+    use = _backend.resolve_impl(xp, impl)  # "numba": the NumPy/BLAS fast path of es._cpu
+    if activation is not None and use != "numba":
+        return F.relu(perturbed_matmul(x, w2, bias, perts, weight_key, bias_key, members, impl=impl, cache=cache))
     other = None if (perts is None or weight_key is None) else perts.noise.get(weight_key)
     if isinstance(other, StackedLowRankNoise):
         raise TypeError(f"perts.noise[{weight_key!r}] is stacked (shape {other.shape}); run one slice at a time with "
@@ -140,11 +154,7 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
         # Full-rank (OpenAI-ES) or sparse weight noise: the unperturbed-weight product plus s_i x_i E_{p_i}^T.
         base = perturbed_matmul(x, w2, bias, perts, None, bias_key, members, impl=impl, cache=cache)
         out = base + _weight_noise_term(xp, x, other, perts, members, int(w2.shape[0]), int(w2.shape[1]))
-        if activation == "relu":
-            from ..nn import functional as F
-
-            return F.relu(out)
-        return out
+        return F.relu(out) if activation == "relu" else out
     wn = _noise(perts, weight_key, LowRankNoise)
     bn = _noise(perts, bias_key, FullNoise)
     m, n = int(w2.shape[0]), int(w2.shape[1])
@@ -160,11 +170,7 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
             xp.matmul(xp.reshape(x, (-1, n)), w2.T), (int(x.shape[0]), int(x.shape[1]), m)
         )
         out = out if bias is None else out + bias
-        if activation is not None:
-            from ..nn import functional as F
-
-            out = F.relu(out)
-        return out
+        return out if activation is None else F.relu(out)
     start, stop = member_range(perts, members)
     n_members = stop - start
     if not shared and int(x.shape[0]) != n_members:
@@ -172,14 +178,10 @@ def perturbed_matmul(x, w2, bias, perts: Perturbations | None, weight_key=None, 
     pair_host = perts.pair[start:stop]
     sign_host = perts.sign[start:stop]
     beps = None if bn is None else xp.reshape(bn.eps, (int(bn.eps.shape[0]), m))
-    if impl not in ("auto", "numba", "array_api"):
-        raise ValueError(f"impl={impl!r} must be 'auto', 'numba' or 'array_api'")
-    if impl == "numba" and not _backend.is_numpy(xp):
-        raise ValueError("impl='numba' needs NumPy arrays")
-    if impl != "array_api" and _backend.is_numpy(xp):
+    if use == "numba":
         import numpy as np  # host-side index tables for the NumPy fast path
 
-        from . import _cpu
+        from . import _cpu  # lazily: it imports Numba
 
         return _cpu.perturbed_matmul(
             x, w2, bias, None if wn is None else wn.A, None if wn is None else wn.B, beps,
@@ -284,8 +286,6 @@ def perturbed_conv2d(x, weight, bias=None, perts: Perturbations | None = None, *
     -------
     array, shape (N, batch, C_out, H', W') (or (batch, C_out, H', W') when nothing is perturbed and x is shared)
     """
-    from ..nn import functional as F
-
     xp = _backend.array_namespace(x, weight)
     if len(weight.shape) != 4:
         raise ValueError(f"weight has shape {tuple(weight.shape)}; expected (C_out, C_in, kh, kw)")
@@ -408,8 +408,6 @@ def perturbed_layer_norm(x, gamma, beta, perts: Perturbations | None = None, *, 
     -------
     array, shape (N, batch, F) when anything is perturbed, else shape of x
     """
-    from ..nn import functional as F
-
     xp = _backend.array_namespace(x)
     gn = _noise(perts, gamma_key, FullNoise) if gamma is not None else None
     bn = _noise(perts, beta_key, FullNoise) if beta is not None else None
@@ -431,13 +429,143 @@ def perturbed_layer_norm(x, gamma, beta, perts: Perturbations | None = None, *, 
     return out
 
 
+class PerturbedForward(NamedTuple):
+    """A layer class's entry in :data:`PERTURBED_FORWARDS`.
+
+    Attributes
+    ----------
+    fn : callable
+        ``fn(layer, params, h, perts, *, key, members, state, impl, cache) -> out or None``
+        (see :func:`register_perturbed_forward`).
+    shared_ndim : int
+        Number of axes of a *shared* input of the layer (2 for ``(batch, F)``,
+        4 for images ``(batch, C, H, W)``); one more axis means per member.
+    """
+
+    fn: Callable
+    shared_ndim: int
+
+
+#: layer class -> :class:`PerturbedForward`; the built-in layers first.  A layer
+#: is looked up by its class, then its base classes (``type(layer).__mro__``).
+PERTURBED_FORWARDS: dict = {}
+_BUILT_IN: set = set()
+
+
+def register_perturbed_forward(layer_cls: type, fn: Callable, *, shared_ndim: int = 2, replace: bool = False) -> Callable:
+    """Make the layers of class ``layer_cls`` perturbable in :func:`perturbed_model_forward`.
+
+    Parameters
+    ----------
+    layer_cls : type
+        A subclass of :class:`egdnp.nn.Layer` (its subclasses use ``fn`` too,
+        unless they register their own).
+    fn : callable
+        ``fn(layer, params, h, perts, *, key, members, state, impl, cache) -> out``:
+        ``layer`` the layer object, ``params`` its own parameters
+        (``{"weight": ...}``), ``h`` its input, shared ``(batch, ...)`` or per
+        member ``(N, batch, ...)``; ``perts`` the :class:`Perturbations` (or
+        None); ``key`` the layer's full name, so that ``perts.noise.get(key +
+        ".weight")`` is the noise of its weight (absent: not perturbed);
+        ``members``, ``impl``, ``cache`` as for :func:`perturbed_model_forward`;
+        ``state`` its own buffers (``{"running_mean": ...}``, empty without).
+        It returns the output for every member, shape ``(N, batch, ...)``
+        (``N`` the members of ``members``; shared ``(batch, ...)`` when nothing
+        of it is perturbed and ``h`` is shared), or None for the layer's plain
+        forward.  Build it from :func:`perturbed_matmul` (matrices) and
+        ``v + s_i eps_{p_i}`` per member (vectors, see :func:`perturbed_layer_norm`).
+    shared_ndim : int
+        Axes of a shared input of the layer: 2 for ``(batch, F)``, 4 for ``(batch, C, H, W)``.
+    replace : bool
+        Allow replacing a forward you registered before (the built-in ones stay).
+
+    Returns
+    -------
+    callable
+        ``fn``.
+
+    Raises
+    ------
+    TypeError
+        ``layer_cls`` is not a Layer subclass, or ``fn`` is not callable.
+    ValueError
+        ``layer_cls`` is built in, or registered already and ``replace`` is False;
+        ``shared_ndim`` is not an int >= 1.
+    """
+    if not (isinstance(layer_cls, type) and issubclass(layer_cls, L.Layer)):
+        raise TypeError(f"layer_cls={layer_cls!r} must be a subclass of egdnp.nn.Layer")
+    if not callable(fn):
+        raise TypeError(f"fn={fn!r} must be callable fn(layer, params, h, perts, *, key, members, state, impl, cache)")
+    if isinstance(shared_ndim, bool) or not isinstance(shared_ndim, numbers.Integral) or shared_ndim < 1:
+        raise ValueError(f"shared_ndim={shared_ndim!r} must be an int >= 1 (2 for (batch, F), 4 for (batch, C, H, W))")
+    if layer_cls in _BUILT_IN:
+        raise ValueError(f"{layer_cls.__name__} has a built-in perturbed forward, which cannot be replaced; "
+                         f"subclass it and register the subclass")
+    if layer_cls in PERTURBED_FORWARDS and not replace:
+        raise ValueError(f"{layer_cls.__name__} already has a perturbed forward ({PERTURBED_FORWARDS[layer_cls].fn!r}); "
+                         "pass replace=True to replace it")
+    PERTURBED_FORWARDS[layer_cls] = PerturbedForward(fn, int(shared_ndim))
+    return fn
+
+
+def _perturbed_forward_of(layer) -> PerturbedForward | None:
+    """The registered entry of ``layer``'s class or nearest base class (None: not perturbable)."""
+    for cls in type(layer).__mro__:
+        entry = PERTURBED_FORWARDS.get(cls)
+        if entry is not None:
+            return entry
+    return None
+
+
+def _linear_forward(layer, params, h, perts, *, key, members, state, impl, cache, activation=None):
+    return perturbed_matmul(h, params["weight"], params.get("bias"), perts, f"{key}.weight", f"{key}.bias", members,
+                            impl=impl, cache=cache, activation=activation)
+
+
+def _conv2d_forward(layer, params, h, perts, *, key, members, state, impl, cache):
+    return perturbed_conv2d(h, params["weight"], params.get("bias"), perts, weight_key=f"{key}.weight",
+                            bias_key=f"{key}.bias", stride=layer.stride, padding=layer.padding,
+                            dilation=layer.dilation, members=members, impl=impl, cache=cache)
+
+
+def _batch_norm_forward(layer, params, h, perts, *, key, members, state, impl, cache):
+    return perturbed_batch_norm(h, params["weight"], params["bias"], state["running_mean"], state["running_var"],
+                                perts, gamma_key=f"{key}.weight", beta_key=f"{key}.bias",
+                                feature_axis=-1 if isinstance(layer, L.BatchNorm1d) else -3, eps=layer.eps,
+                                members=members)
+
+
+def _layer_norm_forward(layer, params, h, perts, *, key, members, state, impl, cache):
+    return perturbed_layer_norm(h, params.get("weight"), params.get("bias"), perts, gamma_key=f"{key}.weight",
+                                beta_key=f"{key}.bias", eps=layer.eps, members=members)
+
+
+def _residual_forward(layer, params, h, perts, *, key, members, state, impl, cache):
+    sub = f"{key}."
+    if perts is None or not any(k.startswith(sub) for k in perts.noise):
+        return None  # nothing perturbed inside: the plain forward (a shared input stays shared)
+    body = perturbed_model_forward(layer.body, params, h, perts, members=members, state=state or None, impl=impl,
+                                   cache=cache, prefix=sub)
+    return h + body
+
+
+for _cls, _fn, _ndim in ((L.Linear, _linear_forward, 2), (L.Conv2d, _conv2d_forward, 4),
+                         (L.BatchNorm1d, _batch_norm_forward, 2), (L.BatchNorm2d, _batch_norm_forward, 4),
+                         (L.LayerNorm, _layer_norm_forward, 2), (L.Residual, _residual_forward, 2)):
+    register_perturbed_forward(_cls, _fn, shared_ndim=_ndim)
+    _BUILT_IN.add(_cls)
+del _cls, _fn, _ndim
+
+
 def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None, *, members=None, state=None,
                             impl: str = "auto", cache: dict | None = None, prefix: str = "", layer_fn=None):
     """Forward of a whole ``egdnp.nn`` model for every member (or a slice).
 
-    Linear, Conv2d and BatchNorm layers run their perturbed versions; every
-    other layer runs as usual (population axes are batch axes to them).  BatchNorm
-    uses its running statistics (eval mode).
+    Every layer with an entry in :data:`PERTURBED_FORWARDS` (Linear, Conv2d,
+    BatchNorm, LayerNorm, Residual and what :func:`register_perturbed_forward`
+    added) runs its perturbed forward; every other layer runs as usual
+    (population axes are batch axes to them).  BatchNorm uses its running
+    statistics (eval mode).
 
     Parameters
     ----------
@@ -450,6 +578,8 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
         Population slice; ``x`` per member must then have ``stop - start`` members.
     state : dict, optional
         Model buffers (BatchNorm running statistics).
+    impl : {"auto", "numba", "array_api"}
+        ``"auto"`` uses the NumPy fast paths for NumPy arrays.
     cache : dict, optional
         Scratch space shared by the chunks of one population evaluation (see
         :func:`perturbed_matmul`); create a fresh dict per evaluation.
@@ -466,79 +596,67 @@ def perturbed_model_forward(model, params: dict, x, perts: Perturbations | None,
     -------
     array, shape (N, batch, n_out)
     """
-    from ..nn import layers as L
-
     xp = _backend.array_namespace(x)
+    fast = _backend.resolve_impl(xp, impl) == "numba"
     start, stop = member_range(perts, members) if perts is not None else (0, None)
-    known = (L.Linear, L.Conv2d, L.BatchNorm1d, L.BatchNorm2d, L.LayerNorm, L.Residual)
+    layer_list = list(model.layers)
+    entries = {name: _perturbed_forward_of(layer) for name, layer in layer_list}  # one registry look-up a layer
     if perts is not None:
-        owners = {f"{prefix}{n}.{k}": layer for n, layer in model.layers for k in layer.param_shapes()}
+        owners = {f"{prefix}{n}.{k}": (n, layer) for n, layer in layer_list for k in layer.param_shapes()}
         for key in perts.noise:
             if not key.startswith(prefix):
                 continue
             if key not in owners:
                 raise ValueError(f"perts perturbs {key!r}, which is not a parameter of the model; keys are {list(owners)}")
-            if not isinstance(owners[key], known):
-                raise ValueError(f"parameter {key!r} belongs to a {type(owners[key]).__name__} layer, which has no perturbed forward")
+            if entries[owners[key][0]] is None:
+                cls = type(owners[key][1]).__name__
+                raise ValueError(f"parameter {key!r} belongs to a {cls} layer, which has no perturbed forward; give it "
+                                 f"one with es.register_perturbed_forward({cls}, fn), or leave {key!r} unperturbed")
     state = {} if state is None else state
-    seen: dict[str, bool] = {}  # whether the model's input was shared, judged by its first weighted layer
+    seen: dict[str, bool] = {}  # whether the model's input was shared, judged by its first perturbable layer
     override = layer_fn
     # A ReLU right after a Linear runs inside the Linear's perturbed product
     # (bitwise the same values; the NumPy path saves a pass over the activations).
-    layer_list = list(model.layers)
+    linear = {n for n, entry in entries.items() if entry is not None and entry.fn is _linear_forward}
     relu_after = {n1: n2 for (n1, l1), (n2, l2) in zip(layer_list, layer_list[1:])
-                  if isinstance(l1, L.Linear) and isinstance(l2, L.Activation) and l2.kind == "relu"}
+                  if n1 in linear and isinstance(l2, L.Activation) and l2.kind == "relu"}
     fused: set[str] = set()
 
     owned: list = []  # the array the previous perturbed Linear just made (no one else holds it)
 
     def layer_fn(name, layer, local_params, h):
-        wk, bk = f"{prefix}{name}.weight", f"{prefix}{name}.bias"
         if name in fused:
             return h  # this ReLU already ran inside the previous Linear
-        if owned and owned.pop() is h and isinstance(layer, L.Activation) and layer.kind == "tanh" \
-                and impl != "array_api" and _backend.is_numpy(xp):
-            from . import _cpu
+        if owned and owned.pop() is h and isinstance(layer, L.Activation) and layer.kind == "tanh" and fast:
+            from . import _cpu  # lazily: it imports Numba
 
             # In place, the same ufunc (bitwise): a fresh (chunk, batch, width)
             # array per chunk costs page faults (~390k per pop-16384 generation).
             return _cpu.tanh_in_place(h)
-        if isinstance(layer, known) and "x_shared" not in seen:
-            image = isinstance(layer, (L.Conv2d, L.BatchNorm2d))
-            seen["x_shared"] = len(h.shape) == (4 if image else 2)
+        entry = entries[name] if name in entries else _perturbed_forward_of(layer)
+        if entry is not None and "x_shared" not in seen:
+            seen["x_shared"] = len(h.shape) == entry.shared_ndim
         if override is not None:
             replaced = override(prefix + name, layer, local_params, h)
             if replaced is not None:
                 return replaced
-        if isinstance(layer, L.Linear):
+        if entry is None:
+            return None
+        key = prefix + name
+        if name in linear:
+            activation = None
             if name in relu_after:
                 fused.add(relu_after[name])
-            out = perturbed_matmul(h, local_params["weight"], local_params.get("bias"), perts, wk, bk, members,
-                                   impl=impl, cache=cache, activation="relu" if name in relu_after else None)
+                activation = "relu"
+            out = _linear_forward(layer, local_params, h, perts, key=key, members=members, state=None, impl=impl,
+                                  cache=cache, activation=activation)
             if out is not h and len(out.shape) == 3:
                 owned.append(out)
             return out
-        if isinstance(layer, L.Conv2d):
-            return perturbed_conv2d(h, local_params["weight"], local_params.get("bias"), perts, weight_key=wk,
-                                    bias_key=bk, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                                    members=members, impl=impl, cache=cache)
-        if isinstance(layer, (L.BatchNorm1d, L.BatchNorm2d)):
-            return perturbed_batch_norm(h, local_params["weight"], local_params["bias"], state[f"{name}.running_mean"],
-                                        state[f"{name}.running_var"], perts, gamma_key=wk, beta_key=bk,
-                                        feature_axis=-1 if isinstance(layer, L.BatchNorm1d) else -3,
-                                        eps=layer.eps, members=members)
-        if isinstance(layer, L.LayerNorm):
-            return perturbed_layer_norm(h, local_params.get("weight"), local_params.get("bias"), perts, gamma_key=wk,
-                                        beta_key=bk, eps=layer.eps, members=members)
-        if isinstance(layer, L.Residual):
-            sub = f"{name}."
-            if perts is None or not any(k.startswith(prefix + sub) for k in perts.noise):
-                return None  # nothing perturbed inside: the plain forward (a shared input stays shared)
-            sub_state = {k[len(sub):]: v for k, v in state.items() if k.startswith(sub)}
-            body = perturbed_model_forward(layer.body, local_params, h, perts, members=members,
-                                           state=sub_state or None, impl=impl, cache=cache, prefix=prefix + sub)
-            return h + body
-        return None
+        sub = f"{name}."
+        local_state = {k[len(sub):]: v for k, v in state.items() if k.startswith(sub)} if state else {}
+        return entry.fn(layer, local_params, h, perts, key=key, members=members, state=local_state, impl=impl,
+                        cache=cache)
 
     out = model.apply(params, x, state=state if state else None, layer_fn=layer_fn)
     output_shared = seen.get("x_shared", False) and len(out.shape) == 2
@@ -590,8 +708,9 @@ def population_fitness(model, params: dict, x, perts: Perturbations, fitness_fn,
         Members per forward (default all).  Peak memory is
         ``O(chunk_size * batch * width)`` per thread; the result does not depend on it.
     threaded : bool
-        NumPy only: score chunks concurrently on ``NUMBA_NUM_THREADS`` threads
-        (``fitness_fn`` must then be thread-safe, as pure array code is).
+        NumPy only: score chunks concurrently on egdnp's CPU threads
+        (:mod:`egdnp._threads`; ``fitness_fn`` must then be thread-safe, as
+        pure array code is).
         The result is bitwise the same either way.
 
     Returns
@@ -627,8 +746,8 @@ def population_fitness(model, params: dict, x, perts: Perturbations, fitness_fn,
         return f
 
     parts = [score(ranges[0])]  # fills the cache before any concurrency
-    if len(ranges) > 2 and impl != "array_api" and _backend.is_numpy(xp) and threaded:
-        from . import _cpu
+    if len(ranges) > 2 and threaded and _backend.resolve_impl(xp, impl) == "numba":
+        from . import _cpu  # lazily: it imports Numba
 
         # Whole chunks run concurrently on the NumPy path: their kernels and
         # ufuncs release the GIL, and each chunk is computed exactly as it would

@@ -31,6 +31,7 @@ Memory: ``O(P r (m + n))`` per matrix (``P`` pairs), never ``P m n``.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import numbers
 from typing import Any, NamedTuple
@@ -315,8 +316,6 @@ def resolve_noise_map(noise_map, shapes: dict) -> dict[str, str]:
         Not a dict/callable, a kind not in ``("lowrank", "full", "frozen")``,
         or an exact key that is not a parameter.
     """
-    import fnmatch
-
     if noise_map is None:
         return {}
     out: dict[str, str] = {}
@@ -541,9 +540,9 @@ def pair_normals(n_pairs: int, size: int, *, seed: int, stream, generation: int,
                  first: int = 0):
     """``out[k] = egdnp.rng.normal((size,), seed=seed, stream=stream, member=first + k, generation=generation)``.
 
-    Returns an array of shape (n_pairs, size).  NumPy uses one Numba kernel
-    launch for all pairs (bitwise the same values); other namespaces call
-    :func:`egdnp.rng.normal` per pair.
+    :func:`egdnp.rng.normal_members` under the name EGGROLL's code uses: one
+    kernel launch for all pairs on NumPy (Numba) and CuPy, :func:`egdnp.rng.normal`
+    per pair on other namespaces.
 
     Parameters
     ----------
@@ -562,19 +561,8 @@ def pair_normals(n_pairs: int, size: int, *, seed: int, stream, generation: int,
     -------
     array, shape (n_pairs, size)
     """
-    if impl not in ("auto", "numba", "array_api"):
-        raise ValueError(f"impl={impl!r} must be 'auto', 'numba' or 'array_api'")
-    if impl != "array_api" and _backend.is_numpy(xp):
-        from . import _cpu
-
-        stream_word = _rng.stream_id(stream) if isinstance(stream, str) else int(stream)
-        return _cpu.members_normal(n_pairs, size, seed, stream_word, generation, dtype, first)
-    draws = [
-        _rng.normal((size,), seed=seed, stream=stream, member=first + k, generation=generation, dtype=dtype, xp=xp,
-                    device=device)
-        for k in range(n_pairs)
-    ]
-    return xp.stack(draws, axis=0)
+    return _rng.normal_members(n_pairs, size, seed=seed, stream=stream, first=first, generation=generation, dtype=dtype,
+                               xp=xp, device=device, impl=impl)
 
 
 def _check_external(name, kind, value, n_pairs, shape, rank, xp):
@@ -715,7 +703,7 @@ def generate(shapes: dict, *, pop_size: int, rank: int = 1, sigma: float = 0.05,
     if needs_seed:
         if seed is None:
             raise ValueError("seed=None but some perturbed parameters have no supplied factors; pass a seed or factors for every parameter")
-        seed = _rng._check_seed(seed)
+        seed = _rng.check_seed(seed)
     a_scale = sigma / math.sqrt(rank)
     noise: dict[str, Any] = {}
     for name, how in plan.items():

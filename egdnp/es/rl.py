@@ -29,6 +29,7 @@ from typing import Any, Callable, NamedTuple
 
 from .. import _backend
 from ..nn import functional as F
+from ..nn import mlp
 from .layers import perturbed_model_forward
 
 __all__ = ["Policy", "ObsNorm", "Rollout", "episode_returns", "policy_mlp"]
@@ -266,8 +267,6 @@ def policy_mlp(obs_dim: int, action_space, *, hidden=(32, 32), activation: str =
     Policy
         ``policy.model`` maps (..., obs_dim) -> (..., n or action_dim).
     """
-    from ..nn import mlp
-
     if hasattr(action_space, "n"):
         sizes = (int(obs_dim),) + tuple(int(h) for h in hidden) + (int(action_space.n),)
         return Policy(mlp(sizes, activation=activation, init=init), head="discrete")

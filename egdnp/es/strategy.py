@@ -22,6 +22,7 @@ reproduces every bit.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from typing import Any, NamedTuple
@@ -30,11 +31,21 @@ from .. import _backend
 from .. import optim as _optim
 from .. import rng as _rng
 from .conventions import get_convention
-from .fitness import METHODS, check_fitness, shape_checked, shape_fitness
+from .fitness import METHODS, check_fitness, shape_checked, shape_fitness, shaping_function
 from .gradient import loss_gradients_checked
 from .perturbations import Perturbations, _lowrank_dims, check_rank, generate, plan_parameters
 
 __all__ = ["Eggroll", "EggrollState"]
+
+
+def _takes_group_size(fn) -> bool:
+    """Whether ``fn(f, group_size=G)`` is a valid call (True when the signature cannot be read)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any((p.name == "group_size" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+               or p.kind == p.VAR_KEYWORD for p in params)
 
 
 class EggrollState(NamedTuple):
@@ -76,10 +87,15 @@ class Eggroll:
     convention : {"egdnp", "hyperscalees-torch", "hyperscalees-jax"}
         See :mod:`egdnp.es.conventions`.
     antithetic : bool
-    fitness : str, optional
-        Fitness shaping method (:data:`egdnp.es.fitness.METHODS`); default the convention's.
+    fitness : str or callable, optional
+        Fitness shaping: a name of :data:`egdnp.es.fitness.FITNESS_SHAPINGS`
+        (the built-in methods and those of
+        :func:`~egdnp.es.fitness.register_fitness_shaping`), or a function
+        ``fn(f) -> f_hat`` of shape (N,) -> (N,); default the convention's.
+        A checkpoint records a function by its registered name.
     group_size : int
         Group size for group shaping (0: global); must divide ``pop_size``.
+        A shaping function gets it as ``fn(f, group_size=G)`` when > 0.
     vectors : {"full", "frozen"}, optional
         Non-matrix parameters; default the convention's.
     noise_reuse : int or None, optional
@@ -99,7 +115,7 @@ class Eggroll:
     """
 
     def __init__(self, *, pop_size: int, rank: int = 1, sigma: Any = 0.05, optimizer=None, lr: Any = 0.01,
-                 convention="egdnp", antithetic: bool = True, fitness: str | None = None, group_size: int = 0,
+                 convention="egdnp", antithetic: bool = True, fitness: Any = None, group_size: int = 0,
                  vectors: str | None = None, noise_reuse: Any = "default", noise_map=None):
         self.convention = get_convention(convention)
         if isinstance(pop_size, bool) or not isinstance(pop_size, numbers.Integral):
@@ -122,8 +138,7 @@ class Eggroll:
             if not math.isfinite(sigma) or sigma <= 0.0:
                 raise ValueError(f"sigma={sigma!r} must be a finite float > 0 (or a schedule callable)")
         fitness = self.convention.fitness if fitness is None else fitness
-        if fitness not in METHODS:
-            raise ValueError(f"fitness={fitness!r} is not one of {METHODS}")
+        shaping = shaping_function(fitness, arg="fitness")
         if isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral) or group_size < 0:
             raise ValueError(f"group_size={group_size!r} must be an int >= 0 (0: no groups)")
         if fitness == "group_zscore" and group_size < 1:
@@ -132,6 +147,9 @@ class Eggroll:
             raise ValueError(f"group_size={group_size} is not used by fitness='centered_ranks'; pass 0 or fitness='group_zscore'")
         if group_size and pop_size % group_size:
             raise ValueError(f"group_size={group_size} does not divide pop_size={pop_size}; pick a divisor of {pop_size}")
+        if group_size and fitness not in METHODS and not _takes_group_size(shaping):
+            raise ValueError(f"group_size={group_size} but the fitness shaping {fitness!r} takes no group_size keyword; "
+                             "pass group_size=0, or a function fn(f, *, group_size) that uses it")
         if fitness == "zscore_ddof1" and group_size == 1:
             raise ValueError("group_size=1 with fitness='zscore_ddof1' leaves one member per group for a sample std; pass group_size >= 2")
         if vectors is not None and vectors not in ("full", "frozen"):
@@ -224,7 +242,7 @@ class Eggroll:
         _backend.check_float_arrays(params, "params", fix="EGGROLL perturbs float32 or float64 parameters")
         plan = plan_parameters(params, convention=self.convention, vectors=self.vectors, noise_map=self.noise_map)
         check_rank(self.rank, {k: _lowrank_dims(params[k].shape) for k, how in plan.items() if how == "lowrank"})
-        seed = _rng._check_seed(seed)
+        seed = _rng.check_seed(seed)
         return EggrollState(params=dict(params), opt_state=self.optimizer.init(params), generation=0, seed=seed)
 
     def ask(self, state: EggrollState, *, factors: dict | None = None, pairs: tuple | None = None) -> Perturbations:
@@ -341,7 +359,7 @@ class Eggroll:
         -------
         None
         """
-        from . import checkpoint
+        from . import checkpoint  # here, not at the top: checkpoint imports this module
 
         checkpoint.save(path, self, state)
 
@@ -367,7 +385,7 @@ class Eggroll:
         ValueError
             The file's noise settings, parameters or optimiser state do not fit this strategy.
         """
-        from . import checkpoint
+        from . import checkpoint  # here, not at the top: checkpoint imports this module
 
         return checkpoint.load(path, self, like=like, xp=xp, device=device)
 

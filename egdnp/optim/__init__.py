@@ -22,7 +22,7 @@ write and read them as one ``.npz`` file and a reloaded state resumes bit for bi
 from __future__ import annotations
 
 from . import schedules
-from ._egd_base import Optimizer, load_state, register_state_type, save_state
+from ._base import Optimizer, load_state, register_state_type, save_state
 from .adam import AdamState, adam, adamw
 from .sgd import SGDState, sgd
 from . import egd  # noqa: E402  (the module; the functional factory is egd.egd)

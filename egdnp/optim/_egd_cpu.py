@@ -3,7 +3,7 @@
 * :func:`mutant_into` -- ``out = base + scale * normal(address)``: the
   array-API path draws the normals, scales them in place and adds the base
   (three passes and a temporary); this kernel regenerates the same normals
-  chunk by chunk with the rng's own Numba routine (``_normal_chunk``) into a
+  chunk by chunk with the rng's own Numba routine (``rng.kernels.normal_chunk``) into a
   chunk-local buffer and writes ``base[j] + scale * z[j]`` straight into
   ``out`` in one contiguous loop (sliced, 0-based, so Numba drops the
   negative-index checks and vectorises it: 0.235 ms instead of 0.27 ms for
@@ -22,13 +22,14 @@ Every kernel rounds exactly like the array-API oracle it replaces (a product,
 then a sum, in the array's dtype; no fused multiply-add: the kernels are
 compiled without fastmath), so both paths agree bit for bit (tested).
 
-Serial or parallel: the cycle alternates these kernels with the closure's
-BLAS calls.  Waking Numba's thread pool right before (or after) OpenBLAS's
-threads costs more than it saves on small arrays, so arrays below
-:data:`PARALLEL_FROM` elements run on the calling thread.
+Serial or parallel: the caller chooses (``parallel=``).  The cycle alternates
+these kernels with the closure's BLAS calls, and waking Numba's thread pool
+right before (or after) OpenBLAS's threads costs more than it saves on small
+arrays, so :mod:`egdnp.optim._egd_mutation` -- the one place that chooses
+EGD's kernels -- asks for the parallel ones from
+``egdnp._threads.EGD_SPLIT_FROM`` elements.
 
-Only NumPy arrays reach this module (the dispatch checks
-``egdnp._backend.is_numpy``).
+Only NumPy arrays reach this module (:mod:`egdnp.optim._egd_mutation` sends them).
 """
 
 from __future__ import annotations
@@ -38,31 +39,14 @@ import math
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from ..rng._cpu import CHUNK_BLOCKS, _key, _normal_chunk, _weighted_chunk
+from ..rng.kernels import CHUNK_BLOCKS, normal_chunk, weighted_chunk
+from ..rng.kernels import key as _key
 
 __all__ = ["mutant_into", "MutantPlan", "LowRankPlan", "seed_recombine_into", "mix_into", "lowrank_mutant_into",
-           "stacked_factors", "mean_square", "PARALLEL_FROM", "set_parallel_from"]
+           "stacked_factors", "mean_square"]
 
 # Blocks per sub-chunk of the low-rank factor kernel (its arrays are small).
 _SUB = 256
-
-# Arrays with fewer elements than this run the serial kernels.  Alone, the
-# parallel mutant kernel takes 0.11 ms for a 784x256 float32 weight on 2 cores
-# against 0.235 ms serial; inside the bench_egd cycle, alternating with the
-# closure's OpenBLAS calls, the 7 mutants took 2.7-2.8 ms parallel against
-# 2.4 ms serial (pool wake-ups, and Numba's and OpenBLAS's threads competing
-# for the 2 cores).  So the default keeps every array of the benchmark MLP
-# serial; change it with ``set_parallel_from`` on machines with spare cores.
-PARALLEL_FROM = 1 << 20
-
-
-def set_parallel_from(n_elements: int) -> int:
-    """Set :data:`PARALLEL_FROM` (arrays of at least this many elements use the thread pool); returns the old value."""
-    global PARALLEL_FROM
-    old = PARALLEL_FROM
-    PARALLEL_FROM = int(n_elements)
-    return old
-
 
 @njit(inline="always")
 def _n_chunks(n):
@@ -96,13 +80,13 @@ def _add_rounded(out_c, base_c, tmp):
 
 
 @njit(inline="always")
-def _mutant_run(c0, c1, out, base, scale, k0, k1, s1, s2, s3, o, fbuf, ebuf, z, tmp):
+def _mutant_run(c0, c1, out, base, scale, k0, k1, s1, s2, s3, o, z, tmp):
     """Chunks c0 .. c1-1 of ``out = base + scale * z``: normals of one chunk, then one contiguous pass."""
     n = out.shape[0]
     nblocks = (n + 3) // 4
     for b in range(c0 * CHUNK_BLOCKS, min(c1 * CHUNK_BLOCKS, nblocks), CHUNK_BLOCKS):
         nb = min(CHUNK_BLOCKS, nblocks - b)
-        _normal_chunk(b, nb, k0, k1, s1, s2, s3, o[0], o[1], o[2], o[3], fbuf, ebuf, z[0], z[1], z[2], z[3])
+        normal_chunk(b, nb, k0, k1, s1, s2, s3, o[0], o[1], o[2], o[3], z[0], z[1], z[2], z[3])
         _interleave(nb, z[0], z[1], z[2], z[3], tmp)
         j0 = 4 * b
         j1 = min(n, j0 + 4 * nb)
@@ -112,11 +96,9 @@ def _mutant_run(c0, c1, out, base, scale, k0, k1, s1, s2, s3, o, fbuf, ebuf, z, 
 @njit(inline="always")
 def _chunk_scratch(dtype):
     o = np.empty((4, CHUNK_BLOCKS), np.uint32)
-    fbuf = np.empty(CHUNK_BLOCKS, np.float32)
-    ebuf = np.empty(CHUNK_BLOCKS, np.int32)
     z = np.empty((4, CHUNK_BLOCKS), dtype)
     tmp = np.empty(4 * CHUNK_BLOCKS, dtype)
-    return o, fbuf, ebuf, z, tmp
+    return o, z, tmp
 
 
 @njit(parallel=True, cache=True)
@@ -124,23 +106,18 @@ def _mutant_parallel(out, base, scale, k0, k1, s1, s2, s3, n_threads):
     nchunks = _n_chunks(out.shape[0])
     nt = max(1, min(n_threads, nchunks))
     for t in prange(nt):
-        o, fbuf, ebuf, z, tmp = _chunk_scratch(out.dtype)
-        _mutant_run(t * nchunks // nt, (t + 1) * nchunks // nt, out, base, scale, k0, k1, s1, s2, s3,
-                    o, fbuf, ebuf, z, tmp)
+        o, z, tmp = _chunk_scratch(out.dtype)
+        _mutant_run(t * nchunks // nt, (t + 1) * nchunks // nt, out, base, scale, k0, k1, s1, s2, s3, o, z, tmp)
 
 
 @njit(cache=True)
 def _mutant_serial(out, base, scale, k0, k1, s1, s2, s3, n_threads):
-    o, fbuf, ebuf, z, tmp = _chunk_scratch(out.dtype)
-    _mutant_run(0, _n_chunks(out.shape[0]), out, base, scale, k0, k1, s1, s2, s3, o, fbuf, ebuf, z, tmp)
-
-
-def _pick(parallel, serial, n):
-    return parallel if n >= PARALLEL_FROM else serial
+    o, z, tmp = _chunk_scratch(out.dtype)
+    _mutant_run(0, _n_chunks(out.shape[0]), out, base, scale, k0, k1, s1, s2, s3, o, z, tmp)
 
 
 def mutant_into(out: np.ndarray, base: np.ndarray, scale: float, seed: int, stream: int, member: int,
-                generation: int) -> np.ndarray:
+                generation: int, *, parallel: bool) -> np.ndarray:
     """Write ``base + scale * normal(base.shape, seed, stream, member, generation)`` into ``out``.
 
     Parameters
@@ -151,13 +128,15 @@ def mutant_into(out: np.ndarray, base: np.ndarray, scale: float, seed: int, stre
         Rounded to the arrays' dtype first (as NumPy does with a Python float).
     seed, stream, member, generation : int
         The noise address (``stream`` already an integer id).
+    parallel : bool
+        Split the work over Numba's threads (same bits either way).
     """
     flat_out = out.reshape(-1)
     flat_base = np.ascontiguousarray(base).reshape(-1)
     n = flat_out.shape[0]
     if n:
         k0, k1 = _key(seed)
-        _pick(_mutant_parallel, _mutant_serial, n)(
+        (_mutant_parallel if parallel else _mutant_serial)(
             flat_out, flat_base, out.dtype.type(scale), k0, k1, np.uint32(stream), np.uint32(member),
             np.uint32(generation), get_num_threads())
     return out
@@ -167,19 +146,20 @@ class MutantPlan:
     """Everything :func:`mutant_into` converts per call, converted once per cycle and parameter.
 
     ``plan.write(out, member)`` writes the mutant of ``member`` into the
-    C-contiguous buffer ``out``; the numbers are :func:`mutant_into`'s.
+    C-contiguous buffer ``out``; the numbers are :func:`mutant_into`'s
+    (``parallel`` as there).
     """
 
     __slots__ = ("base", "scale", "k0", "k1", "stream", "generation", "kernel", "n", "n_threads")
 
-    def __init__(self, base: np.ndarray, scale: float, seed: int, stream: int, generation: int):
+    def __init__(self, base: np.ndarray, scale: float, seed: int, stream: int, generation: int, *, parallel: bool):
         self.base = np.ascontiguousarray(base).reshape(-1)
         self.n = self.base.shape[0]
         self.scale = self.base.dtype.type(scale)
         self.k0, self.k1 = _key(seed)
         self.stream = np.uint32(stream)
         self.generation = np.uint32(generation)
-        self.kernel = _pick(_mutant_parallel, _mutant_serial, self.n)
+        self.kernel = _mutant_parallel if parallel else _mutant_serial
         self.n_threads = get_num_threads()
 
     def write(self, out: np.ndarray, member: int) -> None:
@@ -193,12 +173,12 @@ class MutantPlan:
 # base + sum_i w_i z_i  (seed storage recombination)
 # ----------------------------------------------------------------------------
 @njit(inline="always")
-def _seed_mix_run(c0, c1, out, base, weights, members, k0, k1, s1, s3, o, fbuf, ebuf, z, tmp, acc):
+def _seed_mix_run(c0, c1, out, base, weights, members, k0, k1, s1, s3, o, z, tmp, acc):
     n = out.shape[0]
     nblocks = (n + 3) // 4
     for b in range(c0 * CHUNK_BLOCKS, min(c1 * CHUNK_BLOCKS, nblocks), CHUNK_BLOCKS):
         nb = min(CHUNK_BLOCKS, nblocks - b)
-        _weighted_chunk(b, nb, weights, members, k0, k1, s1, s3, o, fbuf, ebuf, z, acc)
+        weighted_chunk(b, nb, weights, members, k0, k1, s1, s3, o, z, acc)
         # weighted_noise_sum rounds the float64 sum to the dtype (the stores into tmp do
         # exactly that), then the cycle adds the base
         _interleave(nb, acc[0], acc[1], acc[2], acc[3], tmp)
@@ -212,22 +192,21 @@ def _seed_mix_parallel(out, base, weights, members, k0, k1, s1, s3, n_threads):
     nchunks = _n_chunks(out.shape[0])
     nt = max(1, min(n_threads, nchunks))
     for t in prange(nt):
-        o, fbuf, ebuf, z, tmp = _chunk_scratch(out.dtype)
+        o, z, tmp = _chunk_scratch(out.dtype)
         acc = np.empty((4, CHUNK_BLOCKS), np.float64)
         _seed_mix_run(t * nchunks // nt, (t + 1) * nchunks // nt, out, base, weights, members, k0, k1, s1, s3,
-                      o, fbuf, ebuf, z, tmp, acc)
+                      o, z, tmp, acc)
 
 
 @njit(cache=True)
 def _seed_mix_serial(out, base, weights, members, k0, k1, s1, s3, n_threads):
-    o, fbuf, ebuf, z, tmp = _chunk_scratch(out.dtype)
+    o, z, tmp = _chunk_scratch(out.dtype)
     acc = np.empty((4, CHUNK_BLOCKS), np.float64)
-    _seed_mix_run(0, _n_chunks(out.shape[0]), out, base, weights, members, k0, k1, s1, s3, o, fbuf, ebuf, z, tmp,
-                  acc)
+    _seed_mix_run(0, _n_chunks(out.shape[0]), out, base, weights, members, k0, k1, s1, s3, o, z, tmp, acc)
 
 
 def seed_recombine_into(out: np.ndarray, base: np.ndarray, weights, members, seed: int, stream: int,
-                        generation: int) -> np.ndarray:
+                        generation: int, *, parallel: bool) -> np.ndarray:
     """``out = base + (sum_i weights[i] * normal(member=members[i])).astype(dtype)`` in one pass.
 
     Equal bit for bit to ``g = rng.weighted_noise_sum(weights, ...); g += base``.
@@ -238,6 +217,8 @@ def seed_recombine_into(out: np.ndarray, base: np.ndarray, weights, members, see
     weights : sequence of float, shape (k,)
         Already multiplied by the absolute noise scale; accumulated in float64.
     members : sequence of int, shape (k,)
+    parallel : bool
+        Split the work over Numba's threads (same bits either way).
     """
     flat_out = out.reshape(-1)
     flat_base = np.ascontiguousarray(base).reshape(-1)
@@ -249,7 +230,7 @@ def seed_recombine_into(out: np.ndarray, base: np.ndarray, weights, members, see
             np.copyto(flat_out, flat_base)
             return out
         k0, k1 = _key(seed)
-        _pick(_seed_mix_parallel, _seed_mix_serial, n)(
+        (_seed_mix_parallel if parallel else _seed_mix_serial)(
             flat_out, flat_base, w, m, k0, k1, np.uint32(stream), np.uint32(generation), get_num_threads())
     return out
 
@@ -359,14 +340,12 @@ def lowrank_mutant_into(out: np.ndarray, base: np.ndarray, a_scaled: np.ndarray,
 def _factors_kernel(out, n_a, factor, k0, k1, s1, s2, s3):
     """Normals 0..len(out)-1 of the address into ``out``, the first ``n_a`` multiplied by ``factor``."""
     o = np.empty((4, _SUB), np.uint32)
-    fbuf = np.empty(_SUB, np.float32)
-    ebuf = np.empty(_SUB, np.int32)
     z = np.empty((4, _SUB), out.dtype)
     n = out.shape[0]
     nblocks = (n + 3) // 4
     for b in range(0, nblocks, _SUB):
         nb = min(_SUB, nblocks - b)
-        _normal_chunk(b, nb, k0, k1, s1, s2, s3, o[0], o[1], o[2], o[3], fbuf, ebuf, z[0], z[1], z[2], z[3])
+        normal_chunk(b, nb, k0, k1, s1, s2, s3, o[0], o[1], o[2], o[3], z[0], z[1], z[2], z[3])
         for i in range(nb):
             for q in range(4):
                 j = 4 * (b + i) + q

@@ -19,18 +19,68 @@ The unit noise of member ``m`` for parameter ``name`` in cycle ``c`` is
   equals the full-rank mutation's.
 
 A candidate is ``base + scale * z`` with ``scale = sigma * max(rms(base), 1e-8)``.
+
+This module is the one place that chooses EGD's kernels: the array-API code
+here is the oracle, and NumPy arrays go to the Numba kernels of
+:mod:`egdnp.optim._egd_cpu` (:func:`mutant`, :func:`mutant_plans`,
+:func:`seed_recombination`, :func:`mix`, :func:`param_scale`,
+:func:`member_factors`), serial below ``egdnp._threads.EGD_SPLIT_FROM``
+elements and split over Numba's threads from there
+(:func:`set_parallel_from`).  Every path rounds like the oracle, bit for bit.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
-from .. import _backend, rng
+from .. import _backend, _threads, rng
 
 __all__ = ["param_scale", "unit_noise", "mutant", "weighted_unit_noise", "is_lowrank", "lowrank_shape",
-           "lowrank_factors", "dtype_name"]
+           "lowrank_factors", "dtype_name", "mutant_plans", "seed_recombination", "mix", "member_factors",
+           "set_parallel_from"]
 
 RMS_FLOOR = 1e-8
+
+
+def set_parallel_from(n_elements: int) -> int:
+    """Run EGD's Numba kernels on arrays of at least ``n_elements`` elements split over Numba's threads.
+
+    Sets ``egdnp._threads.EGD_SPLIT_FROM`` (default ``2**20``, chosen on a
+    2-core machine where splitting lost inside the cycle; see
+    :mod:`egdnp._threads`).  Results are the same bits either way.
+
+    Parameters
+    ----------
+    n_elements : int >= 1
+
+    Returns
+    -------
+    int
+        The previous threshold (to restore it).
+    """
+    if isinstance(n_elements, bool) or not isinstance(n_elements, numbers.Integral) or n_elements < 1:
+        raise ValueError(f"n_elements={n_elements!r} must be an int >= 1 (elements of one parameter array)")
+    old = _threads.EGD_SPLIT_FROM
+    _threads.EGD_SPLIT_FROM = int(n_elements)
+    return old
+
+
+def _cpu():
+    """The Numba kernels, imported on first use: ``import egdnp`` must not load Numba."""
+    from . import _egd_cpu
+
+    return _egd_cpu
+
+
+def _numba(xp, usable: bool = True) -> bool:
+    """Whether an op without an ``impl=`` argument runs its Numba kernel for namespace ``xp``."""
+    return _backend.resolve_impl(xp, "auto", usable=usable) == "numba"
+
+
+def _parallel(n: int) -> bool:
+    # read at call time, so set_parallel_from and tests patching _threads take effect
+    return n >= _threads.EGD_SPLIT_FROM
 
 
 def dtype_name(xp, dtype) -> str:
@@ -46,10 +96,8 @@ def param_scale(xp, p, sigma: float, scratch=None) -> float:
     """
     if _size(p) == 0:
         return 0.0
-    if scratch is not None and _backend.is_numpy(xp):
-        from . import _egd_cpu
-
-        mean_sq = _egd_cpu.mean_square(p, scratch)
+    if scratch is not None and _numba(xp):
+        mean_sq = _cpu().mean_square(p, scratch)
     else:
         mean_sq = xp.mean(p * p)
     rms = float(xp.sqrt(mean_sq))
@@ -135,29 +183,22 @@ def mutant(base, scale: float, *, seed: int, name: str, member: int, cycle: int,
     -------
     array, the shape and dtype of ``base`` (``out`` when given).
     """
-    if impl not in ("auto", "numba", "array_api"):
-        raise ValueError(f"impl={impl!r} is not one of ('auto', 'numba', 'array_api')")
     shape = tuple(base.shape)
-    fused = _backend.is_numpy(xp) and not is_lowrank(shape, mutation)
-    if impl == "numba" and not fused:
-        raise ValueError("impl='numba' needs NumPy arrays and a full-rank mutation")
-    if fused and impl != "array_api":
-        from . import _egd_cpu
-
+    lowrank = is_lowrank(shape, mutation)
+    chosen = _backend.resolve_impl(xp, impl, usable=not lowrank, needs="a full-rank mutation")
+    if chosen == "numba":
         if out is None:
             out = xp.empty(shape, dtype=base.dtype)
-        return _egd_cpu.mutant_into(out, base, scale, seed, rng.stream_id(name), member, cycle)
-    if (impl != "array_api" and _backend.is_numpy(xp) and is_lowrank(shape, mutation)
-            and (out is None or out.flags.c_contiguous)):
+        return _cpu().mutant_into(out, base, scale, seed, rng.stream_id(name), member, cycle,
+                                  parallel=_parallel(out.size))
+    if impl == "auto" and lowrank and _backend.is_numpy(xp) and (out is None or out.flags.c_contiguous):
         # the oracle's own matmul, written into the output, then the base added in place
-        from . import _egd_cpu
-
         rows, cols = lowrank_shape(shape)
         a, b = _factors(rows, cols, rank, seed=seed, name=name, member=member, cycle=cycle,
                         dtype=dtype_name(xp, base.dtype), xp=xp, device=device)
         if out is None:
             out = xp.empty(shape, dtype=base.dtype)
-        _egd_cpu.lowrank_mutant_into(out.reshape(rows, cols), base.reshape(rows, cols),
+        _cpu().lowrank_mutant_into(out.reshape(rows, cols), base.reshape(rows, cols),
                                      a * (float(scale) / math.sqrt(rank)), b)
         return out
     z = unit_noise(shape, seed=seed, name=name, member=member, cycle=cycle, dtype=dtype_name(xp, base.dtype), xp=xp,
@@ -239,3 +280,137 @@ def weighted_unit_noise(weights, members, shape, *, seed: int, name: str, cycle:
         return g if len(shape) == 2 else xp.reshape(g, shape)
     return rng.weighted_noise_sum(weights, shape, seed=seed, stream=name, members=members, generation=cycle,
                                   dtype=dtype, xp=xp, device=device)
+
+
+def mutant_plans(xp, bases: dict, scales: dict, *, seed: int, cycle: int, mutation: str, rank: int) -> dict:
+    """NumPy: the Numba kernels' per-parameter arguments, converted once per cycle (``{}`` for other namespaces).
+
+    Parameters
+    ----------
+    xp : namespace
+        The namespace of ``bases``.
+    bases : dict[str, array]
+        The mutated tensors (host arrays), keyed by name.
+    scales : dict[str, float]
+        Absolute noise std per name.
+    seed, cycle, mutation, rank :
+        The cycle's noise address and mutation kind.
+
+    Returns
+    -------
+    dict[str, plan]
+        ``plan.write(out, member)`` writes the mutant of ``member`` into the
+        C-contiguous ``out``; a name without a plan (a non-contiguous low-rank
+        base) goes through :func:`mutant`.
+    """
+    if not _numba(xp):
+        return {}
+    cpu, plans = _cpu(), {}
+    for n, base in bases.items():
+        stream = rng.stream_id(n)
+        if not is_lowrank(tuple(base.shape), mutation):
+            plans[n] = cpu.MutantPlan(base, scales[n], seed, stream, cycle, parallel=_parallel(base.size))
+        elif base.flags.c_contiguous:
+            plans[n] = cpu.LowRankPlan(base, scales[n], rank, seed, stream, cycle)
+    return plans
+
+
+def seed_recombination(p, weights, members, scale: float, *, seed: int, name: str, cycle: int, xp, device=None,
+                       mutation: str = "full", rank: int = 1):
+    """``p + scale * sum_i weights[i] * unit_noise(member=members[i])``, a fresh array.
+
+    NumPy full rank: one Numba pass (regenerate, weight, round, add the base);
+    otherwise :func:`weighted_unit_noise` plus ``p``, the same bits.
+
+    Parameters
+    ----------
+    p : array
+        The base tensor.
+    weights : sequence of float, shape (k,)
+    members : sequence of int, shape (k,)
+    scale : float
+        Absolute noise std of ``p``.
+
+    Returns
+    -------
+    array, the shape and dtype of ``p``.
+    """
+    if _numba(xp, usable=not is_lowrank(tuple(p.shape), mutation)):
+        out = xp.empty(p.shape, dtype=p.dtype)
+        return _cpu().seed_recombine_into(out, p, [w * scale for w in weights], members, seed, rng.stream_id(name),
+                                          cycle, parallel=_parallel(out.size))
+    g = weighted_unit_noise(weights, members, p.shape, seed=seed, name=name, cycle=cycle, dtype=dtype_name(xp, p.dtype),
+                            xp=xp, device=device, mutation=mutation, rank=rank, factor=scale)
+    g += p
+    return g
+
+
+def mix(xp, parts, weights, uniform: bool, out=None):
+    """The elites' recombination: ``((p0 + p1) + ...) / k`` when ``uniform``, else ``p0 * w0 + p1 * w1 + ...``.
+
+    Every product and sum is rounded to the dtype (the spec's
+    ``stack(...).mean(0)`` as a running sum and one division); NumPy runs
+    one Numba pass instead of ``k + 2``.
+
+    Parameters
+    ----------
+    xp : namespace
+        The namespace of ``parts``.
+    parts : sequence of array, length k >= 1, one shape and dtype
+    weights : sequence of float, length k
+    uniform : bool
+    out : array, optional
+        Where to write (C-contiguous for NumPy); a fresh array otherwise.
+
+    Returns
+    -------
+    array, ``out`` when given.
+    """
+    if _numba(xp):
+        if out is None:
+            out = xp.empty(parts[0].shape, dtype=parts[0].dtype)
+        return _cpu().mix_into(out, parts, weights, uniform)
+    first = parts[0] * (1.0 if uniform else weights[0])
+    if out is None:
+        out = first
+    else:
+        out[...] = first
+    for w, x in zip(weights[1:], parts[1:]):
+        out += x if uniform else x * w
+    if uniform:
+        out /= float(len(parts))
+    return out
+
+
+def member_factors(shape, members, scale: float, *, seed: int, name: str, cycle: int, rank: int, dtype, xp,
+                   device=None):
+    """Stacked low-rank factors of ``members`` (:func:`lowrank_factors` of each; zeros for members ``<= 0``).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        A matrix or a filter bank.
+    members : sequence of int, length n
+    scale : float
+        The tensor's absolute noise std (folded into ``A``).
+    dtype : namespace dtype
+
+    Returns
+    -------
+    A : array, shape (n, rows, rank)
+    B : array, shape (n, cols, rank)
+    """
+    rows, cols = lowrank_shape(shape)
+    if _numba(xp):
+        return _cpu().stacked_factors(rows, cols, rank, scale, seed, rng.stream_id(name), cycle, members, dtype)
+    kw = {} if device is None else {"device": device}
+    a_parts, b_parts = [], []
+    for m in members:
+        if m > 0:
+            a, b = lowrank_factors(shape, seed=seed, name=name, member=m, cycle=cycle, rank=rank,
+                                   dtype=dtype_name(xp, dtype), xp=xp, device=device, factor=scale)
+        else:
+            a, b = xp.zeros((rows, rank), dtype=dtype, **kw), xp.zeros((cols, rank), dtype=dtype, **kw)
+        a_parts.append(a)
+        b_parts.append(b)
+    return xp.stack(a_parts, axis=0), xp.stack(b_parts, axis=0)

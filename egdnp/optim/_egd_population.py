@@ -1,310 +1,328 @@
-"""Scoring a whole EGD population at once: the mutations of a cycle as one description.
+"""EGD's population stores: where a cycle keeps its base, its candidates and its elites.
 
-The spec scores one candidate at a time with ``closure(params)``.  Every
-member of a cycle is scored on the same batch, though, so a model that runs
-on a population axis can score them all in one forward -- with low-rank
-mutations without ever forming a candidate (``x Wᵀ`` once, ``(x B) Aᵀ`` per
-member).  This module is the optimiser's side of that contract; it knows no
-model.  A **population scorer** is any callable
+Three stores share one interface (``begin``, ``prepare``, ``device_params``,
+``release``, ``recombine``), so the cycle (:mod:`egdnp.optim._egd_cycle`)
+is written once:
 
-    scorer(mutations: Mutations) -> losses, array or sequence of shape (len(mutations.members),)
+* :class:`HostPopulation` (``population_storage="array"``): the base snapshot
+  and the candidates/elites live in host buffers from a
+  :class:`egdnp._backend.BufferPool` (pinned with CuPy, allocated once and
+  reused every cycle).  A candidate is built on the host and copied to one
+  device buffer; with CuPy the copy is asynchronous on its own stream and the
+  next candidate is built on the host while the device is still scoring the
+  current one (the loss is read only after the next candidate is built).
+  Elites are host slots: keeping a candidate as an elite moves no data (the
+  slot changes owner).
+* :class:`DevicePopulation` (``offload_population_to_cpu=False``): the
+  candidates and elites are arrays of the compute namespace (device memory
+  with CuPy); nothing is copied between host and device.
+* :class:`SeedPopulation` (``population_storage="seed"``): a member is its
+  noise address; candidates are regenerated on the device and the recombined
+  parameters are ``base + scale * sum_i w_i z_i`` with the elites' noise
+  regenerated.  No parameter array crosses between host and device.
 
-that returns the loss of every member listed in ``mutations.members``, in
-that order, on one batch chosen from ``(mutations.cycle, mutations.phase)``.
-:func:`egdnp.es.egd_scorer.model_scorer` builds one for ``egdnp.nn`` models.
-
-A :class:`Mutations` addresses the noise, it holds none: a scorer asks for
-the low-rank factors, the noise or the stacked candidate tensors of the
-members (or of a chunk of them) it is about to score.  Everything it hands
-out is the per-candidate path's own arithmetic: the same addresses, the same
-scales, the same rounding of the scaled factor; ``candidates`` is bit for bit
-what the per-candidate path hands the closure.
+A handle is what ``prepare(member)`` returns (a host slot, a dict of device
+arrays, or the member itself); :data:`BASE` is the base member's.  The
+kernels (mutants, recombination, mixing) are chosen in
+:mod:`egdnp.optim._egd_mutation`.  Parameters that are not mutated
+(``mutate_filter`` said no, or empty tensors) are never copied: every
+candidate uses the live array.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from typing import Any, Callable
+from .. import _backend
+from ._egd_mutation import dtype_name, mix, mutant, mutant_plans, seed_recombination
 
-from .. import _backend, rng
-from ._egd_mutation import dtype_name, is_lowrank, lowrank_factors, lowrank_shape, mutant, unit_noise
+__all__ = ["BASE", "Workspace", "SeedPopulation", "DevicePopulation", "HostPopulation", "store_for",
+           "population_bytes", "check_population_fits", "nbytes"]
 
-__all__ = ["Mutations", "PopulationScoring"]
+BASE = "base"  # handle of the base member (member 0) in every store
 
 
-class Mutations:
-    """The mutations of some members of one EGD cycle, by noise address (nothing materialised).
-
-    Member ``m >= 1`` of cycle ``c`` evaluates every mutated tensor at
-    ``params[name] + scales[name] * z`` with ``z`` the unit noise of
-    ``(seed, name, m, c)`` (full rank, or ``(A Bᵀ / sqrt(rank)).reshape(shape)``
-    for matrices and filter banks when ``mutation == "lowrank"``, see
-    :mod:`egdnp.optim._egd_mutation`).  Members ``0`` (the base) and ``-1``
-    (the recombined parameters) are ``params`` themselves, unmutated.
+class Workspace:
+    """Scratch memory reused across cycles (not optimiser state: never saved, never needed to resume).
 
     Attributes
     ----------
-    params : dict[str, array]
-        The parameters every member mutates (all of them, mutated or not).
-    members : tuple of int
-        The members to score, in the order the losses must come back.
-    mutated : tuple of str
-        Names of the mutated tensors; every other tensor is ``params[name]`` for every member.
-    scales : dict[str, float]
-        Absolute noise std of every mutated tensor, ``sigma * max(rms, 1e-8)``.
-    seed, cycle : int
-        The noise address (``cycle`` is the noise generation).
-    phase : {"score", "rescore"}
-        ``"score"``: the cycle's selection batch; ``"rescore"``: the fresh batch
-        of ``rescore_elites``.  Choose the batch from ``(cycle, phase)`` only.
-    mutation : {"full", "lowrank"}
-    rank : int
-    xp : namespace
-        The namespace of ``params``.
+    pools : dict
+        One :class:`egdnp._backend.BufferPool` per backend name.
+    device_buffers : dict
+        The device candidate buffer of every mutated parameter (CuPy), and
+        NumPy's reused candidate/scratch buffers.
+    copy_streams : dict
+        CuPy only: the stream the candidates are copied on.
     """
 
-    __slots__ = ("params", "members", "mutated", "scales", "seed", "cycle", "phase", "mutation", "rank", "xp",
-                 "_device")
+    def __init__(self):
+        self.pools: dict = {}
+        self.device_buffers: dict = {}
+        self.copy_streams: dict = {}
 
-    def __init__(self, params: dict, members, *, mutated, scales: dict, seed: int, cycle: int, phase: str,
-                 mutation: str, rank: int):
-        self.params = params
-        self.members = tuple(int(m) for m in members)
-        self.mutated = tuple(mutated)
-        self.scales = dict(scales)
-        self.seed, self.cycle, self.phase = int(seed), int(cycle), str(phase)
-        self.mutation, self.rank = str(mutation), int(rank)
-        self.xp = _backend.array_namespace(*params.values())
-        first = params[self.mutated[0]] if self.mutated else next(iter(params.values()))
-        self._device = _backend.device_of(first)
+    def pool(self, xp) -> _backend.BufferPool:
+        key = _backend.backend_name(xp)
+        if key not in self.pools:
+            self.pools[key] = _backend.BufferPool(xp)
+        return self.pools[key]
 
-    def __repr__(self) -> str:
-        return (f"Mutations(members={self.members}, cycle={self.cycle}, phase={self.phase!r}, "
-                f"mutation={self.mutation!r}, rank={self.rank}, mutated={self.mutated})")
+    @property
+    def host_allocations(self) -> int:
+        """Host buffers allocated so far (stays constant once the first cycle has run)."""
+        return sum(p.allocations for p in self.pools.values())
 
-    # -- helpers ------------------------------------------------------------------
-    def _members(self, members) -> tuple:
-        return self.members if members is None else tuple(int(m) for m in members)
+    @property
+    def host_nbytes(self) -> int:
+        return sum(p.nbytes for p in self.pools.values())
 
-    def _check(self, name: str) -> Any:
-        if name not in self.mutated:
-            raise KeyError(f"{name!r} is not mutated in this cycle; mutated tensors are {list(self.mutated)}")
-        return self.params[name]
+    def copy_stream(self, xp):
+        key = _backend.backend_name(xp)
+        if key not in self.copy_streams:
+            self.copy_streams[key] = _backend.new_stream(xp)
+        return self.copy_streams[key]
 
-    def _dev(self):
-        xp = self.xp
-        return None if _backend.is_numpy(xp) or _backend.is_cupy(xp) else self._device
+    def device_buffer(self, xp, name, shape, dtype):
+        key = (_backend.backend_name(xp), name)
+        buf = self.device_buffers.get(key)
+        if buf is None or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype:
+            buf = xp.empty(tuple(shape), dtype=dtype)
+            self.device_buffers[key] = buf
+        return buf
 
-    def is_lowrank(self, name: str) -> bool:
-        """Whether tensor ``name`` gets low-rank mutations (see :meth:`factors`).
 
-        Parameters
-        ----------
-        name : str
-            A mutated tensor.
+def nbytes(x) -> int:
+    """Bytes of array ``x`` (any namespace)."""
+    n = 1
+    for d in x.shape:
+        n *= int(d)
+    return n * _backend.numpy_dtype(_backend.array_namespace(x), x.dtype).itemsize
 
-        Returns
-        -------
-        bool
-        """
-        return is_lowrank(tuple(self._check(name).shape), self.mutation)
 
-    def factors(self, name: str, members=None):
-        """Stacked low-rank factors: member ``i``'s mutation of ``name`` is ``(A[i] @ B[i].T).reshape(shape)``.
+def population_bytes(cfg, params: dict, mutated) -> int:
+    """Bytes the population buffers of one cycle hold at once (0 for ``population_storage="seed"``).
 
-        ``A`` is pre-scaled by ``scales[name] / sqrt(rank)`` (rounded to the
-        dtype once, as the per-candidate path does); members ``0``/``-1`` get
-        zero factors.  A conv filter bank ``(C_out, C_in, kh, kw)`` has
-        ``(rows, cols) = (C_out, C_in * kh * kw)``.
+    Array storage holds ``k + 2`` candidate slots of every mutated tensor (the
+    elites, the candidate being scored, the one being built) and the
+    recombined copy.
+    """
+    if cfg.population_storage == "seed":
+        return 0
+    return (cfg.n_elites + 3) * sum(nbytes(params[n]) for n in mutated)
 
-        Parameters
-        ----------
-        name : str
-            A mutated tensor with ``is_lowrank(name)``.
-        members : sequence of int, optional
-            Default: ``self.members``.
 
-        Returns
-        -------
-        A : array, shape (n, rows, rank)
-        B : array, shape (n, cols, rank)
-        """
-        p = self._check(name)
-        shape = tuple(int(s) for s in p.shape)
-        if not is_lowrank(shape, self.mutation):
-            raise ValueError(f"{name!r} (shape {shape}) gets full-rank mutations; use noise() or candidates()")
-        members = self._members(members)
-        xp, rows_cols = self.xp, lowrank_shape(shape)
-        rows, cols = rows_cols
-        r = self.rank
-        dt = dtype_name(xp, p.dtype)
-        scale = self.scales[name]
-        if _backend.is_numpy(xp):
-            from . import _egd_cpu
+def check_population_fits(cfg, params: dict, mutated) -> None:
+    """MemoryError, before anything is allocated, when the population buffers exceed the memory they go to."""
+    nbytes = population_bytes(cfg, params, mutated)
+    if nbytes == 0:
+        return
+    xp = _backend.array_namespace(next(iter(params.values())))
+    on_device = not cfg.offload_population_to_cpu and not _backend.is_numpy(xp)
+    limit = _backend.device_memory_bytes(xp) if on_device else _backend.host_memory_bytes()
+    _backend.check_fits(
+        nbytes, limit,
+        f"EGD with pop_size={cfg.pop_size}, elite_frac={cfg.elite_frac} and population_storage='array' "
+        f"({cfg.n_elites} elites + 3 copies of the mutated parameters {'on the device' if on_device else 'in host memory'})",
+        "lower pop_size or elite_frac, or pass population_storage='seed' (members kept as noise addresses)",
+    )
 
-            return _egd_cpu.stacked_factors(rows, cols, r, scale, self.seed, rng.stream_id(name), self.cycle, members,
-                                            p.dtype)
-        dev = self._dev()
-        a_parts, b_parts = [], []
-        for m in members:
-            if m > 0:
-                a, b = lowrank_factors(shape, seed=self.seed, name=name, member=m, cycle=self.cycle, rank=r, dtype=dt,
-                                       xp=xp, device=dev, factor=scale)
-            else:
-                a = xp.zeros((rows, r), dtype=p.dtype, device=dev) if dev is not None else xp.zeros((rows, r), dtype=p.dtype)
-                b = xp.zeros((cols, r), dtype=p.dtype, device=dev) if dev is not None else xp.zeros((cols, r), dtype=p.dtype)
-            a_parts.append(a)
-            b_parts.append(b)
-        return xp.stack(a_parts, axis=0), xp.stack(b_parts, axis=0)
 
-    def noise(self, name: str, members=None):
-        """Stacked scaled full-rank noise ``scales[name] * z`` of the members (zeros for ``0``/``-1``).
+class _Population:
+    def __init__(self, cfg, xp, params: dict, mutated: list, scales: dict, cycle: int, workspace: Workspace,
+                 seed: int):
+        self.cfg, self.xp, self.params, self.mutated, self.scales = cfg, xp, params, mutated, scales
+        self.cycle, self.ws, self.seed = cycle, workspace, seed
+        self.bytes_to_device = 0
+        self.bytes_to_host = 0
+        first = params[mutated[0]] if mutated else next(iter(params.values()))
+        self.device = _backend.device_of(first)
+        self.dtypes = {n: dtype_name(xp, params[n].dtype) for n in mutated}
+        self.numpy = _backend.is_numpy(xp)
+        self.plans: dict = {}
 
-        Parameters
-        ----------
-        name : str
-            A mutated tensor with full-rank mutations.
-        members : sequence of int, optional
-            Default: ``self.members``.
+    def _plans(self, ns, bases: dict) -> dict:
+        return mutant_plans(ns, bases, self.scales, seed=self.seed, cycle=self.cycle, mutation=self.cfg.mutation,
+                            rank=self.cfg.rank)
 
-        Returns
-        -------
-        array, shape (n, *params[name].shape)
-        """
-        p = self._check(name)
-        shape = tuple(int(s) for s in p.shape)
-        if is_lowrank(shape, self.mutation):
-            raise ValueError(f"{name!r} (shape {shape}) gets low-rank mutations; use factors()")
-        xp, dev = self.xp, self._dev()
-        parts = []
-        for m in self._members(members):
-            if m > 0:
-                parts.append(unit_noise(shape, seed=self.seed, name=name, member=m, cycle=self.cycle,
-                                        dtype=dtype_name(xp, p.dtype), xp=xp, device=dev, factor=self.scales[name]))
-            else:
-                parts.append(xp.zeros(shape, dtype=p.dtype) if dev is None else
-                             xp.zeros(shape, dtype=p.dtype, device=dev))
-        return xp.stack(parts, axis=0)
+    def _mutant(self, ns, base, name, member, device=None, out=None):
+        """The mutant of ``member`` (written into ``out`` when given): its plan's kernel, else :func:`mutant`."""
+        plan = self.plans.get(name) if out is not None else None
+        if plan is not None:
+            plan.write(out, member)
+            return out
+        return mutant(base, self.scales[name], seed=self.seed, name=name, member=member, cycle=self.cycle,
+                      xp=ns, device=device, mutation=self.cfg.mutation, rank=self.cfg.rank, out=out)
 
-    def candidates(self, name: str, members=None):
-        """Stacked candidate tensors ``params[name] + scales[name] * z`` (materialised: memory ``n * size``).
+    def _fresh_candidate(self, member: int) -> dict:
+        dev = None if self.numpy or _backend.is_cupy(self.xp) else self.device
+        return {n: self._mutant(self.xp, self.params[n], n, member, device=dev) for n in self.mutated}
 
-        Bit for bit the tensors the per-candidate path hands the closure
-        (``params[name]`` itself for members ``0``/``-1``).
+    def release(self, handle) -> None:
+        pass
 
-        Parameters
-        ----------
-        name : str
-            Any parameter; an unmutated one is repeated.
-        members : sequence of int, optional
-            Default: ``self.members``.
 
-        Returns
-        -------
-        array, shape (n, *params[name].shape)
-        """
-        p = self.params[name]
-        members = self._members(members)
-        xp = self.xp
-        if name not in self.mutated:
-            return xp.stack([p] * len(members), axis=0)
-        shape = tuple(int(s) for s in p.shape)
-        out = xp.empty((len(members),) + shape, dtype=p.dtype) if self._dev() is None else xp.empty(
-            (len(members),) + shape, dtype=p.dtype, device=self._dev())
-        numpy = _backend.is_numpy(xp)
-        for i, m in enumerate(members):
-            if m <= 0:
-                out[i, ...] = p
-            elif numpy:
-                mutant(p, self.scales[name], seed=self.seed, name=name, member=m, cycle=self.cycle, xp=xp,
-                       mutation=self.mutation, rank=self.rank, out=out[i])
-            else:
-                out[i, ...] = mutant(p, self.scales[name], seed=self.seed, name=name, member=m, cycle=self.cycle,
-                                     xp=xp, device=self._dev(), mutation=self.mutation, rank=self.rank)
+class SeedPopulation(_Population):
+    """Members are noise addresses; everything is regenerated on the device."""
+
+    def begin(self, n_slots: int | None = None) -> None:
+        # NumPy: one reused candidate buffer per parameter (the device holds one candidate at a time)
+        self.plans = self._plans(self.xp, {n: self.params[n] for n in self.mutated})
+
+    def prepare(self, member: int):
+        return member
+
+    def device_params(self, handle) -> dict:
+        if handle == BASE:
+            return self.params
+        cand = dict(self.params)
+        if self.numpy:
+            for n in self.mutated:
+                p = self.params[n]
+                out = self.ws.device_buffer(self.xp, ("candidate", n), p.shape, p.dtype)
+                cand[n] = self._mutant(self.xp, p, n, handle, out=out)
+        else:
+            cand.update(self._fresh_candidate(handle))
+        return cand
+
+    def recombine(self, handles, members, weights) -> dict:
+        # sum_i w_i (base + s z_i) = base + s * sum_{i != base} w_i z_i  because sum_i w_i = 1
+        pairs = [(w, m) for h, m, w in zip(handles, members, weights) if h != BASE]
+        if not pairs:
+            return dict(self.params)
+        ws, ms = [w for w, _ in pairs], [m for _, m in pairs]
+        dev = None if self.numpy or _backend.is_cupy(self.xp) else self.device
+        out = dict(self.params)
+        for n in self.mutated:
+            out[n] = seed_recombination(self.params[n], ws, ms, self.scales[n], seed=self.seed, name=n,
+                                        cycle=self.cycle, xp=self.xp, device=dev, mutation=self.cfg.mutation,
+                                        rank=self.cfg.rank)
         return out
 
 
-class PopulationScoring:
-    """Calls a population scorer for the cycle, checks what it returns, applies ``loss_reduce``.
+class _ArrayPopulation(_Population):
+    """A store whose candidates are arrays: recombination mixes the elites' arrays tensor by tensor."""
 
-    Counts calls and wall time like the closure's scorer (the report's
-    ``closure_calls`` and ``closure_seconds``).
+    def _part(self, handle, name: str):
+        raise NotImplementedError
 
-    Parameters
-    ----------
-    scorer : callable(Mutations) -> losses of shape (n,)
-    cfg : EGDConfig
-    mutated : list of str
-    scales : dict[str, float]
-    cycle : int
-    seed : int
-        The state's seed (the rng position of the run; not ``cfg.seed``).
-    """
+    def _mix(self, name: str, parts: list, weights, uniform: bool):
+        raise NotImplementedError
 
-    def __init__(self, scorer: Callable, cfg, mutated, scales: dict, cycle: int, seed: int):
-        if not callable(scorer):
-            raise TypeError(f"scorer={scorer!r} must be callable(mutations) -> losses of shape (n_members,)")
-        self.scorer = scorer
-        self.cfg, self.mutated, self.scales, self.cycle = cfg, tuple(mutated), dict(scales), int(cycle)
-        self.seed = int(seed)
-        self.calls = 0
-        self.seconds = 0.0
+    def recombine(self, handles, members, weights) -> dict:
+        if all(h == BASE for h in handles):
+            return dict(self.params)
+        out = dict(self.params)
+        uniform = len(set(weights)) == 1
+        for n in self.mutated:
+            out[n] = self._mix(n, [self._part(h, n) for h in handles], weights, uniform)
+        return out
 
-    def mutations(self, params: dict, members, phase: str) -> Mutations:
-        """The :class:`Mutations` of ``members`` relative to ``params`` in this cycle."""
-        return Mutations(params, members, mutated=self.mutated, scales=self.scales, seed=self.seed,
-                         cycle=self.cycle, phase=phase, mutation=self.cfg.mutation, rank=self.cfg.rank)
 
-    def __call__(self, params: dict, members, phase: str) -> list:
-        """Losses of ``members`` (Python floats, ``loss_reduce`` applied to each), in order."""
-        muts = self.mutations(params, members, phase)
-        n = len(muts.members)
-        t0 = time.perf_counter()
-        raw = self.scorer(muts)
-        self.calls += 1
-        try:
-            if hasattr(raw, "shape"):
-                shape = tuple(int(s) for s in raw.shape)
-                items = [raw[i] for i in range(shape[0])] if len(shape) == 1 else None
+class DevicePopulation(_ArrayPopulation):
+    """``offload_population_to_cpu=False``: candidates and elites are device arrays (k + 2 at most)."""
+
+    def begin(self, n_slots: int | None = None) -> None:
+        pass
+
+    def prepare(self, member: int) -> dict:
+        # fresh arrays: a candidate may stay as an elite while the next ones are built
+        return self._fresh_candidate(member)
+
+    def device_params(self, handle) -> dict:
+        if handle == BASE:
+            return self.params
+        cand = dict(self.params)
+        cand.update(handle)
+        return cand
+
+    def _part(self, handle, name: str):
+        return self.params[name] if handle == BASE else handle[name]
+
+    def _mix(self, name: str, parts: list, weights, uniform: bool):
+        return mix(self.xp, parts, weights, uniform)
+
+
+class HostPopulation(_ArrayPopulation):
+    """Base snapshot and candidate/elite slots in (pinned) host buffers; one device candidate buffer."""
+
+    def begin(self, n_slots: int | None = None) -> None:
+        xp = self.xp
+        self.hxp = _backend.get_namespace("numpy")
+        self.pool = self.ws.pool(xp)
+        # Host and device are the same memory for NumPy: candidates are handed to the
+        # closure straight from their host slot, nothing is copied.
+        self.same_memory = self.numpy
+        self.is_cupy = _backend.is_cupy(xp)
+        self.stream = self.ws.copy_stream(xp) if self.is_cupy else None
+        self.base_host = {}
+        for n in self.mutated:
+            p = self.params[n]
+            if self.same_memory and p.flags.c_contiguous:
+                # NumPy: the cycle never writes into params, so the live array is the snapshot
+                self.base_host[n] = p
+                continue
+            buf = self.pool.get(("base", n), tuple(p.shape), self.dtypes[n])
+            _backend.to_host(p, out=buf)
+            if not self.same_memory:
+                self.bytes_to_host += buf.nbytes
+            self.base_host[n] = buf
+        # k elites + the candidate whose loss is pending + the one being built
+        # (population scoring builds only the k elites, after scoring)
+        n_slots = self.cfg.n_elites + 2 if n_slots is None else n_slots
+        self.free_slots = list(range(n_slots))[::-1]
+        self.slots = {
+            (slot, n): self.pool.get(("slot", slot, n), tuple(self.params[n].shape), self.dtypes[n])
+            for slot in range(n_slots) for n in self.mutated
+        }
+        self.plans = self._plans(self.hxp, self.base_host)
+
+    def prepare(self, member: int) -> int:
+        slot = self.free_slots.pop()
+        for n in self.mutated:
+            self._mutant(self.hxp, self.base_host[n], n, member, out=self.slots[slot, n])
+        return slot
+
+    def release(self, handle) -> None:
+        if handle != BASE:
+            self.free_slots.append(handle)
+
+    def device_params(self, handle) -> dict:
+        if handle == BASE:
+            return self.params
+        cand = dict(self.params)
+        for n in self.mutated:
+            host = self.slots[handle, n]
+            if self.same_memory:
+                cand[n] = host
+                continue
+            if self.is_cupy:
+                out = self.ws.device_buffer(self.xp, n, host.shape, self.params[n].dtype)
+                cand[n] = _backend.to_device(host, self.xp, stream=self.stream, non_blocking=True, out=out)
             else:
-                items = list(raw)
-                shape = (len(items),)
-        except TypeError:
-            raise TypeError(
-                f"the population scorer returned {type(raw).__name__}; it must return the losses of "
-                f"mutations.members as an array or sequence of shape ({n},)"
-            ) from None
-        if shape != (n,) or items is None:
-            raise ValueError(
-                f"the population scorer returned losses of shape {shape} for {n} members {muts.members} "
-                f"(phase {phase!r}); it must return one loss per member of mutations.members, shape ({n},)"
-            )
-        reduce = self.cfg.loss_reduce
-        if reduce is None and hasattr(raw, "shape"):
-            items = list(_backend.to_host(raw))  # one device->host copy for all members
-        values = [_loss_float(reduce(v) if reduce is not None else v, i, muts.members) for i, v in enumerate(items)]
-        self.seconds += time.perf_counter() - t0
-        return values
+                cand[n] = _backend.to_device(host, self.xp, device=self.device)
+            self.bytes_to_device += host.nbytes
+        if self.is_cupy:
+            _backend.synchronize(self.xp, self.stream)
+        return cand
 
+    def _part(self, handle, name: str):
+        return self.base_host[name] if handle == BASE else self.slots[handle, name]
 
-def _loss_float(value, i: int, members) -> float:
-    if isinstance(value, bool):
-        raise TypeError(f"the population scorer's loss {i} (member {members[i]}) is a bool; return real losses")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if hasattr(value, "shape"):
-        host = _backend.to_host(value)
-        if host.size != 1 or host.dtype.kind not in "fiu":
-            raise TypeError(
-                f"the population scorer's loss {i} (member {members[i]}) has shape {tuple(host.shape)} and dtype "
-                f"{host.dtype}; each loss must be a real scalar"
-            )
-        return float(host.reshape(()))
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"the population scorer's loss {i} (member {members[i]}) is a {type(value).__name__}; "
-            "each loss must be a real scalar"
-        ) from None
+    def _mix(self, name: str, parts: list, weights, uniform: bool):
+        if self.same_memory:
+            # NumPy: one pass straight into the new parameter array
+            return mix(self.hxp, parts, weights, uniform)
+        mixed = mix(self.hxp, parts, weights, uniform, out=self.pool.get(("mixed", name), parts[0].shape,
+                                                                         parts[0].dtype))
+        self.bytes_to_device += mixed.nbytes
+        return _backend.to_device(mixed, self.xp, device=None if self.is_cupy else self.device)
+
+    def recombine(self, handles, members, weights) -> dict:
+        out = super().recombine(handles, members, weights)
+        if self.is_cupy:
+            _backend.synchronize(self.xp)  # the mixed parameters are complete when returned
+        return out
+
+def store_for(cfg):
+    """The store class of ``cfg.population_storage`` and ``cfg.offload_population_to_cpu``."""
+    if cfg.population_storage == "seed":
+        return SeedPopulation
+    return HostPopulation if cfg.offload_population_to_cpu else DevicePopulation

@@ -20,12 +20,13 @@ import math
 from typing import Any, NamedTuple
 
 from .. import _backend
-from ._egd_base import (Optimizer, check_float, check_lr, check_params, check_params_grads, check_state_keys,
-                         check_state_type, learning_rate_at)
+from ._base import (Optimizer, check_float, check_lr, check_params, check_params_grads, check_state_keys,
+                    check_state_type, learning_rate_at, register_state_type)
 
 __all__ = ["AdamState", "adam", "adamw"]
 
 
+@register_state_type
 class AdamState(NamedTuple):
     """State of :func:`adam` / :func:`adamw`.
 

@@ -39,7 +39,8 @@ Step order of one ``update`` (the spec's)
       kept;
    c. (``rescore_elites``) re-score the elites and the base on a fresh batch
       (``phase="rescore"``) and use those losses from here on;
-   d. recombine the elites: mean, or weights ``softmax(-loss / temperature)``;
+   d. recombine the elites: mean, weights ``softmax(-loss / temperature)``,
+      or the weights of a rule given to :func:`register_recombination`;
    e. load the recombined parameters, zero the momentum buffers
       (``reset_momentum_on_evo``), ``sigma *= sigma_decay``;
    f. score the recombined parameters (member -1): ``report.loss``; with
@@ -82,184 +83,22 @@ on every backend, a run is reproducible bit for bit on one backend, and
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import numbers
 from typing import Any, Callable, NamedTuple
 
 from .. import _backend
-from .. import rng as _rng
-from ._egd_base import check_float, check_lr, check_params_grads, check_state_keys, check_state_type, learning_rate_at
-from ._egd_base import load_state as _load_state
-from ._egd_base import save_state as _save_state
-from ._egd_cycle import Workspace, check_population_fits, run_cycle
-from ._egd_population import Mutations
-from .sgd import check_sgd_hyper, sgd_direction
+from ._base import check_params_grads, check_state_keys, learning_rate_at
+from ._base import load_state as _load_state
+from ._base import save_state as _save_state
+from ._egd_cycle import run_cycle
+from ._egd_mutation import set_parallel_from
+from ._egd_population import Workspace, check_population_fits
+from ._egd_recombination import check_recombination, recombination_names, register_recombination
+from ._egd_scoring import Mutations
+from ._egd_types import EGDConfig, EGDState, EvolutionReport, check_params, check_state, make_config, new_sigma
+from .sgd import sgd_step
 
-__all__ = ["EGDConfig", "EGDState", "EvolutionReport", "EGDOptimizer", "Mutations", "egd", "EGD", "save", "load"]
-
-MAX_SEED = 2**64 - 1
-RECOMBINE = ("mean", "softmax")
-STORAGE = ("array", "seed")
-MUTATION = ("full", "lowrank")
-ACCEPT = ("always", "if_better")
-
-
-@dataclasses.dataclass(frozen=True)
-class EGDConfig:
-    """Static hyper-parameters of EGD (validated by :func:`egd`); see :func:`egd` for their meaning.
-
-    Attributes
-    ----------
-    lr, momentum, nesterov, weight_decay :
-        The SGD step.
-    evo_interval, pop_size, elite_frac, sigma, sigma_decay, sigma_schedule :
-        When evolution cycles run, how many members, how many elites, the mutation scale.
-    recombine, temperature, accept, rescore_elites, reset_momentum_on_evo :
-        What a cycle does with its elites.
-    population_storage, offload_population_to_cpu, mutation, rank, mutate_filter :
-        How mutants are stored and drawn.
-    seed, loss_reduce, callback :
-        Noise seed, closure-result reduction, per-cycle report hook.
-
-    Every field is the keyword argument of :func:`egd` of the same name, with its
-    default and meaning.
-    """
-
-    lr: Any = 1e-2
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    evo_interval: int = 200
-    pop_size: int = 8
-    elite_frac: float = 0.25
-    sigma: float = 0.02
-    sigma_decay: float = 0.98
-    recombine: str = "mean"
-    reset_momentum_on_evo: bool = True
-    loss_reduce: Callable | None = None
-    seed: int = 0
-    sigma_schedule: Callable | None = None
-    offload_population_to_cpu: bool = True
-    mutate_filter: Callable | None = None
-    population_storage: str = "array"
-    mutation: str = "full"
-    rank: int = 1
-    accept: str = "always"
-    temperature: float = 1.0
-    rescore_elites: bool = False
-    callback: Callable | None = None
-
-    @property
-    def n_elites(self) -> int:
-        """``k = max(1, ceil(elite_frac * pop_size))``."""
-        return max(1, int(math.ceil(self.elite_frac * self.pop_size)))
-
-
-class EGDState(NamedTuple):
-    """Everything a run needs to resume bit for bit.
-
-    Attributes
-    ----------
-    step : int
-        SGD steps done (the spec's ``_t``); the lr schedule sees ``step``
-        before it is incremented.
-    cycle : int
-        Evolution cycles done; the mutations of the next cycle use
-        ``generation=cycle``.
-    sigma : float
-        Current relative mutation scale.
-    seed : int
-        Noise seed; ``(seed, cycle)`` is the whole rng position.
-    momentum : dict[str, array] or None
-        Momentum buffers keyed like params (``None`` when momentum is 0).
-    """
-
-    step: int
-    cycle: int
-    sigma: float
-    seed: int
-    momentum: dict | None
-
-
-@dataclasses.dataclass(frozen=True)
-class EvolutionReport:
-    """What one evolution cycle did (returned by ``update`` and passed to ``callback``).
-
-    Attributes
-    ----------
-    cycle, step : int
-        Cycle number (0-based) and the SGD step count that triggered it.
-    base_loss : float
-        Loss of the parameters after the SGD step (member 0).
-    member_losses : tuple of float, length pop_size
-        Loss of every member (index = member; 0 is the base).  Non-finite
-        values are reported as returned.
-    elite_indices : tuple of int
-        Members recombined, best first.
-    elite_losses, elite_weights : tuple of float
-        Their losses (re-scored ones with ``rescore_elites``) and weights.
-    rescore_losses : dict[int, float] or None
-        Losses on the fresh batch (``rescore_elites``), member -> loss.
-    recombined_loss : float
-        Loss of the recombined parameters (member -1).
-    loss : float
-        Loss of the parameters the update returns: ``recombined_loss``, or
-        the base's when ``accept="if_better"`` rejected the recombination.
-        This is the spec's return value.
-    accepted : bool
-    sigma : float
-        Sigma the mutations used (before the decay).
-    scales : dict[str, float]
-        Absolute noise std per mutated parameter, ``sigma * max(rms, 1e-8)``.
-    mutated : tuple of str
-    bytes_to_device, bytes_to_host, bytes_moved : int
-        Parameter bytes copied host->device, device->host, and their sum.
-        0 in ``population_storage="seed"`` mode and on NumPy, where host and
-        device memory are the same.
-    closure_calls : int
-        Closure calls, or population scorer calls (``scored_by="population"``).
-    closure_seconds : float
-        Wall time spent in the closure or the scorer (and ``loss_reduce``).
-    seconds : float
-        Wall time of the whole cycle; ``seconds / closure_seconds - 1`` is
-        the overhead of mutation, selection and recombination.
-    population_storage : str
-    host_buffer_bytes : int
-        Host (pinned with CuPy) memory held by the population buffers.
-    scored_by : {"closure", "population"}
-        Whether the members were scored one at a time by the closure or all
-        at once by a population scorer.
-    """
-
-    cycle: int
-    step: int
-    base_loss: float
-    member_losses: tuple
-    elite_indices: tuple
-    elite_losses: tuple
-    elite_weights: tuple
-    rescore_losses: dict | None
-    recombined_loss: float
-    loss: float
-    accepted: bool
-    sigma: float
-    scales: dict
-    mutated: tuple
-    bytes_to_device: int
-    bytes_to_host: int
-    bytes_moved: int
-    closure_calls: int
-    closure_seconds: float
-    seconds: float
-    population_storage: str
-    host_buffer_bytes: int
-    scored_by: str = "closure"
-
-    @property
-    def overhead(self) -> float:
-        """``seconds / closure_seconds``: 1.0 means the cycle cost nothing beyond its closure calls."""
-        return self.seconds / self.closure_seconds if self.closure_seconds > 0 else math.inf
+__all__ = ["EGDConfig", "EGDState", "EvolutionReport", "EGDOptimizer", "Mutations", "egd", "EGD", "save", "load",
+           "register_recombination", "recombination_names", "set_parallel_from"]
 
 
 class EGDOptimizer(NamedTuple):
@@ -281,115 +120,6 @@ class EGDOptimizer(NamedTuple):
     evolve: Callable
     config: EGDConfig
     workspace: Workspace
-
-
-# ----------------------------------------------------------------------------
-# validation
-# ----------------------------------------------------------------------------
-def _check_int(name, value, low=None, fix=""):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}={value!r} must be an int{'; ' + fix if fix else ''}")
-    value = int(value)
-    if low is not None and value < low:
-        raise ValueError(f"Invalid {name}={value}: must be >= {low}{'; ' + fix if fix else ''}")
-    return value
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"Invalid {name}={value!r}: use one of {choices}")
-    return value
-
-
-def _check_callable(name, value):
-    if value is not None and not callable(value):
-        raise TypeError(f"{name}={value!r} must be callable or None")
-    return value
-
-
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}={value!r} must be True or False")
-    return value
-
-
-def make_config(**kw) -> EGDConfig:
-    """Validate the knobs (the spec's checks and the extensions'); returns an :class:`EGDConfig`."""
-    cfg = EGDConfig(**kw)
-    lr, momentum, nesterov, weight_decay = check_sgd_hyper(cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
-    evo_interval = _check_int("evo_interval", cfg.evo_interval, fix="0 or less disables evolution")
-    pop_size = _check_int("pop_size", cfg.pop_size)
-    if pop_size < 2:
-        raise ValueError(f"Invalid pop_size={pop_size}: pop_size must be >= 2 (the current params count as one member)")
-    if pop_size > _rng.MAX_POP_SIZE:
-        raise ValueError(
-            f"Invalid pop_size={pop_size}: member ids are 32-bit words of the noise address; "
-            f"pass pop_size <= {_rng.MAX_POP_SIZE} (2**32 - 1)"
-        )
-    elite_frac = check_float("elite_frac", cfg.elite_frac, low=0.0, low_inclusive=False, high=0.5,
-                             fix="elite_frac must be in (0, 0.5]")
-    sigma = check_float("sigma", cfg.sigma, low=0.0, low_inclusive=False, fix="sigma must be > 0")
-    sigma_decay = check_float("sigma_decay", cfg.sigma_decay, low=0.0, low_inclusive=False,
-                              fix="sigma_decay must be > 0 (1.0 keeps sigma constant)")
-    recombine = _check_choice("recombine", cfg.recombine, RECOMBINE)
-    _check_bool("reset_momentum_on_evo", cfg.reset_momentum_on_evo)
-    _check_callable("loss_reduce", cfg.loss_reduce)
-    seed = _check_int("seed", cfg.seed, low=0)
-    if seed > MAX_SEED:
-        raise ValueError(f"Invalid seed={seed}: must be in [0, 2**64 - 1]")
-    _check_callable("sigma_schedule", cfg.sigma_schedule)
-    _check_bool("offload_population_to_cpu", cfg.offload_population_to_cpu)
-    _check_callable("mutate_filter", cfg.mutate_filter)
-    _check_choice("population_storage", cfg.population_storage, STORAGE)
-    _check_choice("mutation", cfg.mutation, MUTATION)
-    rank = _check_int("rank", cfg.rank, low=1)
-    _check_choice("accept", cfg.accept, ACCEPT)
-    temperature = check_float("temperature", cfg.temperature, low=0.0, low_inclusive=False,
-                              fix="temperature must be > 0")
-    _check_bool("rescore_elites", cfg.rescore_elites)
-    _check_callable("callback", cfg.callback)
-    return dataclasses.replace(
-        cfg, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, evo_interval=evo_interval,
-        pop_size=pop_size, elite_frac=elite_frac, sigma=sigma, sigma_decay=sigma_decay, recombine=recombine,
-        seed=seed, rank=rank, temperature=temperature,
-    )
-
-
-def _check_params(params: dict) -> None:
-    if not isinstance(params, dict) or not params:
-        raise TypeError(f"params must be a non-empty dict[str, array]; got {type(params).__name__}")
-    _backend.check_float_arrays(params, "params", fix="EGD mutates float32 or float64 parameters")
-
-
-def _check_state(cfg: EGDConfig, state, params: dict) -> None:
-    """The state is an EGDState whose scalars are valid and whose buffers fit ``params``."""
-    check_state_type(state, EGDState)
-    for name in ("step", "cycle"):
-        value = getattr(state, name)
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"state.{name}={value!r} must be an int >= 0; pass the state init or update returned")
-    check_float("state.sigma", state.sigma, low=0.0, low_inclusive=False,
-                fix="pass the state init or update returned")
-    _rng._check_seed(state.seed)
-    if (state.momentum is None) != (cfg.momentum == 0.0):
-        raise ValueError(
-            f"state.momentum is {'None' if state.momentum is None else 'a dict of buffers'} but this optimiser "
-            f"has momentum={cfg.momentum}; pass a state of an EGD with the same momentum setting (or init(params))"
-        )
-    check_state_keys(state.momentum, params, "state.momentum")
-
-
-def _new_sigma(cfg: EGDConfig, step: int, sigma: float) -> float:
-    if cfg.sigma_schedule is None:
-        return sigma
-    value = cfg.sigma_schedule(step, sigma)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"sigma_schedule returned {value!r} at step {step}; it must return a float") from None
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(f"sigma_schedule returned sigma={value!r} at step {step}; sigma must stay finite and > 0")
-    return value
 
 
 # ----------------------------------------------------------------------------
@@ -421,8 +151,10 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
         Mutation std relative to each tensor's RMS (clamped at 1e-8).
     sigma_decay : float > 0
         ``sigma *= sigma_decay`` after every cycle.
-    recombine : {"mean", "softmax"}
-        Elite mean, or weights ``softmax(-loss / temperature)``.
+    recombine : str
+        ``"mean"`` (elite mean), ``"softmax"`` (weights
+        ``softmax(-loss / temperature)``) or a name given to
+        :func:`register_recombination`.
     reset_momentum_on_evo : bool
         Zero the momentum buffers after an accepted cycle.
     loss_reduce : callable(loss) -> loss, optional
@@ -481,7 +213,7 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
 
     def init(params: dict) -> EGDState:
         """Fresh state: step 0, cycle 0, sigma = config.sigma, zero momentum buffers."""
-        _check_params(params)
+        check_params(params)
         if cfg.evo_interval > 0 and cfg.mutate_filter is None:
             # refused here rather than after the first training steps; with a filter the
             # cycle checks (the filter is called once per cycle by contract)
@@ -489,26 +221,15 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
         bufs = None
         if cfg.momentum != 0.0:
             bufs = {k: _backend.array_namespace(p).zeros_like(p) for k, p in params.items()}
-        return EGDState(0, 0, cfg.sigma, cfg.seed, bufs)
+        return EGDState(0, 0, cfg.sigma, cfg.seed, bufs, cfg.recombine)
 
     def _sgd(grads, state, params):
         if grads is None:
             grads = {}
         check_params_grads(grads, params)
         check_state_keys(state.momentum, params, "state.momentum")
-        step_lr = learning_rate_at(cfg.lr, state.step)
-        new_params = dict(params)
-        new_bufs = None if state.momentum is None else dict(state.momentum)
-        for k, g in grads.items():
-            if g is None:
-                continue
-            buf = None if new_bufs is None else new_bufs[k]
-            d, buf = sgd_direction(g, params[k], buf, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                   weight_decay=cfg.weight_decay)
-            new_params[k] = params[k] - step_lr * d
-            if new_bufs is not None:
-                new_bufs[k] = buf
-        return new_params, new_bufs
+        return sgd_step(grads, params, state.momentum, learning_rate_at(cfg.lr, state.step), momentum=cfg.momentum,
+                        nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
 
     def _cycle(state: EGDState, params: dict, momentum, step: int, sigma: float, closure, scorer=None):
         if closure is not None and scorer is not None:
@@ -526,15 +247,14 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
         if state.cycle > 2**32 - 1:
             raise RuntimeError(f"cycle={state.cycle} exceeds the 32-bit generation counter of the noise")
         # the state's seed is the rng position of this run; cfg.seed only seeds init
-        result = run_cycle(cfg, params, sigma=sigma, cycle=state.cycle, step=step, closure=closure,
-                           workspace=workspace, seed=state.seed, scorer=scorer)
-        if result.accepted and cfg.reset_momentum_on_evo and momentum is not None:
+        new_params, report = run_cycle(cfg, params, sigma=sigma, cycle=state.cycle, step=step, closure=closure,
+                                       workspace=workspace, seed=state.seed, scorer=scorer)
+        if report.accepted and cfg.reset_momentum_on_evo and momentum is not None:
             momentum = {k: _backend.array_namespace(b).zeros_like(b) for k, b in momentum.items()}
-        new_state = EGDState(step, state.cycle + 1, sigma * cfg.sigma_decay, state.seed, momentum)
-        report = EvolutionReport(**result.report_fields)
+        new_state = EGDState(step, state.cycle + 1, sigma * cfg.sigma_decay, state.seed, momentum, cfg.recombine)
         if cfg.callback is not None:
             cfg.callback(report)
-        return result.params, new_state, report
+        return new_params, new_state, report
 
     def update(grads: dict | None, state: EGDState, params: dict, closure: Callable | None = None, *,
                scorer: Callable | None = None):
@@ -559,26 +279,26 @@ def egd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
         report : EvolutionReport or None
             ``None`` on plain SGD steps.
         """
-        _check_params(params)
-        _check_state(cfg, state, params)
+        check_params(params)
+        check_state(cfg, state, params)
         new_params, momentum = _sgd(grads, state, params)
         step = state.step + 1
-        sigma = _new_sigma(cfg, step, state.sigma)
+        sigma = new_sigma(cfg, step, state.sigma)
         if cfg.evo_interval <= 0 or step % cfg.evo_interval != 0:
-            return new_params, EGDState(step, state.cycle, sigma, state.seed, momentum), None
+            return new_params, EGDState(step, state.cycle, sigma, state.seed, momentum, cfg.recombine), None
         return _cycle(state, new_params, momentum, step, sigma, closure, scorer)
 
     def evolve(state: EGDState, params: dict, closure: Callable | None = None, *, scorer: Callable | None = None):
         """One evolution cycle now, without an SGD step (``state.step`` unchanged); ``closure`` or ``scorer``."""
-        _check_params(params)
-        _check_state(cfg, state, params)
+        check_params(params)
+        check_state(cfg, state, params)
         return _cycle(state, params, state.momentum, state.step, state.sigma, closure, scorer)
 
     return EGDOptimizer(init, update, evolve, cfg, workspace)
 
 
 def save(path, state: EGDState) -> None:
-    """Write an :class:`EGDState` to one ``.npz`` file (momentum, sigma, step, cycle, seed).
+    """Write an :class:`EGDState` to one ``.npz`` file (momentum, sigma, step, cycle, seed, recombination name).
 
     Parameters
     ----------
@@ -613,16 +333,29 @@ def load(path, *, xp: Any = "numpy", device: Any = None, params: dict | None = N
     ------
     ValueError
         The file is not a readable EGD state (empty, truncated, another format),
-        or its buffers do not match ``params``; the message names the file.
+        its buffers do not match ``params``, or it records a recombination
+        that is not registered in this process; the message names the file.
     """
     state = _load_state(path, EGDState, xp=xp, device=device)
+    _check_recorded_recombination(path, state.recombine)
     if params is not None:
-        _check_params(params)
+        check_params(params)
         try:
             check_state_keys(state.momentum, params, "the checkpoint's momentum")
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{path!s} does not fit these params: {exc}") from None
     return state
+
+
+def _check_recorded_recombination(path, name) -> None:
+    """A state file's recombination (``None``: saved before it was recorded) must be registered here."""
+    if name is None:
+        return
+    try:
+        check_recombination(name, "the recombination recorded in the file")
+    except ValueError as exc:
+        raise ValueError(f"{path!s} was saved by an EGD with recombine={name!r}, which is not registered in this "
+                         f"process ({exc}); register it before loading") from None
 
 
 # ----------------------------------------------------------------------------
@@ -716,8 +449,8 @@ class EGD:
         -------
         None
         """
-        _save_state(path, _Checkpoint(self.state.step, self.state.cycle, self.state.sigma, self.state.seed,
-                                      self.state.momentum, self.params))
+        st = self.state
+        _save_state(path, _Checkpoint(st.step, st.cycle, st.sigma, st.seed, st.momentum, self.params, st.recombine))
 
     def load(self, path) -> None:
         """Load what :meth:`save` wrote (onto the namespace/device of the current params).
@@ -735,13 +468,15 @@ class EGD:
         xp = _backend.array_namespace(first)
         device = None if _backend.is_numpy(xp) or _backend.is_cupy(xp) else _backend.device_of(first)
         ck = _load_state(path, _Checkpoint, xp=xp, device=device)
+        _check_recorded_recombination(path, ck.recombine)
         try:
             check_state_keys(ck.params, self.params, "the checkpoint's params")
-            _check_state(self.opt.config, EGDState(ck.step, ck.cycle, ck.sigma, ck.seed, ck.momentum), self.params)
+            state = EGDState(ck.step, ck.cycle, ck.sigma, ck.seed, ck.momentum, ck.recombine)
+            check_state(self.opt.config, state, self.params)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{path!s} is not a checkpoint of this model and optimiser: {exc}") from None
         self.params = dict(ck.params)
-        self.state = EGDState(ck.step, ck.cycle, ck.sigma, ck.seed, ck.momentum)
+        self.state = state
 
 
 class _Checkpoint(NamedTuple):
@@ -751,3 +486,4 @@ class _Checkpoint(NamedTuple):
     seed: int
     momentum: dict | None
     params: dict
+    recombine: str | None = None  # not in checkpoints saved before it was recorded

@@ -16,9 +16,10 @@ ValueError naming the argument.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Callable
 
-from ._egd_base import check_float
+from ._base import check_float
 
 __all__ = [
     "constant",
@@ -42,8 +43,6 @@ def _check_steps(name: str, value, minimum: int = 0) -> int:
 def _check_step_arg(step) -> int:
     if isinstance(step, bool) or not isinstance(step, int):
         try:
-            import operator
-
             step = operator.index(step)
         except TypeError:
             raise TypeError(f"step={step!r} must be an int") from None

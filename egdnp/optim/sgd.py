@@ -20,12 +20,13 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .. import _backend
-from ._egd_base import (Optimizer, check_float, check_lr, check_params, check_params_grads, check_state_keys,
-                         check_state_type, learning_rate_at)
+from ._base import (Optimizer, check_float, check_lr, check_params, check_params_grads, check_state_keys,
+                    check_state_type, learning_rate_at, register_state_type)
 
-__all__ = ["SGDState", "sgd", "sgd_direction"]
+__all__ = ["SGDState", "sgd", "sgd_direction", "sgd_step"]
 
 
+@register_state_type
 class SGDState(NamedTuple):
     """State of :func:`sgd`.
 
@@ -79,6 +80,43 @@ def sgd_direction(grad, param, buf, *, momentum: float, nesterov: bool, weight_d
     return d, new_buf
 
 
+def sgd_step(grads: dict, params: dict, bufs: dict | None, step_lr: float, *, momentum: float, nesterov: bool,
+             weight_decay: float) -> tuple[dict, dict | None]:
+    """One SGD step over a params dict: ``p - step_lr * d`` for every parameter with a gradient.
+
+    Shared by :func:`sgd` and EGD's SGD step; the arguments are already checked.
+
+    Parameters
+    ----------
+    grads : dict[str, array or None]
+        Gradients keyed like ``params`` (a missing or ``None`` gradient skips its parameter).
+    params : dict[str, array]
+    bufs : dict[str, array] or None
+        Momentum buffers keyed like ``params``; ``None`` when ``momentum == 0``.
+    step_lr : float
+        The learning rate of this step.
+    momentum, nesterov, weight_decay :
+        As in :func:`sgd`.
+
+    Returns
+    -------
+    new_params : dict[str, array]
+    new_bufs : dict[str, array] or None
+        New dicts; the inputs are not modified.
+    """
+    new_params = dict(params)
+    new_bufs = None if bufs is None else dict(bufs)
+    for k, g in grads.items():
+        if g is None:
+            continue
+        buf = None if new_bufs is None else new_bufs[k]
+        d, buf = sgd_direction(g, params[k], buf, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+        new_params[k] = params[k] - step_lr * d
+        if new_bufs is not None:
+            new_bufs[k] = buf
+    return new_params, new_bufs
+
+
 def sgd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> Optimizer:
     """SGD with momentum, Nesterov and weight decay (``torch.optim.SGD``, dampening 0).
 
@@ -124,17 +162,8 @@ def sgd(lr: Any = 1e-2, momentum: float = 0.0, nesterov: bool = False, weight_de
                 f"momentum={momentum}; pass the state of an sgd with the same momentum setting (or init(params))"
             )
         check_state_keys(state.momentum, params, "state.momentum")
-        step_lr = learning_rate_at(lr, state.count)
-        new_params = dict(params)
-        new_bufs = None if state.momentum is None else dict(state.momentum)
-        for k, g in grads.items():
-            if g is None:
-                continue
-            buf = None if new_bufs is None else new_bufs[k]
-            d, buf = sgd_direction(g, params[k], buf, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-            new_params[k] = params[k] - step_lr * d
-            if new_bufs is not None:
-                new_bufs[k] = buf
+        new_params, new_bufs = sgd_step(grads, params, state.momentum, learning_rate_at(lr, state.count),
+                                        momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
         return new_params, SGDState(state.count + 1, new_bufs)
 
     return Optimizer(init, update)

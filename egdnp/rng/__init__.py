@@ -23,8 +23,15 @@ stream_id(name)                       CRC-32 stream id of a parameter name
 random_bits(shape, seed=..., ...)     uint32 words
 uniform(shape, seed=..., ...)         floats in [0, 1) with 24-bit resolution
 normal(shape, seed=..., ...)          standard normals (Box-Muller)
+normal_members(n_members, size, ...)  normal() of consecutive members, one launch
 weighted_noise_sum(weights, shape, ...)   sum_i w_i * normal(member_i), fused
 centered_ranks(fitness)               ranks scaled to [-0.5, 0.5], ties averaged
+check_seed(seed)                      a seed as an int, or a clear error
+
+The Numba building blocks behind the CPU path (key setup, the Philox chunk,
+the normal chunk, the weighted chunk, the 4-lane store) are public in
+:mod:`egdnp.rng.kernels` for other packages' fused kernels; it is imported on
+demand (it loads Numba, which ``import egdnp`` does not).
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ import numbers
 import operator
 from typing import Any
 
+import numpy as np  # host-side bookkeeping only (dtype names, the small weight vector)
+
 from .. import _backend
-from . import _array_api
+from . import _array_api, _gpu
 from ._spec import MAX_ELEMENTS, MAX_SEED, MAX_WORD, NORMAL_ATOL, philox4x32_10, stream_id
 
 __all__ = [
@@ -43,8 +52,10 @@ __all__ = [
     "random_bits",
     "uniform",
     "normal",
+    "normal_members",
     "weighted_noise_sum",
     "centered_ranks",
+    "check_seed",
     "NORMAL_ATOL",
     "IMPLEMENTATIONS",
     "MAX_POP_SIZE",
@@ -60,7 +71,25 @@ MAX_POP_SIZE = MAX_WORD
 # ----------------------------------------------------------------------------
 # argument checking
 # ----------------------------------------------------------------------------
-def _check_seed(seed: Any) -> int:
+def check_seed(seed: Any) -> int:
+    """``seed`` as a Python int, checked: an integer (not a bool) in [0, 2**64 - 1].
+
+    Parameters
+    ----------
+    seed : int
+        A noise seed (the 64-bit Philox key).
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    TypeError
+        Not an integer.
+    ValueError
+        Outside the 64-bit unsigned range.
+    """
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed={seed!r} must be an int in [0, 2**64 - 1]")
     seed = int(seed)
@@ -107,6 +136,14 @@ def _check_shape(shape: Any) -> tuple[int, ...]:
     return dims
 
 
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r} must be a non-negative int")
+    if value < 0:
+        raise ValueError(f"{name}={value} is negative; pass a count >= 0")
+    return int(value)
+
+
 def _size(dims: tuple[int, ...]) -> int:
     n = 1
     for d in dims:
@@ -120,8 +157,6 @@ def _check_dtype(xp, dtype: Any):
         if dtype == name or dtype == getattr(xp, name):
             return getattr(xp, name), name
         try:
-            import numpy as np
-
             if np.dtype(dtype) == np.dtype(name):
                 return getattr(xp, name), name
         except TypeError:
@@ -129,31 +164,21 @@ def _check_dtype(xp, dtype: Any):
     raise TypeError(f"dtype={dtype!r} is not supported; use 'float32' or 'float64'")
 
 
+
+
 def _resolve(xp: Any, impl: str):
+    """(namespace, implementation) of an rng call: NumPy by default; see :func:`egdnp._backend.resolve_impl`."""
     xp = _backend.get_namespace("numpy" if xp is None else xp)
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"impl={impl!r} is not one of {IMPLEMENTATIONS}")
-    if impl == "auto":
-        if _backend.is_numpy(xp):
-            impl = "numba"
-        elif _backend.is_cupy(xp):
-            impl = "cupy"
-        else:
-            impl = "array_api"
-    elif impl == "numba" and not _backend.is_numpy(xp):
-        raise ValueError(f"impl='numba' computes NumPy arrays; xp={_backend.backend_name(xp)} is not NumPy")
-    elif impl == "cupy" and not _backend.is_cupy(xp):
-        raise ValueError(f"impl='cupy' computes CuPy arrays; xp={_backend.backend_name(xp)} is not CuPy")
-    return xp, impl
+    return xp, _backend.resolve_impl(xp, impl, kernels=("numba", "cupy"))
 
 
 def _kernels(impl: str):
+    """The kernel module of ``impl``: ``_cpu`` is imported on first use (it loads Numba; ``import egdnp``
+    must not), ``_gpu`` loads CuPy only when it launches."""
     if impl == "numba":
         from . import _cpu
 
         return _cpu
-    from . import _gpu
-
     return _gpu
 
 
@@ -184,7 +209,7 @@ def random_bits(shape, *, seed, stream=0, member=0, generation=0, xp=None, devic
     array, shape ``shape``, uint32
         Element ``j`` (C order) is word ``j % 4`` of block ``j // 4``.
     """
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     stream, member, generation = _check_stream(stream), _check_word("member", member), _check_word("generation", generation)
     dims = _check_shape(shape)
     xp, impl = _resolve(xp, impl)
@@ -222,7 +247,7 @@ def uniform(shape, *, seed, stream=0, member=0, generation=0, dtype="float32", x
         Element ``j`` is ``(random_bits(...)[j] >> 8) * 2**-24``: a multiple of
         ``2**-24`` in [0, 1), bitwise equal on every backend.
     """
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     stream, member, generation = _check_stream(stream), _check_word("member", member), _check_word("generation", generation)
     dims = _check_shape(shape)
     xp, impl = _resolve(xp, impl)
@@ -254,7 +279,7 @@ def normal(shape, *, seed, stream=0, member=0, generation=0, dtype="float32", xp
         Element ``j`` (C order) is the spec's normal number ``j`` of the
         address; it does not depend on ``shape``.
     """
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     stream, member, generation = _check_stream(stream), _check_word("member", member), _check_word("generation", generation)
     dims = _check_shape(shape)
     xp, impl = _resolve(xp, impl)
@@ -265,6 +290,50 @@ def normal(shape, *, seed, stream=0, member=0, generation=0, dtype="float32", xp
     else:
         flat = _kernels(impl).normal(n, seed, stream, member, generation, dname)
     return xp.reshape(flat, dims)
+
+
+def normal_members(n_members, size, *, seed, stream=0, first=0, generation=0, dtype="float32", xp=None, device=None,
+                   impl="auto"):
+    """:func:`normal` of ``n_members`` consecutive members at once: ``out[k] = normal((size,), member=first + k)``.
+
+    The noise of a population (EGGROLL's factors of every pair) in one kernel
+    launch: Numba runs all rows in one call (split over threads by rows from
+    :data:`egdnp._threads.ES_NOISE_SPLIT_FROM` values), CuPy in one 2-D launch;
+    the array-API code calls :func:`normal` per member and is the oracle.
+    Each row is exactly :func:`normal`'s value for its member (bitwise, for
+    the same ``impl``).
+
+    Parameters
+    ----------
+    n_members, size : int
+        Rows (members) and values per row.
+    first : int
+        Member id of row 0; rows are members ``first .. first + n_members - 1``
+        (all of them at most 2**32 - 1).
+    seed, stream, generation, dtype, xp, device, impl :
+        As in :func:`normal`.
+
+    Returns
+    -------
+    array, shape (n_members, size), dtype ``dtype``
+    """
+    seed = check_seed(seed)
+    stream, first, generation = _check_stream(stream), _check_word("first", first), _check_word("generation", generation)
+    n_members, size = _check_count("n_members", n_members), _check_count("size", size)
+    if size > MAX_ELEMENTS:
+        raise ValueError(f"size={size} is more than the 2**34 values one address (one row) can hold; "
+                         "split the parameter over several streams")
+    if n_members and first + n_members - 1 > MAX_WORD:
+        raise ValueError(f"first={first} with n_members={n_members} runs past member 2**32 - 1; "
+                         "lower first or draw fewer members")
+    xp, impl = _resolve(xp, impl)
+    dt, dname = _check_dtype(xp, dtype)
+    if impl != "array_api":
+        return _kernels(impl).normal_members(n_members, size, seed, stream, first, generation, dname)
+    if n_members == 0:
+        return xp.zeros((0, size), dtype=dt, device=device)
+    return xp.stack([_array_api.normal(xp, size, seed, stream, first + k, generation, dt, device)
+                     for k in range(n_members)], axis=0)
 
 
 def weighted_noise_sum(weights, shape, *, seed, stream=0, members=None, generation=0, dtype="float32", xp=None, device=None, impl="auto"):
@@ -294,9 +363,7 @@ def weighted_noise_sum(weights, shape, *, seed, stream=0, members=None, generati
     array, shape ``shape``
         Extra memory beyond the output is O(chunk) per thread.
     """
-    import numpy as np  # host-side bookkeeping of the small weight vector
-
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     stream, generation = _check_stream(stream), _check_word("generation", generation)
     dims = _check_shape(shape)
     xp, impl = _resolve(xp, impl)

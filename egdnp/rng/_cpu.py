@@ -3,8 +3,8 @@
 Work is done in chunks of ``CHUNK_BLOCKS`` Philox blocks; every value depends
 only on its own index, so results do not depend on the thread count or on how
 the blocks are split.  Each operation has ONE compiled kernel, serial over a
-range of blocks and ``nogil``; large arrays give each of up to
-``NUMBA_NUM_THREADS`` plain Python threads an equal, contiguous run of blocks
+range of blocks and ``nogil``; from :data:`egdnp._threads.RNG_SPLIT_FROM`
+values, each thread of the shared pool gets an equal, contiguous run of blocks
 and one set of scratch buffers (:func:`_split`).  No Numba parallel region:
 compiling one (parfors) cost 3-8 s of a cold start per kernel, loading one
 from the cache starts the OpenMP layer, and the thread split needs neither.  Inside a chunk, Philox runs over local arrays in
@@ -20,15 +20,14 @@ paths give bitwise the same values (tests/test_rng.py).
 from __future__ import annotations
 
 import math
-import threading
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .. import _threads
 from ._spec import MASK32, PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 
 CHUNK_BLOCKS = 4096  # Philox blocks per chunk (16384 values): the unit of work of the parallel kernels
@@ -41,47 +40,22 @@ _LO = np.uint64(MASK32)
 _S32 = np.uint64(32)
 
 
-_POOL = None
-_POOL_LOCK = threading.Lock()
-
-
-def _n_threads() -> int:
-    """Threads to split over: ``numba.get_num_threads()`` once Numba's threading
-    layer runs (so ``numba.set_num_threads`` is honoured), else the configured
-    count -- asking Numba earlier would start the layer (~60 ms) for nothing."""
-    from numba.np.ufunc import parallel
-
-    if getattr(parallel, "_is_initialized", True):
-        return max(1, numba.get_num_threads())
-    return max(1, int(numba.config.NUMBA_NUM_THREADS))
-
-
 def _split(kernel, n, args):
     """Run ``kernel(*args, blo, bhi)`` over the ``(n + 3) // 4`` blocks of ``n`` values.
 
-    An array of one chunk per thread or less runs on the calling thread
-    (waking a thread costs more than the work); a larger one is cut into
-    contiguous runs (:func:`_thread_blocks`), one per thread, all but the first
-    on pool threads.  Every value is computed from its own index, so the
-    result is bitwise the same whatever the split.
+    Below :data:`egdnp._threads.RNG_SPLIT_FROM` values the calling thread runs
+    every block (handing a range to a thread costs more than it saves); a
+    larger array is cut into contiguous runs (:func:`_thread_blocks`), one per
+    thread, on the shared pool (:func:`egdnp._threads.run_split`).  Every value
+    is computed from its own index, so the result is bitwise the same whatever
+    the split.
     """
-    global _POOL
     nblocks = (n + 3) // 4
-    nt = 1 if n <= 4 * CHUNK_BLOCKS else min(_n_threads(), _n_chunks(n))
+    nt = 1 if n < _threads.RNG_SPLIT_FROM else min(_threads.cpu_threads(), _n_chunks(n))
     if nt <= 1:
         kernel(*args, 0, nblocks)
         return
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < nt - 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _POOL = ThreadPoolExecutor(max_workers=nt - 1, thread_name_prefix="egdnp-rng")
-        pool = _POOL
-    bounds = [_thread_blocks(t, nt, nblocks) for t in range(nt)]
-    futures = [pool.submit(kernel, *args, lo, hi) for lo, hi in bounds[1:]]
-    kernel(*args, *bounds[0])
-    for fut in futures:
-        fut.result()
+    _threads.run_split(lambda lo, hi: kernel(*args, lo, hi), [_thread_blocks(t, nt, nblocks) for t in range(nt)])
 
 
 def _n_chunks(n):
@@ -98,7 +72,19 @@ def _thread_blocks(t, nt, nblocks):
 
 @njit(inline="always")
 def _philox_chunk(b0, nb, k0, k1, c1, c2, c3, o0, o1, o2, o3):
-    """Philox4x32-10 of blocks b0 .. b0+nb-1 into o0..o3[:nb] (uint32)."""
+    """Philox4x32-10 of blocks b0 .. b0+nb-1 into o0..o3[:nb] (uint32).
+
+    Parameters
+    ----------
+    b0, nb : int
+        First block and number of blocks (counter word 0 is ``b0 + i``).
+    k0, k1 : numpy.uint32
+        The key (:func:`_key`).
+    c1, c2, c3 : numpy.uint32
+        Counter words 1..3: stream, member, generation.
+    o0, o1, o2, o3 : ndarray of uint32, shape (>= nb,)
+        Receive words 0..3 of each block (written in place).
+    """
     for i in range(nb):
         x0 = np.uint32(b0 + i)
         x1 = c1
@@ -140,6 +126,18 @@ def _bits_range(out, k0, k1, c1, c2, c3, blo, bhi):
 
 
 def _key(seed: int):
+    """The Philox key of a seed.
+
+    Parameters
+    ----------
+    seed : int
+        A checked 64-bit seed (:func:`egdnp.rng.check_seed`).
+
+    Returns
+    -------
+    (numpy.uint32, numpy.uint32)
+        Its low and high 32-bit words ``(k0, k1)``.
+    """
     return np.uint32(seed & MASK32), np.uint32(seed >> 32)
 
 
@@ -247,7 +245,7 @@ def _box_muller_pair_f32(wa, wb):
 
 
 @njit(cache=True, fastmath={"contract"})
-def _box_muller_f32(wa, wb, nb, fbuf, ebuf, zc, zs):
+def _box_muller_f32(wa, wb, nb, zc, zs):
     """Normals ``r cos(theta)``, ``r sin(theta)`` of word pairs (wa[i], wb[i]), i < nb.
 
     ``-2 ln u`` for ``u = m * 2**-24`` (``m = (wa >> 8) + 1``) is
@@ -255,8 +253,7 @@ def _box_muller_f32(wa, wb, nb, fbuf, ebuf, zc, zs):
     [sqrt(1/2), sqrt(2)); ``ln x`` is Cephes' logf polynomial.  ``theta =
     2 pi t`` is reduced exactly in ``t``: ``4 t = q + f`` with integer ``q`` and
     ``|f| <= 1/2``, then ``sin``/``cos`` of ``f pi/2`` (Cephes' sinf/cosf
-    polynomials) are rotated by ``q`` quarter turns.  ``fbuf`` and ``ebuf``
-    are unused (kept so callers' buffer sets stay valid): the loop is one pass.
+    polynomials) are rotated by ``q`` quarter turns.  The loop is one pass.
     """
     for i in range(nb):
         zc[i], zs[i] = _box_muller_pair_f32(wa[i], wb[i])
@@ -397,16 +394,22 @@ def _box_muller_f64(wa, wb, nb, zc, zs):
 
 
 @njit(inline="always")
-def _normal_chunk(b0, nb, k0, k1, c1, c2, c3, o0, o1, o2, o3, fbuf, ebuf, z0, z1, z2, z3):
+def _normal_chunk(b0, nb, k0, k1, c1, c2, c3, o0, o1, o2, o3, z0, z1, z2, z3):
     """Normals of blocks b0 .. b0+nb-1: element 4b+p of the address is z_p[b - b0].
 
-    o0..o3 (uint32) receive the words; fbuf (float32) and ebuf (int32) are no
-    longer used (kept so existing callers' buffer sets stay valid).
+    Parameters
+    ----------
+    b0, nb, k0, k1, c1, c2, c3 :
+        As in :func:`_philox_chunk`.
+    o0, o1, o2, o3 : ndarray of uint32, shape (>= nb,)
+        Scratch: receive the words.
+    z0, z1, z2, z3 : ndarray of float32 or float64, shape (>= nb,)
+        Receive normals 0..3 of each block, in their dtype (written in place).
     """
     _philox_chunk(b0, nb, k0, k1, c1, c2, c3, o0, o1, o2, o3)
     if z0.itemsize == 4:  # float32 output: the vectorised polynomial path
-        _box_muller_f32(o0, o1, nb, fbuf, ebuf, z0, z1)
-        _box_muller_f32(o2, o3, nb, fbuf, ebuf, z2, z3)
+        _box_muller_f32(o0, o1, nb, z0, z1)
+        _box_muller_f32(o2, o3, nb, z2, z3)
     else:
         _box_muller_f64(o0, o1, nb, z0, z1)
         _box_muller_f64(o2, o3, nb, z2, z3)
@@ -414,7 +417,17 @@ def _normal_chunk(b0, nb, k0, k1, c1, c2, c3, o0, o1, o2, o3, fbuf, ebuf, z0, z1
 
 @njit(inline="always")
 def _store4(out, b0, nb, z0, z1, z2, z3):
-    """Interleave z0..z3[:nb] into out[4*b0 : 4*(b0+nb)], clipped at len(out)."""
+    """Interleave z0..z3[:nb] into out[4*b0 : 4*(b0+nb)], clipped at len(out).
+
+    Parameters
+    ----------
+    out : ndarray, shape (n,)
+        Receives ``out[4 (b0 + i) + p] = z_p[i]`` for the indices below ``n``.
+    b0, nb : int
+        First block and number of blocks.
+    z0, z1, z2, z3 : ndarray, shape (>= nb,)
+        Values 0..3 of each block (words, normals or sums).
+    """
     n = out.shape[0]
     if 4 * (b0 + nb) <= n:
         for i in range(nb):
@@ -437,7 +450,7 @@ def _store4(out, b0, nb, z0, z1, z2, z3):
 
 
 @njit(inline="always")
-def _normal_blocks(out, blo, bhi, k0, k1, c1, c2, c3, o, fbuf, ebuf, z):
+def _normal_blocks(out, blo, bhi, k0, k1, c1, c2, c3, o, z):
     """Normals of blocks blo .. bhi-1 into ``out`` (clipped at its length), chunk by chunk."""
     for b0 in range(blo, bhi, CHUNK_BLOCKS):
         nb = min(CHUNK_BLOCKS, bhi - b0)
@@ -446,7 +459,7 @@ def _normal_blocks(out, blo, bhi, k0, k1, c1, c2, c3, o, fbuf, ebuf, z):
             _philox_chunk(b0, nb, k0, k1, c1, c2, c3, o[0], o[1], o[2], o[3])
             _box_muller_store4_f32(o[0], o[1], o[2], o[3], nb, out, 4 * b0)
         else:
-            _normal_chunk(b0, nb, k0, k1, c1, c2, c3, o[0], o[1], o[2], o[3], fbuf, ebuf, z[0], z[1], z[2], z[3])
+            _normal_chunk(b0, nb, k0, k1, c1, c2, c3, o[0], o[1], o[2], o[3], z[0], z[1], z[2], z[3])
             _store4(out, b0, nb, z[0], z[1], z[2], z[3])
 
 
@@ -455,9 +468,7 @@ def _normal_range(out, k0, k1, c1, c2, c3, blo, bhi):
     """Normals of blocks blo .. bhi-1 into ``out`` (see :func:`_split`)."""
     o = np.empty((4, CHUNK_BLOCKS), np.uint32)
     z = np.empty((4, CHUNK_BLOCKS), out.dtype)
-    unused_f = np.empty(1, np.float32)
-    unused_e = np.empty(1, np.int32)
-    _normal_blocks(out, blo, bhi, k0, k1, c1, c2, c3, o, unused_f, unused_e, z)
+    _normal_blocks(out, blo, bhi, k0, k1, c1, c2, c3, o, z)
 
 
 def normal(n, seed, stream, member, generation, dtype):
@@ -469,15 +480,56 @@ def normal(n, seed, stream, member, generation, dtype):
     return out
 
 
+@njit(cache=True, nogil=True)
+def _normal_members_range(out, first, k0, k1, c1, c3, lo, hi):
+    """Rows lo .. hi-1 of ``out`` (members, size): row p is member ``first + p``'s normals; one set of scratch buffers."""
+    o = np.empty((4, CHUNK_BLOCKS), np.uint32)
+    z = np.empty((4, CHUNK_BLOCKS), out.dtype)
+    nblocks = (out.shape[1] + 3) // 4
+    for p in range(lo, hi):
+        _normal_blocks(out[p], 0, nblocks, k0, k1, c1, np.uint32(first + p), c3, o, z)
+
+
+def normal_members(n_members, size, seed, stream, first, generation, dtype):
+    """``out[p] = normal(size, member=first + p)`` for p < n_members, shape (n_members, size).
+
+    One kernel call for all members; each row runs exactly the code of
+    :func:`normal`, so the rows are bitwise its values.  From
+    :data:`egdnp._threads.ES_NOISE_SPLIT_FROM` values the rows are split over
+    the shared pool (contiguous runs of members, one per thread).
+    """
+    out = np.empty((n_members, size), dtype=np.dtype(dtype))
+    if n_members and size:
+        k0, k1 = _key(seed)
+        args = (out, np.int64(first), k0, k1, np.uint32(stream), np.uint32(generation))
+        nt = 1 if n_members * size < _threads.ES_NOISE_SPLIT_FROM else min(_threads.cpu_threads(), n_members)
+        _threads.run_split(lambda lo, hi: _normal_members_range(*args, lo, hi),
+                           [(n_members * t // nt, n_members * (t + 1) // nt) for t in range(nt)])
+    return out
+
+
 # ----------------------------------------------------------------------------
 # fused weighted noise sum
 # ----------------------------------------------------------------------------
 @njit(inline="always")
-def _weighted_chunk(b0, nb, weights, members, k0, k1, c1, c3, o, fbuf, ebuf, z, acc):
+def _weighted_chunk(b0, nb, weights, members, k0, k1, c1, c3, o, z, acc):
     """acc[w, :nb] = sum_m weights[m] * word-w normals of blocks b0 .. b0+nb-1 of member m (float64).
 
     The one accumulation of the fused weighted sum; EGD's seed-storage mix
     (optim/_egd_cpu.py) runs it too, so both give the same bits.
+
+    Parameters
+    ----------
+    b0, nb, k0, k1, c1, c3 :
+        As in :func:`_philox_chunk` (counter word 2, the member, comes from ``members``).
+    weights : ndarray of float64, shape (pop,)
+    members : ndarray of uint32, shape (pop,)
+    o : ndarray of uint32, shape (4, >= nb)
+        Scratch for the words.
+    z : ndarray of float32 or float64, shape (4, >= nb)
+        Scratch for one member's normals; its dtype is the normals' dtype.
+    acc : ndarray of float64, shape (4, >= nb)
+        Receives the sums (written in place), added in member order.
     """
     a0 = acc[0]
     a1 = acc[1]
@@ -493,7 +545,7 @@ def _weighted_chunk(b0, nb, weights, members, k0, k1, c1, c3, o, fbuf, ebuf, z, 
     a3[:nb] = 0.0
     for m in range(members.shape[0]):
         w = weights[m]
-        _normal_chunk(b0, nb, k0, k1, c1, members[m], c3, o[0], o[1], o[2], o[3], fbuf, ebuf, z0, z1, z2, z3)
+        _normal_chunk(b0, nb, k0, k1, c1, members[m], c3, o[0], o[1], o[2], o[3], z0, z1, z2, z3)
         for i in range(nb):
             a0[i] += w * z0[i]
             a1[i] += w * z1[i]
@@ -502,11 +554,11 @@ def _weighted_chunk(b0, nb, weights, members, k0, k1, c1, c3, o, fbuf, ebuf, z, 
 
 
 @njit(inline="always")
-def _weighted_sum_blocks(out, blo, bhi, weights, members, k0, k1, c1, c3, o, fbuf, ebuf, z, acc):
+def _weighted_sum_blocks(out, blo, bhi, weights, members, k0, k1, c1, c3, o, z, acc):
     """Weighted sums of blocks blo .. bhi-1 into ``out`` (clipped at its length), chunk by chunk."""
     for b0 in range(blo, bhi, CHUNK_BLOCKS):
         nb = min(CHUNK_BLOCKS, bhi - b0)
-        _weighted_chunk(b0, nb, weights, members, k0, k1, c1, c3, o, fbuf, ebuf, z, acc)
+        _weighted_chunk(b0, nb, weights, members, k0, k1, c1, c3, o, z, acc)
         _store4(out, b0, nb, acc[0], acc[1], acc[2], acc[3])
 
 
@@ -516,9 +568,7 @@ def _weighted_sum_range(out, weights, members, k0, k1, c1, c3, blo, bhi):
     o = np.empty((4, CHUNK_BLOCKS), np.uint32)
     z = np.empty((4, CHUNK_BLOCKS), out.dtype)
     acc = np.empty((4, CHUNK_BLOCKS), np.float64)
-    unused_f = np.empty(1, np.float32)
-    unused_e = np.empty(1, np.int32)
-    _weighted_sum_blocks(out, blo, bhi, weights, members, k0, k1, c1, c3, o, unused_f, unused_e, z, acc)
+    _weighted_sum_blocks(out, blo, bhi, weights, members, k0, k1, c1, c3, o, z, acc)
 
 
 def weighted_noise_sum(weights, members, n, seed, stream, generation, dtype):

@@ -106,6 +106,26 @@ __global__ void egdnp_normal(T* out, long long n, u32 k0, u32 k1, u32 c1, u32 c2
     }
 }
 
+/* out[r, j] = normal(member = first + r)[j] for r < rows, j < n: one 2-D launch,
+   blocks of Philox blocks along x, member rows along y (both grid-stride). */
+template <typename T>
+__global__ void egdnp_normal_members(T* out, long long n, long long rows, u32 k0, u32 k1, u32 c1, u32 first,
+                                     u32 c3) {
+    long long nblocks = (n + 3) / 4;
+    for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+        T* row = out + r * n;
+        for (long long b = blockIdx.x * (long long)blockDim.x + threadIdx.x; b < nblocks;
+             b += (long long)gridDim.x * blockDim.x) {
+            T z[4];
+            egdnp_normal4<T>(b, c1, first + (u32)r, c3, k0, k1, z);
+            for (int p = 0; p < 4; ++p) {
+                long long j = 4 * b + p;
+                if (j < n) row[j] = z[p];
+            }
+        }
+    }
+}
+
 /* g[j] = sum_i w[i] * normal(member_i)[j]; accumulates in double. */
 template <typename T>
 __global__ void egdnp_weighted_sum(T* out, long long n, const double* w, const u32* members,
@@ -135,6 +155,8 @@ _NAMES = (
     "egdnp_normal<double>",
     "egdnp_weighted_sum<float>",
     "egdnp_weighted_sum<double>",
+    "egdnp_normal_members<float>",
+    "egdnp_normal_members<double>",
 )
 
 
@@ -210,6 +232,27 @@ def normal(n, seed, stream, member, generation, dtype):
         k0, k1 = _key(seed)
         name = "egdnp_normal<float>" if out.dtype == np.float32 else "egdnp_normal<double>"
         _launch(name, n, (out, np.int64(n), k0, k1, np.uint32(stream), np.uint32(member), np.uint32(generation)))
+    return out
+
+
+def _grid2(n, rows):
+    """Launch shape ``((grid_x, grid_y), threads)`` of ``rows`` rows of ``n`` values: :func:`_grid` of one row
+    along x, one thread block row per member along y (at most 65535: the kernel loops grid-stride over rows)."""
+    grid, threads = _grid(n)
+    return (grid, max(1, min(rows, 65535))), threads
+
+
+def normal_members(n_members, size, seed, stream, first, generation, dtype):
+    """``out[p] = normal(size, member=first + p)`` on the current GPU in ONE launch, shape (n_members, size)."""
+    cupy = _backend.import_cupy()
+    out = cupy.empty((n_members, size), dtype=np.dtype(dtype))
+    if n_members and size:
+        k0, k1 = _key(seed)
+        name = "egdnp_normal_members<float>" if out.dtype == np.float32 else "egdnp_normal_members<double>"
+        grid, threads = _grid2(size, n_members)
+        kernel = _module().get_function(name)
+        kernel(grid, (threads,), (out, np.int64(size), np.int64(n_members), k0, k1, np.uint32(stream),
+                                  np.uint32(first), np.uint32(generation)))
     return out
 
 

@@ -167,7 +167,7 @@ _SEP = "\x1f"  # unit separator: cannot appear in sensible parameter names
 
 
 # NamedTuple types that may sit INSIDE a saved state (an EGGROLL state's ``opt_state``),
-# rebuilt by name on load; the optimisers' own states are known without registering.
+# rebuilt by name on load; the optimisers' own modules register their states when imported.
 _STATE_TYPES: dict[str, type] = {}
 
 
@@ -177,7 +177,8 @@ def register_state_type(cls: type) -> type:
     A state field that is itself a NamedTuple (an EGGROLL state's optimiser
     state, say) is saved with its type's name and fields; on loading, the name
     is looked up among the registered types.  ``SGDState``, ``AdamState`` and
-    ``EGDState`` are always known.
+    ``EGDState`` are registered by their modules (always, once
+    :mod:`egdnp.optim` is imported).
 
     Parameters
     ----------
@@ -206,25 +207,28 @@ def register_state_type(cls: type) -> type:
 
 
 def _state_type(name: str, fields: list, where: str) -> type:
-    if "SGDState" not in _STATE_TYPES:  # the optimisers' own states, imported on first use
-        from .adam import AdamState
-        from .egd import EGDState
-        from .sgd import SGDState
-
-        for cls in (SGDState, AdamState, EGDState):
-            _STATE_TYPES.setdefault(cls.__name__, cls)
     cls = _STATE_TYPES.get(name)
     if cls is None:
         raise ValueError(
             f"state field {where!r} was saved as a {name}, which is not a known state type "
             f"(known: {sorted(_STATE_TYPES)}); call egdnp.optim.register_state_type({name}) before loading"
         )
-    if list(cls._fields) != list(fields):
+    if not _fields_fit(fields, cls):
         raise ValueError(
             f"state field {where!r} was saved as a {name} with fields {list(fields)}, but {name} now has fields "
             f"{list(cls._fields)}; the file was written by another version"
         )
     return cls
+
+
+def _fields_fit(saved: list, cls: type) -> bool:
+    """A file's fields load into ``cls``: its fields, or their first ones when the rest have defaults.
+
+    So a state type may grow a field with a default and still read the files
+    written before (an EGD state's ``recombine``).
+    """
+    saved, fields = list(saved), list(cls._fields)
+    return saved == fields[:len(saved)] and all(f in cls._field_defaults for f in fields[len(saved):])
 
 
 def _flatten(prefix: str, value: Any, arrays: dict, meta: dict) -> None:
@@ -320,13 +324,14 @@ def load_state(path: Any, state_type: type, *, xp: Any = "numpy", device: Any = 
     """
     xp = _backend.get_namespace(xp)
     meta, arrays = read_state_file(path)
-    if meta["__type__"] != state_type.__name__ or list(meta["__fields__"]) != list(state_type._fields):
+    if meta["__type__"] != state_type.__name__ or not _fields_fit(meta["__fields__"], state_type):
         raise ValueError(
             f"{path!s} holds a {meta['__type__']} with fields {meta['__fields__']}, not a "
             f"{state_type.__name__}; load it with the matching state type"
         )
     try:
-        values = {f: _unflatten(f, meta, arrays, xp, device) for f in state_type._fields}
+        # fields added since the file was written (all with defaults) keep their defaults
+        values = {f: _unflatten(f, meta, arrays, xp, device) for f in meta["__fields__"]}
     except (KeyError, TypeError) as exc:
         raise ValueError(
             f"{path!s} is not a consistent egdnp state file (its index names an entry it does not hold: "
