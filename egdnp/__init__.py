@@ -48,7 +48,7 @@ Example
 (32, 64)
 """
 
-from ._backend import BufferPool, array_namespace, get_namespace, synchronize, to_device, to_host
+from ._backend import BufferPool, array_namespace, get_namespace, keep_freed_memory, synchronize, to_device, to_host
 from ._files import atomic_write
 
 __version__ = "0.1.0"
@@ -61,5 +61,6 @@ __all__ = [
     "to_host",
     "synchronize",
     "BufferPool",
+    "keep_freed_memory",
     "atomic_write",
 ]

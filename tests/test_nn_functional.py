@@ -341,6 +341,14 @@ def test_parallel_numba_drivers_match_array_api(monkeypatch):
         np.testing.assert_allclose(F.max_pool2d_backward(dout, c1), F.max_pool2d_backward(dout, c2), rtol=1e-14)
     out = F.relu(x)
     np.testing.assert_array_equal(F.relu_backward(dout := r.standard_normal(x.shape), out), dout * (out > 0))
+    w = r.standard_normal((4, 3, 3, 3))
+    o1, c1 = F.conv2d_relu_max_pool2d_forward(x, w, b, 1, 1, impl="numba")
+    o2, c2 = F.conv2d_relu_max_pool2d_forward(x, w, b, 1, 1, impl="array_api")
+    assert c1[0] == "fused"
+    np.testing.assert_allclose(o1, o2, rtol=1e-12, atol=1e-12)
+    dout = r.standard_normal(o1.shape)
+    for g1, g2 in zip(F.conv2d_relu_max_pool2d_backward(dout, c1), F.conv2d_relu_max_pool2d_backward(dout, c2)):
+        np.testing.assert_allclose(g1, g2, rtol=1e-11, atol=1e-11)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -380,3 +388,136 @@ def test_numba_tanh_backward_equals_the_array_api_expression_bitwise(dtype, layo
         expected = d * (1.0 - o * o)  # the array-API branch, in NumPy
         assert got.dtype == expected.dtype and got.shape == expected.shape
         np.testing.assert_array_equal(got, expected)
+
+
+# ----------------------------------------------------------------------------
+# conv -> relu -> max-pool block (fused Numba kernels behind one dispatch function)
+# ----------------------------------------------------------------------------
+BLOCK_CONFIGS = [
+    # (C_in, H, W, C_out, kh, kw, padding, dilation, lead): stride-1 convolutions, 2x2 pooling
+    (1, 28, 28, 4, 3, 3, 1, 1, (3,)),
+    (2, 11, 11, 3, 3, 3, 2, 2, (2, 3)),  # pop axis, dilation
+    (2, 7, 9, 2, 1, 1, 0, 1, (2,)),  # odd conv output: the last row/column is in no window
+    (3, 8, 6, 5, 2, 3, (1, 0), 1, (2,)),
+]
+
+
+def _composed_block(x, w, b, padding, dilation, impl):
+    conv, c1 = F.conv2d_forward(x, w, b, 1, padding, dilation, impl=impl)
+    act, c2 = F.relu_forward(conv)
+    out, c3 = F.max_pool2d_forward(act, 2, impl=impl)
+
+    def backward(dout):
+        return F.conv2d_backward(F.relu_backward(F.max_pool2d_backward(dout, c3), c2), c1)
+
+    return out, backward
+
+
+@pytest.mark.parametrize("cfg", BLOCK_CONFIGS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_relu_pool_block_numba_equals_the_three_ops(cfg, dtype, bias):
+    """The fused kernels do the same float operations as conv2d, relu and max_pool2d one after another:
+    equal outputs and gradients (ties, all-negative windows and the odd last row included)."""
+    c, h, wd, c_out, kh, kw, p, d, lead = cfg
+    r = np.random.default_rng(11)
+    # small integers: many exact ties inside windows and many all-negative windows
+    x = r.integers(-2, 3, lead + (c, h, wd)).astype(dtype)
+    w = r.integers(-1, 2, (c_out, c, kh, kw)).astype(dtype)
+    b = r.integers(-2, 2, c_out).astype(dtype) if bias else None
+    out, cache = F.conv2d_relu_max_pool2d_forward(x, w, b, 1, p, d, impl="numba")
+    assert cache[0] == "fused"
+    ref_out, ref_backward = _composed_block(x, w, b, p, d, "numba")
+    np.testing.assert_array_equal(out, ref_out)
+    assert out.dtype == dtype and out.shape == ref_out.shape
+    dout = r.standard_normal(out.shape).astype(dtype)
+    got = F.conv2d_relu_max_pool2d_backward(dout, cache)
+    for g, e, name in zip(got, ref_backward(dout), ("dx", "dw", "db")):
+        if e is None:
+            assert g is None
+            continue
+        assert g.dtype == dtype and g.shape == e.shape, name
+        if dtype == np.float64 or name != "db":
+            np.testing.assert_array_equal(g, e, err_msg=name)  # float64 db: summed in the same order
+        else:
+            np.testing.assert_allclose(g, e, rtol=1e-7, atol=0, err_msg=name)
+    assert F.conv2d_relu_max_pool2d_backward(dout, cache, need_dx=False)[0] is None
+
+
+@pytest.mark.parametrize("cfg", BLOCK_CONFIGS)
+def test_conv_relu_pool_block_numba_matches_array_api(cfg):
+    c, h, wd, c_out, kh, kw, p, d, lead = cfg
+    r = np.random.default_rng(12)
+    x, w, b = r.standard_normal(lead + (c, h, wd)), r.standard_normal((c_out, c, kh, kw)), r.standard_normal(c_out)
+    out_n, cache_n = F.conv2d_relu_max_pool2d_forward(x, w, b, 1, p, d, impl="numba")
+    out_a, cache_a = F.conv2d_relu_max_pool2d_forward(x, w, b, 1, p, d, impl="array_api")
+    assert cache_a[0] == "composed"
+    np.testing.assert_allclose(out_n, out_a, rtol=1e-12, atol=1e-12)
+    dout = r.standard_normal(out_a.shape)
+    for gn, ga in zip(F.conv2d_relu_max_pool2d_backward(dout, cache_n), F.conv2d_relu_max_pool2d_backward(dout, cache_a)):
+        np.testing.assert_allclose(gn, ga, rtol=1e-11, atol=1e-11)
+
+
+def test_conv_relu_pool_block_on_other_namespaces_and_settings_is_the_three_ops(xp):
+    """array-API namespaces, strided convolutions and other pools take the composed path (same numbers)."""
+    r = np.random.default_rng(13)
+    x, w, b = r.standard_normal((2, 2, 9, 9)), r.standard_normal((3, 2, 3, 3)), r.standard_normal(3)
+    for stride, pool, pool_stride in [(1, 2, None), (2, 2, None), (1, 3, 2), (1, (2, 1), None)]:
+        out, cache = F.conv2d_relu_max_pool2d_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), stride, 1, 1, pool, pool_stride)
+        conv = F.relu(F.conv2d(xp.asarray(x), xp.asarray(w), xp.asarray(b), stride, 1, 1))
+        np.testing.assert_allclose(_host(out), _host(F.max_pool2d(conv, pool, pool_stride)), rtol=1e-12, atol=1e-12)
+        fused = cache[0] == "fused"
+        assert fused == (_backend.is_numpy(xp) and stride == 1 and pool == 2 and pool_stride is None)
+
+
+def test_conv_relu_pool_block_reports_bad_input_like_conv2d():
+    x, w = np.zeros((2, 3, 8, 8)), np.zeros((4, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"w has shape \(4, 2, 3, 3\) but x has 3 channels"):
+        F.conv2d_relu_max_pool2d_forward(x, w, impl="numba")
+    with pytest.raises(ValueError, match="x has shape"):
+        F.conv2d_relu_max_pool2d_forward(np.zeros((3, 8, 8)), np.zeros((4, 3, 3, 3)))
+    with pytest.raises(ValueError, match="max_pool2d: input of height/width"):
+        F.conv2d_relu_max_pool2d_forward(np.zeros((1, 1, 3, 1)), np.zeros((1, 1, 3, 1)))
+    with pytest.raises(ValueError, match="impl="):
+        F.conv2d_relu_max_pool2d_forward(x[:, :2], w, impl="cuda")
+
+
+# ----------------------------------------------------------------------------
+# impl= on the activations (issue 14): the same switch as the other ops
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activation_impls_agree_with_the_array_api_oracle(dtype):
+    r = np.random.default_rng(21)
+    x = r.standard_normal((5, 7)).astype(dtype)
+    d = r.standard_normal((5, 7)).astype(dtype)
+    relu_out, tanh_out = F.relu(x), F.tanh(x)
+    for impl in ("auto", "numba"):
+        np.testing.assert_array_equal(F.relu_backward(d, relu_out, impl=impl), F.relu_backward(d, relu_out, impl="array_api"))
+        np.testing.assert_array_equal(F.tanh_backward(d, tanh_out, impl=impl), F.tanh_backward(d, tanh_out, impl="array_api"))
+        tol = dict(rtol=1e-6, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(F.gelu(x, impl=impl), F.gelu(x, impl="array_api"), **tol)
+        out, (xc, cdf) = F.gelu_forward(x, impl=impl)
+        np.testing.assert_allclose(cdf, F.gelu_forward(x, impl="array_api")[1][1], **tol)
+    # arguments the kernel does not take: "auto" runs the array-API code, "numba" refuses
+    wide = r.standard_normal((5, 1)).astype(dtype)
+    np.testing.assert_array_equal(F.relu_backward(d, wide), d * (wide > 0))
+    with pytest.raises(ValueError, match="impl='numba' needs dout and cache of one shape"):
+        F.relu_backward(d, wide, impl="numba")
+    with pytest.raises(ValueError, match="impl='numba' needs dout and cache of one shape and dtype"):
+        F.tanh_backward(d, tanh_out.astype(np.float16), impl="numba")
+
+
+def test_activation_impl_is_checked_like_the_other_ops():
+    import array_api_strict as xs
+
+    x = np.ones((2, 3))
+    for call in (lambda i: F.relu_backward(x, x, impl=i), lambda i: F.tanh_backward(x, x, impl=i),
+                 lambda i: F.gelu(x, impl=i), lambda i: F.gelu_forward(x, impl=i)):
+        with pytest.raises(ValueError, match=r"impl='cuda' is not one of \('auto', 'numba', 'array_api'\)"):
+            call("cuda")
+    s = xs.asarray(x)
+    for call in (lambda: F.relu_backward(s, s, impl="numba"), lambda: F.tanh_backward(s, s, impl="numba"),
+                 lambda: F.gelu(s, impl="numba")):
+        with pytest.raises(ValueError, match="impl='numba' computes NumPy arrays"):
+            call()
+    np.testing.assert_allclose(np.asarray(F.gelu(s)), F.gelu(x), rtol=1e-14)

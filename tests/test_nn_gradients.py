@@ -132,6 +132,18 @@ def test_conv2d_no_bias_grad(xp, stride):
     check_op(xp, lambda x, w: F.conv2d_forward(x, w, None, stride, 1, 1), bwd, [x, w], names=["dx", "dw"])
 
 
+@pytest.mark.parametrize("lead", [(2,), (2, 2)])
+def test_conv_relu_pool_block_grad(xp, lead):
+    x, w, b = _rand(*lead, 2, 6, 7), _rand(3, 2, 3, 3), _rand(3)
+    check_op(
+        xp,
+        lambda x, w, b: F.conv2d_relu_max_pool2d_forward(x, w, b, 1, 1, 1),
+        lambda d, c: F.conv2d_relu_max_pool2d_backward(d, c),
+        [x, w, b],
+        names=["dx", "dw", "db"],
+    )
+
+
 def test_conv2d_grad_array_api_impl_on_numpy():
     xp = _backend.get_namespace("numpy")
     x, w, b = _rand(2, 2, 5, 5), _rand(3, 2, 3, 3), _rand(3)

@@ -478,3 +478,50 @@ def test_public_api_has_numpydoc_docstrings(module_name):
                 if not inspect.getdoc(getattr(obj, meth)):
                     problems.append(f"{name}.{meth}: no docstring")
     assert not problems, problems
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("lead", [(3,), (2, 3)])
+def test_conv_relu_pool_blocks_equal_the_layers_one_by_one(dtype, lead):
+    """Serial runs each Conv2d -> ReLU -> MaxPool2d as one block (F.conv2d_relu_max_pool2d_*): the same
+    outputs and gradients as calling every layer's own forward and backward in turn."""
+    model = nn.serial(
+        L.Conv2d(2, 3, 3, padding=1), L.ReLU(), L.MaxPool2d(2),  # a block
+        L.Conv2d(3, 4, 3, padding=1), L.ReLU(), L.MaxPool2d(2), L.Flatten(), L.Linear(4 * 2 * 2, 5),  # a block
+    )
+    assert model._conv_blocks == {0: 2, 3: 5}
+    params = model.init(3, dtype=dtype)
+    x = R.standard_normal(lead + (2, 9, 8)).astype(dtype)
+    out, cache = model.forward(params, x)
+    dout = R.standard_normal(out.shape).astype(dtype)
+    dx, grads = model.backward(params, cache, dout)
+    h, caches = x, []
+    for name, layer in model.layers:
+        local = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(name + ".")}
+        h, c, _ = layer.forward(local, {}, h, L.Context(name, False, None, 0))
+        caches.append(c)
+    np.testing.assert_array_equal(out, h)
+    d, expected = dout, {}
+    for (name, layer), c in zip(model.layers[::-1], caches[::-1]):
+        local = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(name + ".")}
+        d, g = layer.backward(local, c, d)
+        expected.update({f"{name}.{k}": v for k, v in g.items()})
+    np.testing.assert_array_equal(dx, d)
+    assert list(grads) == list(params)
+    for key in params:
+        if dtype == "float32" and key.endswith("bias"):  # float64 sums in another order, then rounded
+            np.testing.assert_allclose(grads[key], expected[key], rtol=1e-6, err_msg=key)
+        else:
+            np.testing.assert_array_equal(grads[key], expected[key], err_msg=key)
+    assert model.backward(params, cache, dout, need_dx=False)[0] is None
+
+
+def test_only_exact_conv_relu_maxpool_triples_become_blocks():
+    class MyConv(L.Conv2d):
+        pass
+
+    assert nn.cnn()._conv_blocks == {0: 2, 3: 5}
+    assert nn.cnn(batch_norm=True)._conv_blocks == {}
+    assert nn.serial(MyConv(1, 2, 3), L.ReLU(), L.MaxPool2d(2))._conv_blocks == {}
+    assert nn.serial(L.Conv2d(1, 2, 3), L.Tanh(), L.MaxPool2d(2))._conv_blocks == {}
+    assert nn.serial(L.Conv2d(1, 2, 3), L.ReLU(), L.AvgPool2d(2))._conv_blocks == {}

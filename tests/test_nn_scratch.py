@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from egdnp import nn
-from egdnp.nn import _cpu
+from egdnp.nn import _cpu, _scratch
 from egdnp.nn import layers as L
 
 R = np.random.default_rng(5)
@@ -39,7 +39,7 @@ def _grads_without_scratch(model, params, x, y, **kw):
 
 
 def _scratch_block():
-    return getattr(_cpu._THREAD, "scratch", None).block
+    return getattr(_scratch._THREAD, "scratch", None).block
 
 
 def test_repeated_steps_are_bitwise_equal_and_do_not_overwrite_earlier_results():
@@ -142,7 +142,7 @@ def test_an_error_inside_the_step_leaves_the_scratch_inactive():
     x = R.standard_normal((2, 1, 28, 28)).astype(np.float32)
     with pytest.raises(ValueError, match="label"):
         model.loss_and_grad(params, x, np.array([0, 99]))
-    assert not getattr(_cpu._THREAD, "active", False)
+    assert not getattr(_scratch._THREAD, "active", False)
     assert not np.may_share_memory(_cpu.im2col(x, (3, 3), (1, 1), (1, 1), (1, 1), (28, 28)), _scratch_block())
 
 
@@ -165,7 +165,7 @@ def test_release_step_scratch_frees_the_block_and_the_next_step_regrows_it():
 
 
 def test_scratch_hands_out_aligned_disjoint_views_and_falls_back_when_full():
-    s = _cpu.StepScratch()
+    s = _scratch.StepScratch()
     s.reset()
     a = s.empty((3, 5), np.float32)  # block empty: plain allocation, size recorded
     assert not np.may_share_memory(a, s.block)
@@ -186,3 +186,20 @@ def test_loss_and_grad_reports_a_non_array_input_like_forward():
     model = nn.mlp((4, 3, 2))
     with pytest.raises(TypeError, match="x must be an array, got list"):
         model.loss_and_grad(model.init(0), [[1.0] * 4], np.array([0]))
+
+
+def test_the_scratch_and_the_memory_policy_load_no_numba():
+    """``import egdnp`` / ``egdnp.nn`` stay Numba-free: the step scratch lives in nn/_scratch.py (plain
+    NumPy), ``keep_freed_memory`` in _backend (re-exported by egdnp and egdnp.nn)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, egdnp, egdnp.nn\n"
+        "from egdnp.nn import _scratch\n"
+        "assert egdnp.keep_freed_memory is egdnp.nn.keep_freed_memory\n"
+        "assert egdnp.nn.release_step_scratch is _scratch.release_step_scratch\n"
+        "print('numba' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -6,7 +6,12 @@ optimiser update), same shapes, same machine:
 
 * MLP 784-256-10 (tanh), batch 128: ratio <= 1.0;
 * CNN (conv 1->16 3x3 p1, ReLU, maxpool 2, conv 16->32 3x3 p1, ReLU,
-  maxpool 2, linear 1568->10), batch 64: ratio <= 2.0.
+  maxpool 2, linear 1568->10), batch 64: ratio <= 2.0 (issue 18: <= 1.0).
+
+Threads: each side runs with its defaults on all cores -- torch's intra-op
+OpenMP pool (``torch.get_num_threads()``) in every op; egdnp OpenBLAS's pool in
+the GEMMs and one thread in its Numba kernels (they split the batch only from
+``nn._cpu.PARALLEL_MIN_ELEMENTS`` output elements).
 
 ``track_ratio_to_torch`` reports the ratio directly: each side timed in a
 fresh process of its own (best of 15 blocks of consecutive steps), because
@@ -100,7 +105,7 @@ class TrainingStep:
         self.sync()
 
     def track_ratio_to_torch(self, model, backend):
-        """egdnp time / torch time (target: <= 1.0 for the MLP, <= 2.0 for the CNN).
+        """egdnp time / torch time (target: <= 1.0 for the MLP, <= 2.0 for the CNN; issue 18: <= 1.0).
 
         Each side is timed in a process of its own (best of 15 blocks of
         consecutive steps), egdnp with :class:`TrainingStep`, torch with

@@ -53,42 +53,8 @@ from .losses import (
     softmax_cross_entropy_with_grad,
 )
 from .model import ForwardCache, Serial, cnn, mlp, residual_mlp, serial
-
-
-def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
-    """Opt-in, process-wide: let glibc malloc reuse freed blocks instead of returning them.
-
-    Removes most page faults of the megabyte-sized temporaries of a CNN step
-    (about a quarter of its time on a small VM).  See
-    :func:`egdnp.nn._cpu.keep_freed_memory`.  No arrays involved.
-
-    Parameters
-    ----------
-    mmap_threshold, trim_threshold : int
-        Bytes for glibc's ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD``.
-
-    Returns
-    -------
-    bool
-        True when applied; False off glibc.
-    """
-    from ._cpu import keep_freed_memory as _keep
-
-    return _keep(mmap_threshold, trim_threshold)
-
-
-def release_step_scratch() -> None:
-    """Free the calling thread's step scratch block (NumPy backend).
-
-    :meth:`Serial.loss_and_grad` on NumPy serves its kernel temporaries (im2col
-    columns, padded inputs, pooled maps and their gradients) from one per-thread
-    block that is reused every step, so steady-state steps allocate no fresh
-    pages.  The block stays as large as the largest step so far; call this after
-    training to hand it back.  The next step grows a new one.  No arrays involved.
-    """
-    from ._cpu import release_step_scratch as _release
-
-    _release()
+from ._scratch import release_step_scratch
+from .._backend import keep_freed_memory  # re-exported: a process-wide host setting, also egdnp.keep_freed_memory
 
 __all__ = [
     "functional",

@@ -1,9 +1,11 @@
-"""Numba CPU kernels for the copy-heavy parts of convolution and pooling.
+"""Numba CPU kernels (kernels only): convolution, pooling, activations' backward, cross-entropy.
 
 Each public function here takes and returns NumPy arrays and has exactly one
-caller, a dispatch function in :mod:`egdnp.nn.functional` whose array-API
-branch is the oracle the tests compare against.  Kernels are compiled once
-per dtype and cached on disk (``cache=True``).
+caller, a dispatch function in :mod:`egdnp.nn.functional` (or
+:mod:`egdnp.nn.losses`) whose array-API branch is the oracle the tests compare
+against.  Kernels are compiled once per dtype and cached on disk
+(``cache=True``).  Temporaries come from :func:`egdnp.nn._scratch.empty`: the
+step scratch inside a training step, ``np.empty`` otherwise.
 
 Threads: every kernel has a serial body (one image range) and a parallel
 driver that splits the batch over Numba's threads (images never share output
@@ -16,145 +18,18 @@ after a GEMM measured 5-10x slower than the serial one (see docs/nn.md).
 
 from __future__ import annotations
 
-import math
-import threading
-
 import numba
 import numpy as np
 from numba import prange
+
+# kernel temporaries come from the step scratch inside a training step
+from ._scratch import empty as _empty, zeros as _zeros
 
 _SERIAL = dict(nopython=True, cache=True, nogil=True)
 _PARALLEL = dict(nopython=True, parallel=True, cache=True, nogil=True)
 
 #: Output size (elements) from which kernels split the batch over threads.
 PARALLEL_MIN_ELEMENTS = 1 << 23
-
-
-# ----------------------------------------------------------------------------
-# step scratch: the temporaries of one forward + backward, reused every step
-# ----------------------------------------------------------------------------
-class StepScratch:
-    """A bump allocator over one reusable byte block, for one training step.
-
-    A CNN step allocates ~30 MB of short-lived arrays (padded inputs, im2col
-    columns, wide GEMM outputs, pooled maps and their gradients).  Fresh from
-    malloc they are fresh pages each step -- 2300-3300 page faults, about 30% of
-    the step on the 2-core VM.  Handing them out of one block that lives as long
-    as the thread makes the second and later steps fault-free without touching
-    the process's malloc settings (compare :func:`keep_freed_memory`).
-
-    Arrays from :meth:`empty` are valid until the next :meth:`reset`: only
-    intermediates that die inside the step may come from here, never an array
-    the step returns.  The first step (or a step larger than every earlier one)
-    records how many bytes it wanted and falls back to ``np.empty``; the block
-    grows to that size at the next :meth:`reset`.
-    """
-
-    ALIGN = 64  # bytes: a cache line, also what AVX-512 loads like
-
-    def __init__(self):
-        self.block = np.empty(0, dtype=np.uint8)
-        self.offset = 0  # bytes handed out since the last reset
-        self.wanted = 0  # largest offset reached since the last reset
-
-    def reset(self) -> None:
-        """Start a new step; grow the block if the last step wanted more."""
-        if self.wanted > self.block.size:
-            raw = np.empty(self.wanted + self.ALIGN, dtype=np.uint8)
-            start = -raw.ctypes.data % self.ALIGN
-            self.block = raw[start : start + self.wanted]
-        self.offset = 0
-        self.wanted = 0
-
-    def release(self) -> None:
-        """Give the block back to malloc."""
-        self.block = np.empty(0, dtype=np.uint8)
-        self.offset = self.wanted = 0
-
-    def empty(self, shape, dtype) -> np.ndarray:
-        dtype = np.dtype(dtype)
-        start = self.offset
-        # cheap on purpose (called per kernel): math.prod and ndarray(buffer=...)
-        # cost ~0.5 us where np.prod plus a view and a reshape cost ~4 us
-        self.offset = start - (-math.prod(shape) * dtype.itemsize // self.ALIGN) * self.ALIGN
-        if self.offset > self.wanted:
-            self.wanted = self.offset
-        if self.offset > self.block.size:
-            return np.empty(shape, dtype=dtype)
-        return np.ndarray(shape, dtype=dtype, buffer=self.block, offset=start)
-
-    def paused(self) -> "_Paused":
-        """A context in which allocation is normal (for code whose arrays may outlive the step)."""
-        return _Paused()
-
-    def holds(self, arr) -> bool:
-        """True when ``arr`` may live in the block (then it must not leave the step)."""
-        return isinstance(arr, np.ndarray) and self.block.size > 0 and np.may_share_memory(arr, self.block)
-
-
-# .scratch: this thread's StepScratch; .in_step: inside step_scratch(); .active: _empty allocates from it
-_THREAD = threading.local()
-
-
-# The two contexts below are classes, not @contextmanager generators: they are
-# entered once or twice per training step, and a generator context costs ~1.5 us.
-class _Paused:
-    """Context: this thread's kernels allocate normally inside, the step scratch after."""
-
-    __slots__ = ("was_active",)
-
-    def __enter__(self):
-        self.was_active = getattr(_THREAD, "active", False)
-        _THREAD.active = False
-
-    def __exit__(self, *exc):
-        _THREAD.active = self.was_active
-
-
-class step_scratch:  # noqa: N801 -- used like a function: ``with step_scratch() as scratch``
-    """Serve this thread's kernel temporaries from its :class:`StepScratch` inside the block.
-
-    ``with step_scratch() as scratch`` gives the scratch.  Not re-entrant on
-    purpose: a nested block (a loss callable that itself trains a model) gives
-    None and allocates normally, so the outer step's arrays are never handed out twice.
-    """
-
-    __slots__ = ("nested",)
-
-    def __enter__(self):
-        self.nested = getattr(_THREAD, "in_step", False)  # also while the outer step is paused
-        if self.nested:
-            return None
-        scratch = getattr(_THREAD, "scratch", None)
-        if scratch is None:
-            scratch = _THREAD.scratch = StepScratch()
-        scratch.reset()
-        _THREAD.in_step = _THREAD.active = True
-        return scratch
-
-    def __exit__(self, *exc):
-        if not self.nested:
-            _THREAD.in_step = _THREAD.active = False
-
-
-def release_step_scratch() -> None:
-    """Free this thread's step scratch block (it is re-grown by the next step)."""
-    scratch = getattr(_THREAD, "scratch", None)
-    if scratch is not None:
-        scratch.release()
-
-
-def _empty(shape, dtype) -> np.ndarray:
-    """``np.empty`` for a step temporary: from the step scratch inside :func:`step_scratch`."""
-    if getattr(_THREAD, "active", False):
-        return _THREAD.scratch.empty(shape, dtype)
-    return np.empty(shape, dtype=dtype)
-
-
-def _zeros(shape, dtype) -> np.ndarray:
-    out = _empty(shape, dtype)
-    out.fill(0)
-    return out
 
 
 def _parallel(n_elements: int) -> bool:
@@ -370,7 +245,7 @@ def _wide_to_nchw(wide, bias, out, n0, n1):
 
 
 @numba.jit(**_SERIAL)
-def _nchw_to_wide(dout, wide, sums, n0, n1):
+def _nchw_to_wide(dout, wide, sums, in_order, n0, n1):
     """wide[o, n, r*wp + q] = dout[n, o, r, q], zero in the throw-away columns q >= ow.
 
     Also ``sums[n, o] = sum(dout[n, o])`` in float64 (the bias gradient, in the same pass).
@@ -380,19 +255,133 @@ def _nchw_to_wide(dout, wide, sums, n0, n1):
     wp = length // oh
     df = dout.reshape(-1)
     wf = wide.reshape(-1)
+    # float32: one float64 partial sum per column.  A single accumulator is one
+    # chain of dependent adds (no SIMD) and took 3/4 of this kernel's time; the
+    # reordered float64 sum differs by ~1e-16 relative, far below float32's ulp.
+    # ``in_order`` (float64): one accumulator in row-major order, so float64
+    # gradients stay bit for bit what they were (the reference bundles check them).
+    part = np.zeros(ow, dtype=np.float64)
     for n in range(n0, n1):
         for o in range(c_out):
-            acc = 0.0
+            part[:] = 0.0
             for r in range(oh):
                 dst = np.uint64((o * n_img + n) * length + r * wp)
                 src = np.uint64(((n * c_out + o) * oh + r) * ow)
                 for q in range(ow):
-                    v = df[src + np.uint64(q)]
-                    wf[dst + np.uint64(q)] = v
-                    acc += v
+                    wf[dst + np.uint64(q)] = df[src + np.uint64(q)]
+                if in_order:
+                    for q in range(ow):
+                        part[0] += df[src + np.uint64(q)]
+                else:
+                    for q in range(ow):
+                        part[q] += df[src + np.uint64(q)]
                 for q in range(ow, wp):
                     wf[dst + np.uint64(q)] = 0.0
-            sums[n, o] = acc
+            sums[n, o] = part.sum()
+
+
+@numba.jit(**_SERIAL)
+def _wide_relu_pool2x2(wide, bias, oh, pooled, argmax, n0, n1):
+    """Conv bias, ReLU and 2x2/stride-2 max pooling of a wide GEMM result in one pass.
+
+    ``pooled[n, o, r, q]`` = the largest of ``relu(wide[o, n, (2r+a)*wp + 2q+b] + bias[o])``
+    over a, b in {0, 1}; ``argmax`` its first position ``2a + b`` (strict '>', as
+    :func:`_max_pool_2x2`).  The same float operations as the three separate steps.
+    """
+    c_out, n_img, length = wide.shape
+    wp = length // oh
+    oh2, ow2 = pooled.shape[2], pooled.shape[3]
+    wf = wide.reshape(-1)
+    pf = pooled.reshape(-1)
+    af = argmax.reshape(-1)
+    zero = np.zeros(1, dtype=wide.dtype)[0]  # typed 0: a float64 literal would promote float32
+    for n in range(n0, n1):
+        for o in range(c_out):
+            b = bias[o]
+            for r in range(oh2):
+                top = np.uint64((o * n_img + n) * length + 2 * r * wp)
+                bottom = top + np.uint64(wp)
+                dst = np.uint64(((n * c_out + o) * oh2 + r) * ow2)
+                for q in range(ow2):
+                    c = np.uint64(2 * q)
+                    # relu as np.maximum(v, 0) has it: NaN and -0.0 pass through
+                    best = wf[top + c] + b
+                    if best < zero:
+                        best = zero
+                    t = 0
+                    v = wf[top + c + np.uint64(1)] + b
+                    if v < zero:
+                        v = zero
+                    if v > best:
+                        best, t = v, 1
+                    v = wf[bottom + c] + b
+                    if v < zero:
+                        v = zero
+                    if v > best:
+                        best, t = v, 2
+                    v = wf[bottom + c + np.uint64(1)] + b
+                    if v < zero:
+                        v = zero
+                    if v > best:
+                        best, t = v, 3
+                    pf[dst + np.uint64(q)] = best
+                    af[dst + np.uint64(q)] = t
+
+
+@numba.jit(**_SERIAL)
+def _pool2x2_relu_to_wide(dpool, argmax, pooled, oh, wide, sums, in_order, n0, n1):
+    """Backward of :func:`_wide_relu_pool2x2` straight into the conv's wide gradient.
+
+    ``wide[o, n, .]`` is zero except at each window's argmax, which gets
+    ``dpool`` where the pooled value is positive (the ReLU mask there: the
+    window's maximum is the ReLU output at its argmax).  ``sums[n, o]`` is the
+    float64 sum of what was written (the bias gradient), added up as
+    :func:`_nchw_to_wide` adds up the same values.
+    """
+    c_out, n_img, length = wide.shape
+    wp = length // oh
+    oh2, ow2 = dpool.shape[2], dpool.shape[3]
+    df = dpool.reshape(-1)
+    pf = pooled.reshape(-1)
+    af = argmax.reshape(-1)
+    wf = wide.reshape(-1)
+    zero = np.zeros(1, dtype=wide.dtype)[0]
+    part = np.zeros(ow2, dtype=np.float64)
+    for n in range(n0, n1):
+        for o in range(c_out):
+            base = (o * n_img + n) * length
+            part[:] = 0.0
+            for r in range(oh2):
+                src = np.uint64(((n * c_out + o) * oh2 + r) * ow2)
+                # the bias gradient first, in a loop of its own (inside the scatter below
+                # it cost 3x the scatter): float64 in row-major order of the conv
+                # output, so the same additions as _nchw_to_wide; float32 per column
+                if in_order:
+                    for a in range(2):
+                        for q in range(ow2):
+                            i = src + np.uint64(q)
+                            if af[i] // 2 == a and pf[i] > 0:
+                                part[0] += df[i]
+                else:
+                    for q in range(ow2):
+                        i = src + np.uint64(q)
+                        part[q] += df[i] if pf[i] > 0 else zero
+                for a in range(2):  # both rows of the windows, every position written once
+                    row = np.uint64(base + (2 * r + a) * wp)
+                    for q in range(ow2):
+                        i = src + np.uint64(q)
+                        # selects, no branches: the argmax and the mask are random, and
+                        # branching on them mispredicted often enough to cost 5x
+                        g = df[i] if pf[i] > 0 else zero
+                        t = af[i]
+                        c = row + np.uint64(2 * q)
+                        wf[c] = g if t == 2 * a else zero
+                        wf[c + np.uint64(1)] = g if t == 2 * a + 1 else zero
+                    for q in range(2 * ow2, wp):  # throw-away columns, the odd last column
+                        wf[row + np.uint64(q)] = 0.0
+            for t in range(2 * oh2 * wp, length):  # the odd last row
+                wf[np.uint64(base + t)] = 0.0
+            sums[n, o] = part.sum()
 
 
 @numba.jit(**_PARALLEL)
@@ -417,10 +406,50 @@ def _wide_to_nchw_par(wide, bias, out, t):
 
 
 @numba.jit(**_PARALLEL)
-def _nchw_to_wide_par(dout, wide, sums, t):
+def _nchw_to_wide_par(dout, wide, sums, in_order, t):
     n = dout.shape[0]
     for c in prange(t):
-        _nchw_to_wide(dout, wide, sums, c * n // t, (c + 1) * n // t)
+        _nchw_to_wide(dout, wide, sums, in_order, c * n // t, (c + 1) * n // t)
+
+
+@numba.jit(**_PARALLEL)
+def _wide_relu_pool2x2_par(wide, bias, oh, pooled, argmax, t):
+    n = pooled.shape[0]
+    for c in prange(t):
+        _wide_relu_pool2x2(wide, bias, oh, pooled, argmax, c * n // t, (c + 1) * n // t)
+
+
+@numba.jit(**_PARALLEL)
+def _pool2x2_relu_to_wide_par(dpool, argmax, pooled, oh, wide, sums, in_order, t):
+    n = dpool.shape[0]
+    for c in prange(t):
+        _pool2x2_relu_to_wide(dpool, argmax, pooled, oh, wide, sums, in_order, c * n // t, (c + 1) * n // t)
+
+
+def _conv_wide(x, w, p, d):
+    """im2col and the GEMM of a stride-1 convolution: (wide (C_out, N, oh*wp), cols (C*kh*kw, N, oh*wp), oh, ow)."""
+    n, c, h, wd = x.shape
+    c_out, _, kh, kw = w.shape
+    hp, wp = h + 2 * p[0], wd + 2 * p[1]
+    oh, ow = hp - d[0] * (kh - 1), wp - d[1] * (kw - 1)
+    if p == (0, 0):
+        xpad = np.ascontiguousarray(x)
+    else:
+        xpad = _zeros((n, c, hp, wp), x.dtype)
+        xpad[:, :, p[0] : p[0] + h, p[1] : p[1] + wd] = x
+    ck = c * kh * kw
+    cols = _empty((ck, n, oh * wp), x.dtype)
+    if _parallel(cols.size):
+        _im2col_wide_par(xpad, kh, kw, d[0], d[1], oh, cols, numba.get_num_threads())
+    else:
+        _im2col_wide(xpad, kh, kw, d[0], d[1], oh, cols, 0, n)
+    wide = _empty((c_out, n, oh * wp), x.dtype)
+    np.matmul(np.ascontiguousarray(w).reshape(c_out, ck), cols.reshape(ck, n * oh * wp), out=wide.reshape(c_out, n * oh * wp))
+    return wide, cols, oh, ow
+
+
+def _bias_or_zeros(b, c_out, dtype):
+    return np.zeros(c_out, dtype=dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)
 
 
 def conv2d_stride1_forward(x, w, b, p, d):
@@ -436,66 +465,97 @@ def conv2d_stride1_forward(x, w, b, p, d):
     out : ndarray (N, C_out, oh, ow)
     cols : ndarray (C*kh*kw, N, oh*wp), kept for the backward
     """
-    n, c, h, wd = x.shape
-    c_out, _, kh, kw = w.shape
-    hp, wp = h + 2 * p[0], wd + 2 * p[1]
-    oh, ow = hp - d[0] * (kh - 1), wp - d[1] * (kw - 1)
-    if p == (0, 0):
-        xpad = np.ascontiguousarray(x)
-    else:
-        xpad = _zeros((n, c, hp, wp), x.dtype)
-        xpad[:, :, p[0] : p[0] + h, p[1] : p[1] + wd] = x
-    ck = c * kh * kw
-    cols = _empty((ck, n, oh * wp), x.dtype)
-    par = _parallel(cols.size)
-    if par:
-        _im2col_wide_par(xpad, kh, kw, d[0], d[1], oh, cols, numba.get_num_threads())
-    else:
-        _im2col_wide(xpad, kh, kw, d[0], d[1], oh, cols, 0, n)
-    wide = _empty((c_out, n, oh * wp), x.dtype)
-    np.matmul(np.ascontiguousarray(w).reshape(c_out, ck), cols.reshape(ck, n * oh * wp), out=wide.reshape(c_out, n * oh * wp))
-    bias = np.zeros(c_out, dtype=x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
+    wide, cols, oh, ow = _conv_wide(x, w, p, d)
+    n, c_out = x.shape[0], w.shape[0]
+    bias = _bias_or_zeros(b, c_out, x.dtype)
     out = _empty((n, c_out, oh, ow), x.dtype)
-    if par:
+    if _parallel(cols.size):
         _wide_to_nchw_par(wide, bias, out, numba.get_num_threads())
     else:
         _wide_to_nchw(wide, bias, out, 0, n)
     return out, cols
 
 
-def conv2d_stride1_backward(dout, cols, x_shape, w, p, d, has_bias, need_dx):
-    """Gradients of :func:`conv2d_stride1_forward`: (dx (N, C, H, W) or None, dw, db or None)."""
+def _conv_wide_backward(dwide, sums, cols, x_shape, w, p, d, has_bias, need_dx):
+    """The convolution's gradients from its wide output gradient ``dwide`` (C_out, N, oh*wp).
+
+    ``sums`` (N, C_out) float64 holds each image's sum of the output gradient (for db).
+    Returns (dx (N, C, H, W) or None, dw, db or None).
+    """
     n, c, h, wd = x_shape
     c_out, _, kh, kw = w.shape
     ck = c * kh * kw
     hp, wp = h + 2 * p[0], wd + 2 * p[1]
-    oh = dout.shape[2]
-    dout = np.ascontiguousarray(dout)
-    # zeros in the throw-away columns make them drop out of dW and dx exactly
-    dwide = _empty((c_out, n, oh * wp), dout.dtype)
-    sums = _empty((n, c_out), np.float64)
-    par = _parallel(cols.size)
-    if par:
-        _nchw_to_wide_par(dout, dwide, sums, numba.get_num_threads())
-    else:
-        _nchw_to_wide(dout, dwide, sums, 0, n)
-    d2 = dwide.reshape(c_out, n * oh * wp)
-    c2 = cols.reshape(ck, n * oh * wp)
+    length = dwide.shape[2]
+    oh = length // wp
+    d2 = dwide.reshape(c_out, n * length)
+    c2 = cols.reshape(ck, n * length)
     # (cols @ d.T).T equals d @ cols.T; OpenBLAS ran it ~30% faster for the CNN's conv2
     dw = (c2 @ d2.T).T.reshape(w.shape)
-    db = sums.sum(axis=0).astype(dout.dtype) if has_bias else None
+    db = sums.sum(axis=0).astype(dwide.dtype) if has_bias else None
     if not need_dx:
         return None, dw, db
-    dcols = _empty((ck, n * oh * wp), dout.dtype)
+    dcols = _empty((ck, n * length), dwide.dtype)
     np.matmul(np.ascontiguousarray(w).reshape(c_out, ck).T, d2, out=dcols)
-    dxpad = _empty((n, c, hp, wp), dout.dtype)
-    if par:
+    dxpad = _empty((n, c, hp, wp), dwide.dtype)
+    if _parallel(cols.size):
         _col2im_wide_par(dcols, kh, kw, d[0], d[1], oh, dxpad, numba.get_num_threads())
     else:
         _col2im_wide(dcols, kh, kw, d[0], d[1], oh, dxpad, 0, n)
     if p == (0, 0):
         return dxpad, dw, db
     return dxpad[:, :, p[0] : p[0] + h, p[1] : p[1] + wd], dw, db
+
+
+def conv2d_stride1_backward(dout, cols, x_shape, w, p, d, has_bias, need_dx):
+    """Gradients of :func:`conv2d_stride1_forward`: (dx (N, C, H, W) or None, dw, db or None)."""
+    n, c_out = x_shape[0], w.shape[0]
+    dout = np.ascontiguousarray(dout)
+    # zeros in the throw-away columns make them drop out of dW and dx exactly
+    dwide = _empty((c_out, n, cols.shape[2]), dout.dtype)
+    sums = _empty((n, c_out), np.float64)
+    in_order = dout.dtype == np.float64
+    if _parallel(cols.size):
+        _nchw_to_wide_par(dout, dwide, sums, in_order, numba.get_num_threads())
+    else:
+        _nchw_to_wide(dout, dwide, sums, in_order, 0, n)
+    return _conv_wide_backward(dwide, sums, cols, x_shape, w, p, d, has_bias, need_dx)
+
+
+def conv2d_relu_pool2x2_forward(x, w, b, p, d):
+    """Stride-1 convolution, ReLU and 2x2/stride-2 max pooling; the conv output is never stored.
+
+    Returns
+    -------
+    pooled : ndarray (N, C_out, oh // 2, ow // 2)
+    argmax : ndarray of uint8, shape of pooled: each window's first maximum, ``2a + b``
+    cols : ndarray (C*kh*kw, N, oh*wp), kept for the backward
+    """
+    wide, cols, oh, ow = _conv_wide(x, w, p, d)
+    n, c_out = x.shape[0], w.shape[0]
+    bias = _bias_or_zeros(b, c_out, x.dtype)
+    pooled = _empty((n, c_out, oh // 2, ow // 2), x.dtype)
+    argmax = _empty(pooled.shape, np.uint8)
+    if _parallel(cols.size):
+        _wide_relu_pool2x2_par(wide, bias, oh, pooled, argmax, numba.get_num_threads())
+    else:
+        _wide_relu_pool2x2(wide, bias, oh, pooled, argmax, 0, n)
+    return pooled, argmax, cols
+
+
+def conv2d_relu_pool2x2_backward(dpool, argmax, pooled, cols, x_shape, w, p, d, has_bias, need_dx):
+    """Gradients of :func:`conv2d_relu_pool2x2_forward`: (dx (N, C, H, W) or None, dw, db or None)."""
+    n, c_out = x_shape[0], w.shape[0]
+    dpool = np.ascontiguousarray(dpool)
+    oh = cols.shape[2] // (x_shape[3] + 2 * p[1])
+    dwide = _empty((c_out, n, cols.shape[2]), dpool.dtype)
+    sums = _empty((n, c_out), np.float64)
+    in_order = dpool.dtype == np.float64
+    if _parallel(cols.size):
+        _pool2x2_relu_to_wide_par(dpool, argmax, pooled, oh, dwide, sums, in_order, numba.get_num_threads())
+    else:
+        _pool2x2_relu_to_wide(dpool, argmax, pooled, oh, dwide, sums, in_order, 0, n)
+    return _conv_wide_backward(dwide, sums, cols, x_shape, w, p, d, has_bias, need_dx)
 
 
 # ----------------------------------------------------------------------------
@@ -782,32 +842,6 @@ def normal_cdf(x):
     from scipy.special import ndtr
 
     return ndtr(x)
-
-
-def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse (process-wide, opt-in).
-
-    A training step allocates tens of megabytes of short-lived arrays.  With
-    glibc's defaults many of them are fresh pages each time (mmap'ed blocks,
-    heap trimming), which cost 2000-3500 page faults per CNN step on the 2-core
-    test VM -- about a quarter of the step.  Raising ``M_MMAP_THRESHOLD`` and
-    ``M_TRIM_THRESHOLD`` makes freed blocks come back without faults, at the
-    price of the process keeping its peak heap size.
-
-    Returns True when applied, False where the C library is not glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    ok = mallopt(m_mmap_threshold, int(mmap_threshold)) == 1
-    ok = (mallopt(m_trim_threshold, int(trim_threshold)) == 1) and ok
-    return bool(ok)
 
 
 @numba.jit(**_SERIAL)

@@ -24,11 +24,13 @@ with weights of shape ``(C_out, C_in, kh, kw)``.
 
 Backends
 --------
-All math goes through the array-API namespace of the inputs.  Three hot spots
-(``im2col``, ``col2im`` and max pooling) have Numba kernels for NumPy inputs in
-:mod:`egdnp.nn._cpu`; each sits behind one dispatch function here
-(``impl="auto"|"numba"|"array_api"``) and the array-API code path is the
-oracle the tests compare them with.
+All math goes through the array-API namespace of the inputs.  The hot spots
+have Numba kernels for NumPy inputs in :mod:`egdnp.nn._cpu` (``im2col``,
+``col2im``, the stride-1 convolution, max pooling, the conv -> ReLU -> max-pool
+block, the ReLU and tanh backward passes; GELU's normal CDF comes from SciPy);
+each sits behind one dispatch function here (``impl="auto"|"numba"|"array_api"``,
+resolved by :func:`egdnp._backend.resolve_impl`) and the array-API code path
+is the oracle the tests compare them with.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import math
 import numbers
 from typing import Any
 
-from .. import _backend
+from .. import _backend, rng
 
 __all__ = [
     "im2col",
@@ -49,6 +51,8 @@ __all__ = [
     "conv2d_forward",
     "conv2d_backward",
     "conv_output_size",
+    "conv2d_relu_max_pool2d_forward",
+    "conv2d_relu_max_pool2d_backward",
     "max_pool2d",
     "max_pool2d_forward",
     "max_pool2d_backward",
@@ -83,6 +87,7 @@ __all__ = [
     "ACTIVATIONS",
 ]
 
+#: The ``impl=`` values nn's ops accept (resolved by :func:`egdnp._backend.resolve_impl`).
 IMPLS = ("auto", "numba", "array_api")
 
 # The namespace of some arrays (memoised in _backend on their types); the short
@@ -134,15 +139,13 @@ def _prod(values) -> int:
     return out
 
 
-def _use_numba(xp, impl: str) -> bool:
-    if impl not in IMPLS:
-        raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
-    if impl == "array_api":
-        return False
-    numpy_ok = _backend.is_numpy(xp)
-    if impl == "numba" and not numpy_ok:
-        raise ValueError(f"impl='numba' needs NumPy arrays; got namespace {_backend.backend_name(xp)}")
-    return numpy_ok
+def _use_numba(xp, impl: str, *, usable: bool = True, needs: str = "") -> bool:
+    """True when an op's Numba kernel runs (the choice of :func:`egdnp._backend.resolve_impl`).
+
+    ``impl`` is one of :data:`IMPLS`; ``usable``/``needs``: whether the kernel
+    takes these arguments, and what it needs when it does not.
+    """
+    return _backend.resolve_impl(xp, impl, usable=usable, needs=needs) == "numba"
 
 
 def _check_image(x, name: str = "x") -> tuple[int, int, int]:
@@ -510,6 +513,92 @@ def conv2d_backward(dout, cache, *, need_dx: bool = True):
 
 
 # ----------------------------------------------------------------------------
+# conv2d -> relu -> max_pool2d as one block
+# ----------------------------------------------------------------------------
+def conv2d_relu_max_pool2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, pool_size=2, pool_stride=None,
+                                   pool_padding=0, *, impl: str = "auto"):
+    """``max_pool2d(relu(conv2d(x, w, b, ...)), pool_size, ...)`` with ``(out, cache)``.
+
+    The block a CNN repeats.  With the Numba path (NumPy inputs, stride-1
+    convolution, 2x2 pooling of stride 2 without padding) one kernel adds the
+    bias, applies ReLU and pools straight from the convolution's GEMM result,
+    and the backward writes the GEMM's output gradient straight from the
+    pooled gradient: the convolution's output and its gradient are never
+    stored in NCHW.  Otherwise (and as the oracle) the three operations run in
+    turn.  Both give the same numbers: the fused kernels do the same float
+    operations.
+
+    Parameters
+    ----------
+    x : array, shape (N, C_in, H, W) or (pop, N, C_in, H, W)
+    w : array, shape (C_out, C_in, kh, kw)
+    b : array, shape (C_out,), or None
+    stride, padding, dilation : int or (int, int)
+        Of the convolution.
+    pool_size, pool_stride, pool_padding : int or (int, int)
+        Of the max pooling (``pool_stride`` defaults to ``pool_size``).
+    impl : {"auto", "numba", "array_api"}
+
+    Returns
+    -------
+    out : array, shape (..., C_out, out_h, out_w)
+        The pooled maps, same leading axes as ``x``.
+    cache : tuple for :func:`conv2d_relu_max_pool2d_backward`
+    """
+    xp = _namespace(x, w)
+    k, ps, pp = _pool_args(pool_size, pool_stride, pool_padding)
+    fused = k == (2, 2) and ps == (2, 2) and pp == (0, 0) and _pair(stride, "stride", minimum=1) == (1, 1)
+    if not (fused and _use_numba(xp, impl)):
+        conv_out, conv_cache = conv2d_forward(x, w, b, stride, padding, dilation, impl=impl)
+        act, relu_cache = relu_forward(conv_out)
+        out, pool_cache = max_pool2d_forward(act, k, ps, pp, impl=impl)
+        return out, ("composed", conv_cache, relu_cache, pool_cache, impl)
+    c, h, wd = _check_image(x)
+    if len(w.shape) != 4 or int(w.shape[1]) != c:
+        raise ValueError(
+            f"w has shape {tuple(w.shape)} but x has {c} channels (shape {tuple(x.shape)}); "
+            f"expected w of shape (C_out, {c}, kh, kw)"
+        )
+    p, d = _pair(padding, "padding", minimum=0), _pair(dilation, "dilation", minimum=1)
+    oh, ow = _check_out_hw((h, wd), tuple(int(v) for v in w.shape[2:]), (1, 1), p, d, "conv2d")
+    _check_out_hw((oh, ow), k, ps, pp, (1, 1), "max_pool2d")
+    lead = tuple(x.shape[:-3])
+    n = _prod(lead)
+    x4 = xp.reshape(x, (n, c, h, wd)) if len(lead) != 1 else x
+    pooled, argmax, cols = _kernels().conv2d_relu_pool2x2_forward(x4, w, b, p, d)
+    cache = ("fused", argmax, pooled, cols, (n, c, h, wd), tuple(x.shape), w, b is not None, (p, d))
+    return xp.reshape(pooled, lead + tuple(pooled.shape[1:])), cache
+
+
+def conv2d_relu_max_pool2d_backward(dout, cache, *, need_dx: bool = True):
+    """Gradients of :func:`conv2d_relu_max_pool2d_forward`.
+
+    Parameters
+    ----------
+    dout : array, shape (..., C_out, out_h, out_w)
+        ``dL/dout`` of the pooled maps.
+    cache : tuple from :func:`conv2d_relu_max_pool2d_forward`
+    need_dx : bool
+        ``False`` skips ``dx`` (first layer of a model).
+
+    Returns
+    -------
+    dx : array, shape of x, or None
+    dw : array, shape (C_out, C_in, kh, kw)
+    db : array, shape (C_out,), or None without bias
+    """
+    if cache[0] == "composed":
+        _, conv_cache, relu_cache, pool_cache, impl = cache
+        d = relu_backward(max_pool2d_backward(dout, pool_cache), relu_cache, impl=impl)
+        return conv2d_backward(d, conv_cache, need_dx=need_dx)
+    _, argmax, pooled, cols, x4_shape, x_shape, w, has_bias, (p, d) = cache
+    xp = _namespace(dout, w)
+    d4 = xp.reshape(dout, tuple(pooled.shape))
+    dx4, dw, db = _kernels().conv2d_relu_pool2x2_backward(d4, argmax, pooled, cols, x4_shape, w, p, d, has_bias, need_dx)
+    return (None if dx4 is None else xp.reshape(dx4, x_shape)), dw, db
+
+
+# ----------------------------------------------------------------------------
 # pooling
 # ----------------------------------------------------------------------------
 def _pool_args(kernel_size, stride, padding):
@@ -705,23 +794,25 @@ def relu_forward(x):
     return out, out
 
 
-def relu_backward(dout, cache):
-    """``dout * (x > 0)`` (subgradient 0 at 0, like torch); one Numba pass on NumPy.
+def relu_backward(dout, cache, *, impl: str = "auto"):
+    """``dout * (x > 0)`` (subgradient 0 at 0, like torch).
 
     Parameters
     ----------
     dout : array, shape of x
         ``dL/dout``.
     cache : from :func:`relu_forward`
+    impl : {"auto", "numba", "array_api"}
+        ``"auto"``: one Numba pass for NumPy arrays of one shape, the
+        array-API expression otherwise.
 
     Returns
     -------
     dx : array, shape of x
     """
     xp = _namespace(dout)
-    if _backend.is_numpy(xp):
-        _cpu = _kernels()
-        return _cpu.relu_backward(dout, cache)
+    if _use_numba(xp, impl, usable=dout.shape == cache.shape, needs="dout and cache of one shape"):
+        return _kernels().relu_backward(dout, cache)
     return dout * xp.astype(cache > 0, dout.dtype)
 
 
@@ -755,7 +846,7 @@ def tanh_forward(x):
     return out, out
 
 
-def tanh_backward(dout, cache):
+def tanh_backward(dout, cache, *, impl: str = "auto"):
     """``dout * (1 - tanh(x)**2)``.
 
     Parameters
@@ -763,15 +854,18 @@ def tanh_backward(dout, cache):
     dout : array, shape of x
         ``dL/dout``.
     cache : from :func:`tanh_forward`
+    impl : {"auto", "numba", "array_api"}
+        ``"auto"``: one Numba pass (the same float operations) for NumPy arrays
+        of one shape and dtype, the array-API expression otherwise.
 
     Returns
     -------
     dx : array, shape of x
     """
     xp = _namespace(dout)
-    if _backend.is_numpy(xp) and dout.dtype == cache.dtype and dout.shape == cache.shape:
-        _cpu = _kernels()
-        return _cpu.tanh_backward(dout, cache)
+    usable = dout.dtype == cache.dtype and dout.shape == cache.shape
+    if _use_numba(xp, impl, usable=usable, needs="dout and cache of one shape and dtype"):
+        return _kernels().tanh_backward(dout, cache)
     return dout * (1.0 - cache * cache)
 
 
@@ -862,26 +956,32 @@ def _erf_fallback(xp, x):
     return xp.where(x < 0, -value, value)
 
 
-def gelu(x):
+def gelu(x, *, impl: str = "auto"):
     """Exact GELU ``x * Phi(x)`` with the normal CDF ``Phi`` (torch's default, not the tanh form).
 
     Parameters
     ----------
     x : array, any shape
+    impl : {"auto", "numba", "array_api"}
+        See :func:`gelu_forward`.
 
     Returns
     -------
     array, shape of x
     """
-    return gelu_forward(x)[0]
+    return gelu_forward(x, impl=impl)[0]
 
 
-def gelu_forward(x):
+def gelu_forward(x, *, impl: str = "auto"):
     """:func:`gelu` with ``(out, cache)``.
 
     Parameters
     ----------
     x : array, any shape
+    impl : {"auto", "numba", "array_api"}
+        ``"auto"``: NumPy arrays take ``Phi`` from the CPU kernel path
+        (SciPy's ``ndtr``), other namespaces from ``erf`` (the namespace's own,
+        or a series accurate to ~1e-15 where the array API has none).
 
     Returns
     -------
@@ -889,9 +989,8 @@ def gelu_forward(x):
     cache : tuple ``(x, Phi(x))``, arrays of the shape of x
     """
     xp = _namespace(x)
-    if _backend.is_numpy(xp):
-        _cpu = _kernels()
-        cdf = _cpu.normal_cdf(x)
+    if _use_numba(xp, impl):
+        cdf = _kernels().normal_cdf(x)
     else:
         cdf = 0.5 * (1.0 + _erf(xp, x * _SQRT_HALF))
     return x * cdf, (x, cdf)
@@ -1137,8 +1236,6 @@ def dropout_forward(x, rate: float, *, seed: int, stream, generation: int = 0, m
         raise ValueError(f"rate={rate} must be in [0, 1)")
     if not train or rate == 0.0:
         return x, None
-    from .. import rng
-
     xp = _namespace(x)
     dname = "float64" if x.dtype == xp.float64 else "float32"
     u = rng.uniform(tuple(x.shape), seed=seed, stream=stream, member=member, generation=generation, dtype=dname, xp=xp)

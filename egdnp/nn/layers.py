@@ -758,7 +758,7 @@ class Residual(Layer):
     prefix = "block"
 
     def __init__(self, *body):
-        from .model import Serial
+        from .model import Serial  # here, not at the head: model imports this module
 
         if len(body) == 1 and isinstance(body[0], Serial):
             self.body = body[0]

@@ -152,8 +152,9 @@ def softmax_cross_entropy_with_grad(logits, labels, reduction: str = "mean", *, 
     """Loss and gradient of :func:`softmax_cross_entropy` from one softmax.
 
     ``impl="auto"`` runs a one-pass Numba kernel for NumPy logits of shape
-    (batch, C) with labels (batch,); ``"array_api"`` forces the array-API code
-    (the oracle the tests compare the kernel with).
+    (batch, C) with labels (batch,); ``"numba"`` insists on it (an error for
+    other arguments); ``"array_api"`` forces the array-API code (the oracle the
+    tests compare the kernel with).
 
     Parameters
     ----------
@@ -161,7 +162,7 @@ def softmax_cross_entropy_with_grad(logits, labels, reduction: str = "mean", *, 
     labels : integer array, shape broadcastable to logits.shape[:-1], values in [0, C)
     reduction : {"mean", "sum", "none"}
     need_grad : bool
-    impl : {"auto", "array_api"}
+    impl : {"auto", "numba", "array_api"}
 
     Returns
     -------
@@ -172,14 +173,14 @@ def softmax_cross_entropy_with_grad(logits, labels, reduction: str = "mean", *, 
     if type(labels) is not type(logits):
         _backend.check_same_library(labels, logits, "labels", "logits")
     xp = _namespace(logits, labels)
-    if impl not in ("auto", "array_api"):
-        raise ValueError(f"impl={impl!r} is not one of ('auto', 'array_api')")
-    if (
-        impl == "auto" and _backend.is_numpy(xp) and len(logits.shape) == 2 and labels.shape == logits.shape[:1]
+    usable = (  # is_numpy first: dtype.kind is NumPy's
+        _backend.is_numpy(xp) and len(logits.shape) == 2 and labels.shape == logits.shape[:1]
         and labels.dtype.kind in "iu" and logits.dtype.kind == "f" and labels.shape[0] > 0
-    ):
-        # Numba fast path for the common (batch, C) case of NumPy arrays (hence
-        # the NumPy dtype kinds): one pass, no one-hot matrix.
+    )
+    needs = "float logits of shape (B, C) with B >= 1 and integer labels of shape (B,)"
+    if _backend.resolve_impl(xp, impl, usable=usable, needs=needs) == "numba":
+        # Numba fast path for the common (batch, C) case of NumPy arrays: one
+        # pass, no one-hot matrix.
         _cpu = _kernels()
         count = int(labels.shape[0])
         scale = 1.0 / count if reduction == "mean" else 1.0

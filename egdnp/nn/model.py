@@ -38,9 +38,10 @@ from typing import Any, Callable, NamedTuple
 
 from .. import _backend
 from .._checks import check_bool, check_rate
-from .functional import ACTIVATIONS, _kernels, _namespace
+from . import _scratch, losses
+from . import functional as F
 from . import layers as L
-from . import losses
+from .functional import ACTIVATIONS, _namespace
 
 __all__ = ["Serial", "ForwardCache", "serial", "mlp", "cnn", "residual_mlp"]
 
@@ -130,6 +131,33 @@ class Serial:
             (tuple((k, f"{n}.{k}") for k in layer.param_shapes()), tuple((k, f"{n}.{k}") for k in layer.state_shapes()))
             for n, layer in self.layers
         )
+        # Conv2d -> ReLU -> MaxPool2d runs as one block (F.conv2d_relu_max_pool2d_*),
+        # whose Numba path never stores the convolution's output or its gradient:
+        # {index of the conv: index of the pool} for every such triple.
+        self._conv_blocks = {
+            i: i + 2
+            for i in range(len(self.layers) - 2)
+            if type(self.layers[i][1]) is L.Conv2d
+            and type(self.layers[i + 1][1]) is L.Activation and self.layers[i + 1][1].kind == "relu"
+            and type(self.layers[i + 2][1]) is L.MaxPool2d
+        }
+        # The passes as precomputed tuples (a Python loop over them costs what the
+        # old loop over the layers did): forward (name, layer, param keys, state
+        # keys, the block's pool layer or None), a block's entry standing for its
+        # three layers; backward (layer index, the block's conv index or None).
+        self._forward_plan, i = [], 0
+        while i < len(self.layers):
+            pool = self.layers[i + 2][1] if i in self._conv_blocks else None
+            self._forward_plan.append(self.layers[i] + self._keys[i] + (pool,))
+            i += 1 if pool is None else 3
+        self._forward_plan = tuple(self._forward_plan)
+        block_of_pool = {end: start for start, end in self._conv_blocks.items()}
+        self._backward_plan, i = [], len(self.layers) - 1
+        while i >= 0:
+            start = block_of_pool.get(i)
+            self._backward_plan.append((i, start))
+            i = (i if start is None else start) - 1
+        self._backward_plan = tuple(self._backward_plan)
 
     # -- structure ------------------------------------------------------------
     def __repr__(self) -> str:
@@ -315,9 +343,17 @@ class Serial:
         new_state: dict[str, Any] = {}
         h = x
         train, step = bool(train), int(step)
-        for (n, layer), (pkeys, skeys) in zip(self.layers, self._keys):
+        for n, layer, pkeys, skeys, pool in self._forward_plan:
             layer.check_input(h, n)
             local_p = {k: params[key] for k, key in pkeys}
+            if pool is not None:
+                h, cache = F.conv2d_relu_max_pool2d_forward(
+                    h, local_p["weight"], local_p.get("bias"), layer.stride, layer.padding, layer.dilation,
+                    pool.kernel_size, pool.stride, pool.padding,
+                )
+                # the block's cache sits in the pool's slot; the conv's and the relu's stay empty
+                caches += [None, None, cache]
+                continue
             local_s = {k: state[key] for k, key in skeys}
             h, cache, s_out = layer.forward(local_p, local_s, h, L.Context(n, train, seed, step))
             caches.append(cache)
@@ -348,11 +384,18 @@ class Serial:
             raise TypeError("cache must be the ForwardCache returned by this model's forward")
         grads: dict[str, Any] = {}
         d = dout
-        for i in range(len(self.layers) - 1, -1, -1):
-            n, layer = self.layers[i]
+        for i, start in self._backward_plan:
             if not need_dx and i < self._first_param_layer:
                 d = None
                 break
+            if start is not None:  # a conv -> relu -> pool block, i its pool
+                n = self.layers[start][0]
+                d, dw, db = F.conv2d_relu_max_pool2d_backward(d, cache.layers[i], need_dx=need_dx or start > self._first_param_layer)
+                grads[f"{n}.weight"] = dw
+                if db is not None:
+                    grads[f"{n}.bias"] = db
+                continue
+            n, layer = self.layers[i]
             local_p = {k: params[key] for k, key in self._keys[i][0]}
             layer_need_dx = need_dx or i > self._first_param_layer
             d, g = layer.backward(local_p, cache.layers[i], d, layer_need_dx)
@@ -431,12 +474,11 @@ class Serial:
                 _backend.check_same_library(y, x, "y", "x")
         if not (hasattr(x, "shape") and _backend.is_numpy(_namespace(x))):  # forward reports bad x
             return self._loss_and_grad(params, x, y, loss, state, train, seed, step, return_state, None)
-        _cpu = _kernels()
         # The step's kernel temporaries come from a per-thread block reused every
         # step (no page faults).  Nothing returned lives there: gradients are
         # fresh GEMM outputs, and the loss runs outside the block on a copy of
         # an output that lives in it.
-        with _cpu.step_scratch() as scratch:
+        with _scratch.step_scratch() as scratch:
             return self._loss_and_grad(params, x, y, loss, state, train, seed, step, return_state, scratch)
 
     def _loss_and_grad(self, params, x, y, loss, state, train, seed, step, return_state, scratch):
