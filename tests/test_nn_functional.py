@@ -312,9 +312,9 @@ def test_dropout_mask_is_addressed_and_scaled(xp):
 
 def test_parallel_numba_drivers_match_array_api(monkeypatch):
     """Force the threaded kernels (normally only for big batches) and compare with the oracle."""
-    from egdnp.nn import _cpu
+    from egdnp import _threads
 
-    monkeypatch.setattr(_cpu, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(_threads, "NN_SPLIT_FROM", 0)
     r = np.random.default_rng(3)
     x = r.standard_normal((5, 3, 9, 9))
     w, b = r.standard_normal((4, 3, 3, 3)), r.standard_normal(4)

@@ -11,7 +11,7 @@ optimiser update), same shapes, same machine:
 Threads: each side runs with its defaults on all cores -- torch's intra-op
 OpenMP pool (``torch.get_num_threads()``) in every op; egdnp OpenBLAS's pool in
 the GEMMs and one thread in its Numba kernels (they split the batch only from
-``nn._cpu.PARALLEL_MIN_ELEMENTS`` output elements).
+``egdnp._threads.NN_SPLIT_FROM`` output elements).
 
 ``track_ratio_to_torch`` reports the ratio directly: each side timed in a
 fresh process of its own (best of 15 blocks of consecutive steps), because

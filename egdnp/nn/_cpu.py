@@ -10,7 +10,7 @@ step scratch inside a training step, ``np.empty`` otherwise.
 Threads: every kernel has a serial body (one image range) and a parallel
 driver that splits the batch over Numba's threads (images never share output
 memory, so there are no races).  The parallel driver is used only for work of
-at least :data:`PARALLEL_MIN_ELEMENTS` output elements.  On small batches it
+at least ``egdnp._threads.NN_SPLIT_FROM`` output elements (the one threading policy).  On small batches it
 loses: Numba's OpenMP workers and OpenBLAS's threads both spin-wait after
 their own parallel regions, and on a 2-core machine a parallel kernel right
 after a GEMM measured 5-10x slower than the serial one (see docs/nn.md).
@@ -22,18 +22,17 @@ import numba
 import numpy as np
 from numba import prange
 
+from .. import _threads
+
 # kernel temporaries come from the step scratch inside a training step
 from ._scratch import empty as _empty, zeros as _zeros
 
 _SERIAL = dict(nopython=True, cache=True, nogil=True)
 _PARALLEL = dict(nopython=True, parallel=True, cache=True, nogil=True)
 
-#: Output size (elements) from which kernels split the batch over threads.
-PARALLEL_MIN_ELEMENTS = 1 << 23
-
-
 def _parallel(n_elements: int) -> bool:
-    return n_elements >= PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1
+    """Whether a kernel of ``n_elements`` output elements runs its parallel driver (read at call time)."""
+    return n_elements >= _threads.NN_SPLIT_FROM and numba.get_num_threads() > 1
 
 
 # ----------------------------------------------------------------------------
