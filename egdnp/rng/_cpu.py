@@ -407,6 +407,12 @@ def _normal_chunk(b0, nb, k0, k1, c1, c2, c3, o0, o1, o2, o3, z0, z1, z2, z3):
         Receive normals 0..3 of each block, in their dtype (written in place).
     """
     _philox_chunk(b0, nb, k0, k1, c1, c2, c3, o0, o1, o2, o3)
+    _words_to_normals(nb, o0, o1, o2, o3, z0, z1, z2, z3)
+
+
+@njit(inline="always")
+def _words_to_normals(nb, o0, o1, o2, o3, z0, z1, z2, z3):
+    """Box-Muller of the words ``o0..o3[:nb]`` of a chunk into ``z0..z3[:nb]`` (pairs (o0, o1) and (o2, o3))."""
     if z0.itemsize == 4:  # float32 output: the vectorised polynomial path
         _box_muller_f32(o0, o1, nb, z0, z1)
         _box_muller_f32(o2, o3, nb, z2, z3)
@@ -454,12 +460,14 @@ def _normal_blocks(out, blo, bhi, k0, k1, c1, c2, c3, o, z):
     """Normals of blocks blo .. bhi-1 into ``out`` (clipped at its length), chunk by chunk."""
     for b0 in range(blo, bhi, CHUNK_BLOCKS):
         nb = min(CHUNK_BLOCKS, bhi - b0)
+        # One inlined Philox for both paths: each inlined copy of its unrolled
+        # rounds costs compile time on a cold start (issue 18).
+        _philox_chunk(b0, nb, k0, k1, c1, c2, c3, o[0], o[1], o[2], o[3])
         if out.itemsize == 4 and 4 * (b0 + nb) <= out.shape[0]:
             # float32, whole blocks: Box-Muller writes the interleaved values itself
-            _philox_chunk(b0, nb, k0, k1, c1, c2, c3, o[0], o[1], o[2], o[3])
             _box_muller_store4_f32(o[0], o[1], o[2], o[3], nb, out, 4 * b0)
         else:
-            _normal_chunk(b0, nb, k0, k1, c1, c2, c3, o[0], o[1], o[2], o[3], z[0], z[1], z[2], z[3])
+            _words_to_normals(nb, o[0], o[1], o[2], o[3], z[0], z[1], z[2], z[3])
             _store4(out, b0, nb, z[0], z[1], z[2], z[3])
 
 
