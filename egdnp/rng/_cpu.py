@@ -491,18 +491,28 @@ def normal(n, seed, stream, member, generation, dtype):
 @njit(cache=True, nogil=True)
 def _normal_members_range(out, first, k0, k1, c1, c3, lo, hi):
     """Rows lo .. hi-1 of ``out`` (members, size): row p is member ``first + p``'s normals; one set of scratch buffers."""
+    # Each row goes through _normal_chunk + _store4, not _normal_blocks' fused
+    # float32 store: the same values (tested), and the kernels it compiles are
+    # the ones EGD's mutants already compiled.  On a cold start the fused store
+    # cost 0.46 s more to compile (1.8 s under the quickstart's tracemalloc: its
+    # first EGGROLL step went 4.4 -> 6.6 s) for ~10 ms of a pop-4096 `ask`.
     o = np.empty((4, CHUNK_BLOCKS), np.uint32)
     z = np.empty((4, CHUNK_BLOCKS), out.dtype)
     nblocks = (out.shape[1] + 3) // 4
     for p in range(lo, hi):
-        _normal_blocks(out[p], 0, nblocks, k0, k1, c1, np.uint32(first + p), c3, o, z)
+        row = out[p]
+        member = np.uint32(first + p)
+        for b0 in range(0, nblocks, CHUNK_BLOCKS):
+            nb = min(CHUNK_BLOCKS, nblocks - b0)
+            _normal_chunk(b0, nb, k0, k1, c1, member, c3, o[0], o[1], o[2], o[3], z[0], z[1], z[2], z[3])
+            _store4(row, b0, nb, z[0], z[1], z[2], z[3])
 
 
 def normal_members(n_members, size, seed, stream, first, generation, dtype):
     """``out[p] = normal(size, member=first + p)`` for p < n_members, shape (n_members, size).
 
-    One kernel call for all members; each row runs exactly the code of
-    :func:`normal`, so the rows are bitwise its values.  From
+    One kernel call for all members; each row's values are bitwise
+    :func:`normal`'s (the same Philox and Box-Muller, tested).  From
     :data:`egdnp._threads.ES_NOISE_SPLIT_FROM` values the rows are split over
     the shared pool (contiguous runs of members, one per thread).
     """
