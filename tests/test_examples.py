@@ -82,6 +82,44 @@ def test_quickstart_is_reproducible(tmp_path):
     assert results[0] == results[1]
 
 
+def test_quickstart_warms_up_each_method_before_its_measured_run(tmp_path):
+    """One untraced short run per method comes before that method's measured run (compiles the kernels there)."""
+    import importlib.util
+    import tracemalloc
+
+    spec = importlib.util.spec_from_file_location("quickstart_for_test", EXAMPLES / "quickstart.py")
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        quickstart = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(quickstart)
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    events = []
+
+    class Rec:
+        history = {}
+
+        def summary(self, peak_mib):
+            row = {key: 0 for key, _, _ in quickstart._common.COLUMNS}
+            return dict(row, method="x", peak_mib=peak_mib)
+
+    def run(name):
+        def fn():
+            events.append((name, "run", tracemalloc.is_tracing()))
+            return None, Rec(), {}
+        return fn
+
+    def warm(name):
+        return lambda: events.append((name, "warm-up", tracemalloc.is_tracing()))
+
+    runs = [("A", run("A")), ("B", run("B"))]
+    quickstart.run_all(runs, str(tmp_path), "t", plot=False, warmups={"A": warm("A"), "B": warm("B")})
+    assert events == [("A", "warm-up", False), ("A", "run", True), ("B", "warm-up", False), ("B", "run", True)]
+    res = run_example("quickstart.py", "--fast", "--no-plot", "--no-progress", "--out", tmp_path / "q")
+    lines = [line.split(":")[0] for line in res.stdout.splitlines() if "warm-up run" in line]
+    assert lines == ["SGD", "EGD", "EGGROLL"]
+
+
 def test_cartpole_example(tmp_path):
     pytest.importorskip("gymnasium")
     out = tmp_path / "cp"
