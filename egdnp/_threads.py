@@ -50,6 +50,7 @@ __all__ = [
     "NN_SPLIT_FROM",
     "cpu_threads",
     "in_split",
+    "even_ranges",
     "run_split",
 ]
 
@@ -82,6 +83,11 @@ def cpu_threads() -> int:
 def in_split() -> bool:
     """True on a thread that is running one range of a :func:`run_split`."""
     return getattr(_LOCAL, "in_split", False)
+
+
+def even_ranges(n: int, k: int) -> list[tuple[int, int]]:
+    """``[0, n)`` cut into ``k`` contiguous ranges whose sizes differ by at most one (the bounds of a split)."""
+    return [(n * t // k, n * (t + 1) // k) for t in range(k)]
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

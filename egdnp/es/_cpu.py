@@ -261,8 +261,7 @@ def map_chunks(fn, items: list) -> list:
     population chunks, whose heavy work (Numba kernels, NumPy ufuncs) releases the GIL.
     """
     k = min(_threads.cpu_threads(), len(items))
-    bounds = [(len(items) * t // k, len(items) * (t + 1) // k) for t in range(k)]
-    blocks = _threads.run_split(lambda lo, hi: [fn(item) for item in items[lo:hi]], bounds)
+    blocks = _threads.run_split(lambda lo, hi: [fn(item) for item in items[lo:hi]], _threads.even_ranges(len(items), k))
     return [result for block in blocks for result in block]
 
 
@@ -273,7 +272,7 @@ def _run_split(fn, n_members: int, work: int) -> None:
     (``work``), else one per thread.
     """
     k = max(1, min(_threads.cpu_threads(), n_members)) if work >= _threads.ES_SPLIT_FROM_WORK else 1
-    _threads.run_split(fn, [(n_members * t // k, n_members * (t + 1) // k) for t in range(k)])
+    _threads.run_split(fn, _threads.even_ranges(n_members, k))
 
 
 # Outputs at most this wide use the fused kernel instead of BLAS (measured on

@@ -390,7 +390,8 @@ class Serial:
                 break
             if start is not None:  # a conv -> relu -> pool block, i its pool
                 n = self.layers[start][0]
-                d, dw, db = F.conv2d_relu_max_pool2d_backward(d, cache.layers[i], need_dx=need_dx or start > self._first_param_layer)
+                d, dw, db = F.conv2d_relu_max_pool2d_backward(d, cache.layers[i],
+                                                              need_dx=need_dx or start > self._first_param_layer)
                 grads[f"{n}.weight"] = dw
                 if db is not None:
                     grads[f"{n}.bias"] = db

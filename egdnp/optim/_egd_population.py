@@ -321,6 +321,7 @@ class HostPopulation(_ArrayPopulation):
             _backend.synchronize(self.xp)  # the mixed parameters are complete when returned
         return out
 
+
 def store_for(cfg):
     """The store class of ``cfg.population_storage`` and ``cfg.offload_population_to_cpu``."""
     if cfg.population_storage == "seed":

@@ -521,8 +521,7 @@ def normal_members(n_members, size, seed, stream, first, generation, dtype):
         k0, k1 = _key(seed)
         args = (out, np.int64(first), k0, k1, np.uint32(stream), np.uint32(generation))
         nt = 1 if n_members * size < _threads.ES_NOISE_SPLIT_FROM else min(_threads.cpu_threads(), n_members)
-        _threads.run_split(lambda lo, hi: _normal_members_range(*args, lo, hi),
-                           [(n_members * t // nt, n_members * (t + 1) // nt) for t in range(nt)])
+        _threads.run_split(lambda lo, hi: _normal_members_range(*args, lo, hi), _threads.even_ranges(n_members, nt))
     return out
 
 
